@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -28,6 +29,8 @@ MaxTokensOpt = typer.Option(None, "--max-tokens", help="Score only the first N t
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
 DtypeOpt = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
 TrustOpt = typer.Option(False, "--trust-remote-code", help="Allow code and pickle weights shipped with a checkpoint.")
+NoiseOpt = typer.Option(None, "--noise", help="Chip: a preset (romer presets), NAME:key=value,..., or a .yaml file.")
+SeedsOpt = typer.Option("0", "--seeds", help="Chip instances to simulate: 0,1,2 or 0-4.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table.")
 
 
@@ -50,15 +53,32 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def evaluate_clean(model_spec: str, data: str, split: Optional[str], window: Optional[int], stride: Optional[int],
-                   batch_size: int, max_tokens: Optional[int], device: str, dtype: str, trust_remote_code: bool,
-                   with_load: bool) -> dict:
-    """Load, tokenize, score: the record that `eval --json` prints and the demo shows."""
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` or `0-4` (inclusive) or a mix: `0-2,7`."""
+    seeds: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, dash, last = part.partition("-")
+        try:
+            seeds.extend(range(int(first), int(last) + 1) if dash else [int(first)])
+        except ValueError:
+            raise RomerError(f"cannot read seeds '{text}'; write them as 0,1,2 or 0-4") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise RomerError(f"seeds '{text}' must be distinct non-negative integers, e.g. 0,1,2 or 0-4")
+    return seeds
+
+
+def evaluate(model_spec: str, data: str, split: Optional[str], window: Optional[int], stride: Optional[int],
+             batch_size: int, max_tokens: Optional[int], device: str, dtype: str, trust_remote_code: bool,
+             noise: Optional[str] = None, seeds: str = "0", with_load: bool = False) -> dict:
+    """Load, tokenize, score clean and (with `noise`) on each chip seed: what `eval --json` prints."""
     from romer.data import load_corpus
     from romer.evaluation import default_window, expert_load, perplexity, tokenize_stream
     from romer.models import load_model
+    from romer.noise import apply_noise_, parse_noise_spec
 
     _quiet_transformers()
+    config = parse_noise_spec(noise) if noise else None
+    chip_seeds = parse_seeds(seeds) if noise else []
     corpus = load_corpus(data, split)
     model, tokenizer = load_model(model_spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     ids = tokenize_stream(tokenizer, corpus.text)
@@ -67,7 +87,7 @@ def evaluate_clean(model_spec: str, data: str, split: Optional[str], window: Opt
             raise RomerError(f"--max-tokens must be at least 2, got {max_tokens}")
         ids = ids[:max_tokens]
     window = window or default_window(model)
-    result = perplexity(model, ids, window, stride, batch_size=batch_size, progress=True)
+    result = perplexity(model, ids, window, stride, batch_size=batch_size, progress=True, label="clean")
     record = {
         "model": model_spec, "model_path": str(model.name_or_path),
         "dataset": {**corpus.describe(), "tokens": int(ids.numel())},
@@ -77,6 +97,17 @@ def evaluate_clean(model_spec: str, data: str, split: Optional[str], window: Opt
     }
     if with_load:
         record["layers"] = [m.as_dict() for m in expert_load(model, ids, window, batch_size, progress=True)]
+    if config is not None:
+        noisy = []
+        for seed in chip_seeds:
+            with apply_noise_(model, config, seed):
+                run = perplexity(model, ids, window, stride, batch_size=batch_size, progress=True,
+                                 label=f"{config.name} seed {seed}")
+            noisy.append({"seed": seed, "ppl": run.ppl})
+        values = torch.tensor([n["ppl"] for n in noisy], dtype=torch.float64)
+        record |= {"noise": config.model_dump(mode="json"), "seeds": chip_seeds, "noisy": noisy,
+                   "noisy_ppl_mean": float(values.mean()),
+                   "noisy_ppl_std": float(values.std()) if len(values) > 1 else 0.0}
     return record
 
 
@@ -84,11 +115,12 @@ def evaluate_clean(model_spec: str, data: str, split: Optional[str], window: Opt
 @user_errors
 def eval_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[str] = SplitOpt,
                  window: Optional[int] = WindowOpt, stride: Optional[int] = StrideOpt, batch_size: int = BatchOpt,
-                 max_tokens: Optional[int] = MaxTokensOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-                 trust_remote_code: bool = TrustOpt, as_json: bool = JsonOpt) -> None:
-    """Perplexity of a model on a corpus split (Hugging Face sliding-window semantics)."""
-    record = evaluate_clean(model, data, split, window, stride, batch_size, max_tokens, device, dtype,
-                            trust_remote_code, with_load=False)
+                 max_tokens: Optional[int] = MaxTokensOpt, noise: Optional[str] = NoiseOpt, seeds: str = SeedsOpt,
+                 device: str = DeviceOpt, dtype: str = DtypeOpt, trust_remote_code: bool = TrustOpt,
+                 as_json: bool = JsonOpt) -> None:
+    """Perplexity of a model on a corpus split, clean and (with --noise) on simulated chips."""
+    record = evaluate(model, data, split, window, stride, batch_size, max_tokens, device, dtype, trust_remote_code,
+                      noise=noise, seeds=seeds)
     if as_json:
         print(json.dumps(record))
         return
@@ -99,8 +131,8 @@ def eval_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[str
 @user_errors
 def demo_command(device: str = DeviceOpt, as_json: bool = JsonOpt) -> None:
     """The main job on the embedded default: romer-tiny on stdlib/test, perplexity and expert load."""
-    record = evaluate_clean("romer-tiny", "stdlib", "test", None, None, 8, None, device, "float32", False,
-                            with_load=True)
+    record = evaluate("romer-tiny", "stdlib", "test", None, None, 8, None, device, "float32", False,
+                      with_load=True)
     if as_json:
         print(json.dumps(record))
         return
@@ -123,8 +155,60 @@ def _print_summary(record: dict) -> None:
     table.add_row("model", f"{record['model']} ({record['model_path']})")
     table.add_row("data", f"{data['name']}/{data['split']}: {data['tokens']:,} tokens, sha256 {data['sha256'][:12]}…")
     table.add_row("window / stride", f"{record['window']} / {record['stride']}")
-    table.add_row("perplexity", f"{record['ppl']:.3f}")
+    table.add_row("perplexity (clean)", f"{record['ppl']:.3f}")
+    if "noisy" in record:
+        per_seed = ", ".join(f"{n['ppl']:.3f}" for n in record["noisy"])
+        table.add_row(f"perplexity ({record['noise']['name']})",
+                      f"{record['noisy_ppl_mean']:.3f} ± {record['noisy_ppl_std']:.3f} (seeds {record['seeds']}: {per_seed})")
     out.print(table)
+
+
+noise_app = typer.Typer(help="Chip noise models: fit your own from measurements.", no_args_is_help=True)
+app.add_typer(noise_app, name="noise")
+
+
+@app.command("presets")
+@user_errors
+def presets_command(as_json: bool = JsonOpt) -> None:
+    """List the noise presets with their parameters, and every noise field with its unit."""
+    from romer.noise import NoiseConfig, get_preset, preset_names
+
+    defaults = NoiseConfig()
+    if as_json:
+        print(json.dumps({name: get_preset(name).config.model_dump(mode="json") for name in preset_names()}))
+        return
+    for name in preset_names():
+        preset = get_preset(name)
+        changed = {k: v for k, v in preset.config.model_dump().items() if k != "name" and v != getattr(defaults, k)}
+        out.print(f"[bold]{name}[/]: {preset.summary}")
+        out.print(f"  sets: {', '.join(f'{k}={v}' for k, v in changed.items()) or '(defaults)'}", highlight=False)
+        out.print(f"  sources: {preset.sources}", highlight=False)
+    table = Table(title="Noise fields (override with --noise NAME:field=value,...)")
+    for column in ("field", "default", "meaning"):
+        table.add_column(column)
+    for field, info in NoiseConfig.model_fields.items():
+        table.add_row(field, str(getattr(defaults, field)), info.description or "")
+    out.print(table)
+
+
+@noise_app.command("fit")
+@user_errors
+def noise_fit_command(measurements: str = typer.Argument(..., help="CSV with target_us, measured_us[, temperature_c]."),
+                      output: str = typer.Option(..., "--out", help="Preset file to write (.yaml)."),
+                      reference_c: Optional[float] = typer.Option(None, "--reference-c",
+                                                                  help="Programming temperature; default: the lowest in the file.")) -> None:
+    """Fit programming noise (and temperature response) from measured conductances; write a preset."""
+    from romer.noise.fit import fit_noise
+    from romer.atomic import write_text_atomic
+
+    if not output.endswith((".yaml", ".yml")):
+        raise RomerError(f"--out {output} must end in .yaml so that --noise can read it")
+    config = fit_noise(measurements, reference_c)
+    write_text_atomic(output, config.to_yaml())
+    out.print(f"wrote {output}: programming σ(g) = {' + '.join(f'{c:.4g}·(g/g_max)^{i}' for i, c in enumerate(config.prog_coeffs_us))} µS, "
+              f"g_max {config.g_max_us:.4g} µS, temperature shift {config.temp_shift_per_c:.3g}/°C ± {config.temp_spread_per_c:.3g}/°C",
+              highlight=False)
+    out.print(f"use it with --noise {output}  (or {output}:temperature_c=80 for another temperature)", highlight=False)
 
 
 def main() -> None:

@@ -54,3 +54,50 @@ def test_dense_and_non_causal_models_via_cli(dense_dir, encoder_dir, sample_txt)
     assert code == 2 and "romer needs a mixture-of-experts model" in stderr
     code, _, stderr = run("eval", "--model", str(encoder_dir), "--data", str(sample_txt))
     assert code == 2 and "not a causal language model" in stderr
+
+
+def test_eval_with_noise_reports_each_seed(tiny_moe_dir, sample_txt):
+    code, stdout, _ = run("eval", "--model", str(tiny_moe_dir), "--data", str(sample_txt), "--window", "32",
+                          "--max-tokens", "400", "--noise", "gaussian:sigma_dev=0.1", "--seeds", "0-2", "--json")
+    assert code == 0
+    record = json.loads(stdout)
+    assert record["seeds"] == [0, 1, 2] and [n["seed"] for n in record["noisy"]] == [0, 1, 2]
+    assert record["noise"]["sigma_dev"] == 0.1
+    values = [n["ppl"] for n in record["noisy"]]
+    assert len(set(values)) == 3 and record["noisy_ppl_mean"] == pytest.approx(sum(values) / 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--noise", "nope"], "unknown noise preset 'nope'"),
+    (["--noise", "gaussian:sigma_dev=-1"], "noise field 'sigma_dev'"),
+    (["--noise", "gaussian", "--seeds", "a,b"], "cannot read seeds 'a,b'"),
+    (["--noise", "gaussian", "--seeds", "1,1"], "must be distinct"),
+])
+def test_bad_noise_input(tiny_moe_dir, sample_txt, args, message):
+    code, _, stderr = run("eval", "--model", str(tiny_moe_dir), "--data", str(sample_txt), *args)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_presets_lists_every_preset_and_field():
+    code, stdout, _ = run("presets", "--json")
+    assert code == 0
+    presets = json.loads(stdout)
+    assert {"ideal", "gaussian", "cim-25c", "cim-80c", "pcm", "reram"} <= set(presets)
+    code, stdout, _ = run("presets")
+    assert code == 0 and "sigma_dev" in stdout and "Nandakumar" in stdout
+
+
+def test_noise_fit_writes_a_preset_that_eval_uses(tmp_path, tiny_moe_dir, sample_txt):
+    from tests.test_noise_config import synthetic_measurements
+
+    csv = tmp_path / "chip.csv"
+    synthetic_measurements(csv)
+    out = tmp_path / "my-chip.yaml"
+    code, stdout, stderr = run("noise", "fit", str(csv), "--out", str(out))
+    assert code == 0, stderr
+    assert out.exists() and "wrote" in stdout
+    code, stdout, _ = run("eval", "--model", str(tiny_moe_dir), "--data", str(sample_txt), "--window", "32",
+                          "--max-tokens", "200", "--noise", f"{out}:temperature_c=85", "--json")
+    assert code == 0 and json.loads(stdout)["noise"]["name"] == "chip"
+    code, _, stderr = run("noise", "fit", str(tmp_path / "none.csv"), "--out", str(out))
+    assert code == 2 and "cannot read measurement file" in stderr

@@ -1,0 +1,112 @@
+"""Per-forward effects: read noise and the tile-level analog matrix-vector product.
+
+An on-chip weight is wrapped in `AnalogWeight`, a tensor subclass that intercepts
+`F.linear`; indexing a fused expert tensor by slot keeps the wrapper, so every family that
+computes its experts with `F.linear` (transformers' eager experts) is simulated the same way.
+
+Analog product per tile: inputs are scaled by their absolute maximum (per token) and
+quantised by the DAC; each tile of `tile_rows` inputs produces its own partial sums, in
+units of one full-scale input on one g_max device; the ADC adds Gaussian noise (σ_ADC·U),
+clips to ±U and quantises; partial sums are rescaled and added digitally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from romer.noise.config import NoiseConfig
+from romer.noise.mapping import ConductanceMapping
+from romer.noise.streams import stream
+
+
+def quantize(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric uniform quantisation of values in [-1, 1] to 2^(bits-1) − 1 levels per side; 1 bit is ±1."""
+    levels = 2 ** (bits - 1) - 1
+    if levels == 0:
+        return torch.where(values >= 0, 1.0, -1.0).to(values.dtype)
+    return torch.round(values.clamp(-1, 1) * levels) / levels
+
+
+@dataclass
+class TileProgram:
+    """What the digital periphery of one on-chip tensor knows: its scales and its noise settings."""
+
+    name: str
+    config: NoiseConfig
+    seed: int
+    scales: torch.Tensor  # [(E,) out, in_tiles], weight units per µS
+    calls: int = field(default=0)
+
+    @property
+    def mapping(self) -> ConductanceMapping:
+        c = self.config
+        return ConductanceMapping(c.tile_rows, c.tile_cols, c.g_max_us, per_column=c.scaling == "column")
+
+    def next_stream(self, slot: int | None, purpose: str, device) -> torch.Generator:
+        self.calls += 1
+        return stream(self.seed, self.name, slot, purpose, self.calls, device=device)
+
+
+class AnalogWeight(torch.Tensor):
+    """A weight on the chip; `F.linear` with it runs `analog_linear`."""
+
+    program: TileProgram
+    slot: int | None
+
+    @staticmethod
+    def wrap(weight: torch.Tensor, program: TileProgram, slot: int | None = None) -> "AnalogWeight":
+        wrapped = weight.as_subclass(AnalogWeight)
+        wrapped.program, wrapped.slot = program, slot
+        return wrapped
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and isinstance(args[1], AnalogWeight):
+            weight = args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            return analog_linear(args[0], weight.as_subclass(torch.Tensor), bias, weight.program, weight.slot)
+        if func is torch.Tensor.__getitem__ and args[0].dim() == 3 and _is_slot(args[1]):
+            with torch._C.DisableTorchFunctionSubclass():
+                item = func(*args, **kwargs)
+            return AnalogWeight.wrap(item, args[0].program, int(args[1]))
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+def _is_slot(index) -> bool:
+    return isinstance(index, int) or (isinstance(index, torch.Tensor) and index.dim() == 0)
+
+
+def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, program: TileProgram,
+                  slot: int | None) -> torch.Tensor:
+    c = program.config
+    scales = program.scales if slot is None else program.scales[slot]
+    mapping = program.mapping
+    out_dim, in_dim = weight.shape
+    w = weight.float()
+    if c.read_sigma > 0:
+        # each weight is a pair of devices, each reading with σ = read_sigma·g_max
+        rng = program.next_stream(slot, "read", weight.device)
+        noise = torch.randn(w.shape, generator=rng, device=w.device) * (2 ** 0.5 * c.read_sigma * c.g_max_us)
+        w = w + noise * mapping.expand(scales, in_dim)
+    if c.mode == "weights":
+        return F.linear(x, w.to(x.dtype), bias)
+
+    tiles = scales.shape[-1]
+    pad = tiles * c.tile_rows - in_dim
+    flat = x.reshape(-1, in_dim).float()
+    x_max = flat.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    x_q = F.pad(quantize(flat / x_max, c.dac_bits), (0, pad)).view(-1, tiles, c.tile_rows)
+    w_norm = F.pad(w / (mapping.expand(scales, in_dim) * c.g_max_us), (0, pad)).view(out_dim, tiles, c.tile_rows)
+    partial = torch.einsum("nkr,okr->nko", x_q, w_norm)  # per-tile outputs, in full-scale device units
+    if c.sigma_adc > 0:
+        rng = program.next_stream(slot, "adc", x.device)
+        partial = partial + torch.randn(partial.shape, generator=rng, device=partial.device) * (c.sigma_adc * c.adc_full_scale)
+    partial = quantize(partial / c.adc_full_scale, c.adc_bits) * c.adc_full_scale
+    y = (partial * (scales.t() * c.g_max_us)).sum(dim=1) * x_max
+    y = y.to(x.dtype).view(*x.shape[:-1], out_dim)
+    return y + bias if bias is not None else y

@@ -1,0 +1,154 @@
+"""`NoiseConfig`: one validated, serialisable description of a simulated analog CIM chip.
+
+Conductances are in microsiemens (µS), temperatures in °C, times in seconds. A relative
+quantity says what it is relative to. Build one from a named preset, with overrides:
+
+    NoiseConfig.preset("cim-80c", sigma_dev=0.05)
+    parse_noise_spec("cim-80c:sigma_dev=0.05,mode=analog")   # the CLI's --noise
+    parse_noise_spec("my-chip.yaml")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from romer.errors import RomerError
+
+ROLES = ("attention", "dense_mlp", "experts", "shared_experts", "router", "lm_head")
+DEFAULT_ROLES = ("attention", "dense_mlp", "experts", "shared_experts", "router")
+
+
+class NoiseConfig(BaseModel):
+    """Every knob of the simulated chip; see `romer presets` for the named settings."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+    name: str = Field("custom", description="preset this config came from")
+    mode: Literal["weights", "analog"] = Field(
+        "weights", description="weights: perturb stored weights once (fast); analog: also simulate DAC/ADC per tile")
+    roles: tuple[str, ...] = Field(DEFAULT_ROLES, description=f"module roles mapped onto the chip, of {', '.join(ROLES)}")
+
+    # crossbar mapping
+    tile_rows: int = Field(256, ge=1, le=65536, description="crossbar inputs (word lines) per tile")
+    tile_cols: int = Field(256, ge=1, le=65536, description="crossbar outputs (bit lines) per tile")
+    scaling: Literal["tile", "column"] = Field(
+        "column", description="weight range mapped to g_max per tile, or per output column within a tile")
+    g_max_us: float = Field(25.0, gt=0, description="µS, conductance that the largest |weight| maps to")
+
+    # programming (device-to-device) variation, fixed per chip instance
+    sigma_dev: float = Field(0.0, ge=0, description="programming noise std, relative to g_max (constant in g)")
+    prog_coeffs_us: Optional[tuple[float, ...]] = Field(
+        None, description="µS, programming std as a polynomial c0 + c1·(g/g_max) + c2·(g/g_max)² …; "
+                          "replaces sigma_dev when set")
+
+    # temperature: conductance shift relative to the programming temperature
+    temperature_c: float = Field(25.0, ge=-60, le=200, description="°C, operating temperature")
+    reference_c: float = Field(25.0, ge=-60, le=200, description="°C, temperature at which the chip was programmed")
+    temp_shift_per_c: float = Field(0.0, ge=-0.05, le=0.05,
+                                    description="mean relative conductance change per °C above reference")
+    temp_spread_per_c: float = Field(0.0, ge=0, le=0.05,
+                                     description="device-to-device std of the relative change, per °C")
+
+    # power-law drift g(t) = g(t0)·(t/t0)^-nu (PCM), and accumulated 1/f read noise at that time
+    drift_time_s: float = Field(0.0, ge=0, description="s, time from programming to inference (0: no drift)")
+    drift_t0_s: float = Field(20.0, gt=0, description="s, first read after programming (drift reference)")
+    drift_nu: Literal["none", "constant", "pcm"] = Field(
+        "none", description="drift exponent model: constant (nu_mean ± nu_std) or pcm (level-dependent fit)")
+    nu_mean: float = Field(0.0, ge=0, le=1, description="mean drift exponent (drift_nu=constant)")
+    nu_std: float = Field(0.0, ge=0, le=1, description="device-to-device std of the drift exponent")
+    read_1f: bool = Field(False, description="add the accumulated 1/f read noise of PCM at drift_time_s")
+    drift_compensation: bool = Field(
+        True, description="rescale each tensor by its measured mean conductance loss (global drift compensation)")
+
+    # per-forward effects
+    read_sigma: float = Field(0.0, ge=0, description="read noise std per forward, relative to g_max (0: off)")
+    dac_bits: int = Field(8, ge=1, le=32, description="analog mode: input DAC resolution, bits")
+    adc_bits: int = Field(8, ge=1, le=32, description="analog mode: output ADC resolution, bits")
+    adc_full_scale: float = Field(
+        8.0, gt=0, description="analog mode: ADC range ±U, in units of one full-scale input on one g_max device")
+    sigma_adc: float = Field(0.0, ge=0, description="analog mode: ADC noise std per output, relative to U")
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, roles: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role {unknown[0]!r}; roles are {', '.join(ROLES)}")
+        return tuple(roles)
+
+    @field_validator("prog_coeffs_us")
+    @classmethod
+    def _non_empty(cls, coeffs):
+        if coeffs is not None and len(coeffs) == 0:
+            raise ValueError("give at least one coefficient, or leave it unset")
+        return coeffs
+
+    @model_validator(mode="after")
+    def _drift_needs_time(self) -> "NoiseConfig":
+        if self.drift_nu != "none" and self.drift_time_s == 0:
+            raise ValueError("drift_nu is set but drift_time_s is 0; set a time since programming")
+        return self
+
+    @property
+    def is_ideal(self) -> bool:
+        return self == NoiseConfig(name=self.name, roles=self.roles, mode="weights", tile_rows=self.tile_rows,
+                                   tile_cols=self.tile_cols, scaling=self.scaling, g_max_us=self.g_max_us)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "NoiseConfig":
+        from romer.noise.presets import preset_config
+
+        return validated(preset_config(name).model_dump() | overrides)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "NoiseConfig":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as error:
+            raise RomerError(f"cannot read noise file {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise RomerError(f"noise file {path} is not valid YAML ({type(error).__name__}); fix its syntax") from None
+        if not isinstance(data, dict):
+            raise RomerError(f"noise file {path} must be a mapping of field: value")
+        base = data.pop("preset", None)
+        return NoiseConfig.preset(base, **data) if base else validated(data)
+
+
+def validated(fields: dict) -> NoiseConfig:
+    """A NoiseConfig, or a one-line RomerError naming the first bad field."""
+    try:
+        return NoiseConfig(**fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "noise config"
+        if first["type"] == "extra_forbidden":
+            raise RomerError(f"unknown noise field '{field}'; `romer presets` lists the fields") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise RomerError(f"noise field '{field}': {message} (got {first.get('input')!r})") from None
+
+
+def parse_noise_spec(spec: str) -> NoiseConfig:
+    """`NAME`, `FILE.yaml`, either followed by `:key=value,key=value` overrides.
+
+    A YAML file holds field: value pairs and may name a `preset:` to start from. Roles inside a
+    spec are joined by `+` (`roles=experts+router`); polynomials need a YAML file.
+    """
+    base, _, rest = spec.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise RomerError(f"cannot read '{item}' in --noise {spec}; write NAME:key=value,key=value")
+        key = key.strip()
+        overrides[key] = tuple(raw.split("+")) if key == "roles" else yaml.safe_load(raw)
+    if base.endswith((".yaml", ".yml")):
+        return validated(NoiseConfig.from_yaml(base).model_dump() | overrides)
+    return NoiseConfig.preset(base, **overrides)

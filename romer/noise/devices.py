@@ -1,0 +1,126 @@
+"""Device physics acting on conductances (µS). Each class is one effect, with units and source.
+
+Every method takes the random generator to draw from, so a chip instance is a pure function
+of (seed, tensor name, expert slot).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ProgrammingNoise:
+    """Write-and-verify leaves each device off its target: g = max(0, g_t + σ(g_t)·ε), ε ~ N(0, 1).
+
+    σ(g_t) = Σ_i c_i·(g_t/g_max)^i µS (`prog_coeffs_us`), or σ_dev·g_max (constant). The
+    polynomial form and the PCM coefficients (0.26348, 1.9650, −1.1731 µS at g_max = 25 µS)
+    are Nandakumar et al., ICECS 2019, as published in IBM aihwkit's PCM model. Fixed for the
+    life of one programming: one chip instance.
+    """
+
+    g_max_us: float
+    sigma_dev: float = 0.0
+    coeffs_us: tuple[float, ...] | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.coeffs_us) or self.sigma_dev > 0
+
+    def sigma_us(self, g_target: torch.Tensor) -> torch.Tensor:
+        if self.coeffs_us is None:
+            return torch.full_like(g_target, self.sigma_dev * self.g_max_us)
+        relative = g_target / self.g_max_us
+        return sum(c * relative**i for i, c in enumerate(self.coeffs_us)).clamp(min=0)
+
+    def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
+        return (g + self.sigma_us(g) * noise).clamp(min=0)
+
+
+@dataclass(frozen=True)
+class TemperatureShift:
+    """Conductance at operating temperature T of a device programmed at T_ref:
+    g·(1 + κ·ΔT + β·ΔT·ε), ΔT = T − T_ref, ε ~ N(0, 1) per device, clamped at 0.
+
+    κ (`temp_shift_per_c`) is the mean relative change per °C, β (`temp_spread_per_c`) its
+    device-to-device spread: cells programmed to the same level respond differently to heat
+    (threshold-voltage and mobility temperature coefficients vary from cell to cell), so heat
+    adds random variation, not only a shift that one rescale could undo.
+    """
+
+    temperature_c: float
+    reference_c: float
+    shift_per_c: float
+    spread_per_c: float
+
+    @property
+    def active(self) -> bool:
+        return self.temperature_c != self.reference_c and (self.shift_per_c != 0 or self.spread_per_c > 0)
+
+    def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        delta = self.temperature_c - self.reference_c
+        noise = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
+        return (g * (1 + self.shift_per_c * delta + self.spread_per_c * delta * noise)).clamp(min=0)
+
+
+@dataclass(frozen=True)
+class PowerLawDrift:
+    """Structural relaxation: g(t) = g(t0)·(t/t0)^(−ν), ν drawn per device.
+
+    `pcm`: ν ~ N(μ(g), σ(g)) with μ = clip(−0.0155·ln(g/g_max) + 0.0244, 0.049, 0.1) and
+    σ = clip(−0.0125·ln(g/g_max) − 0.0059, 0.008, 0.045), |ν| taken (the PCM drift statistics
+    of Nandakumar et al. 2019 as published in aihwkit). `constant`: ν ~ N(nu_mean, nu_std).
+    t0 = 20 s is aihwkit's first-read time.
+    """
+
+    g_max_us: float
+    time_s: float
+    t0_s: float
+    model: str
+    nu_mean: float = 0.0
+    nu_std: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.model != "none" and self.time_s > 0
+
+    def exponents(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
+        if self.model == "pcm":
+            log_relative = torch.log((g / self.g_max_us).clamp(min=1e-7))
+            mean = (-0.0155 * log_relative + 0.0244).clamp(0.049, 0.1)
+            std = (-0.0125 * log_relative - 0.0059).clamp(0.008, 0.045)
+            return (mean + std * noise).abs()
+        return (self.nu_mean + self.nu_std * noise).abs()
+
+    def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        t = self.time_s + self.t0_s
+        return g * (t / self.t0_s) ** (-self.exponents(g, rng))
+
+
+@dataclass(frozen=True)
+class AccumulatedReadNoise:
+    """PCM 1/f read noise accumulated up to the read at time t (fixed for one inference time):
+    g + |g|·Q_s(g)·sqrt(ln((t + t_read)/(2·t_read)))·ε, Q_s = min(0.0088/(g/g_max)^0.65, 0.2),
+    t_read = 250 ns (Nandakumar et al. 2019 via aihwkit)."""
+
+    g_max_us: float
+    time_s: float
+    t0_s: float
+    enabled: bool
+    t_read_s: float = 250e-9
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.time_s > 0
+
+    def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        t = self.time_s + self.t0_s
+        q_s = (0.0088 / (g / self.g_max_us).pow(0.65).clamp(min=1e-3)).clamp(max=0.2)
+        sigma = q_s * math.sqrt(math.log((t + self.t_read_s) / (2 * self.t_read_s)))
+        noise = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
+        return (g + g.abs() * sigma * noise).clamp(min=0)

@@ -1,0 +1,53 @@
+"""One chip instance of one matrix: map to conductances, apply every device effect, map back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from romer.noise.config import NoiseConfig
+from romer.noise.devices import AccumulatedReadNoise, PowerLawDrift, ProgrammingNoise, TemperatureShift
+from romer.noise.mapping import ConductanceMapping
+
+
+@dataclass(frozen=True)
+class DevicePhysics:
+    mapping: ConductanceMapping
+    programming: ProgrammingNoise
+    temperature: TemperatureShift
+    drift: PowerLawDrift
+    read_1f: AccumulatedReadNoise
+    compensation: bool
+
+    @classmethod
+    def from_config(cls, c: NoiseConfig) -> "DevicePhysics":
+        return cls(
+            mapping=ConductanceMapping(c.tile_rows, c.tile_cols, c.g_max_us, per_column=c.scaling == "column"),
+            programming=ProgrammingNoise(c.g_max_us, c.sigma_dev, c.prog_coeffs_us),
+            temperature=TemperatureShift(c.temperature_c, c.reference_c, c.temp_shift_per_c, c.temp_spread_per_c),
+            drift=PowerLawDrift(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.drift_nu, c.nu_mean, c.nu_std),
+            read_1f=AccumulatedReadNoise(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.read_1f),
+            compensation=c.drift_compensation,
+        )
+
+    @property
+    def perturbs_weights(self) -> bool:
+        return any(e.active for e in (self.programming, self.temperature, self.drift, self.read_1f))
+
+    def program(self, weight: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights as the chip holds them, per-column-per-tile scales) for one float32 matrix [out, in]."""
+        scales = self.mapping.scales(weight)
+        if not self.perturbs_weights:
+            return weight, scales
+        g = torch.stack(self.mapping.to_conductances(weight, scales))  # [2, out, in]: g⁺ and g⁻ devices
+        if self.programming.active:
+            g = self.programming.apply(g, rng)
+        programmed_total = g.sum()
+        for effect in (self.temperature, self.drift, self.read_1f):
+            if effect.active:
+                g = effect.apply(g, rng)
+        if self.compensation and g.sum() > 0:
+            # A reference read of the whole array after programming and now gives one gain factor.
+            g = g * (programmed_total / g.sum())
+        return self.mapping.to_weights(g[0], g[1], scales), scales

@@ -1,0 +1,97 @@
+"""Named chips: a registry of NoiseConfig presets, each with where its numbers come from.
+
+Add one with `register_preset(Preset(name, summary, sources, config))`. Numbers marked
+*assumption* are our reasoned choices where no public measurement fits; everything else is
+taken from the source named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from romer.errors import RomerError
+from romer.noise.config import NoiseConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    sources: str
+    config: NoiseConfig
+
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    _PRESETS[preset.name] = preset
+    return preset
+
+
+def preset_names() -> list[str]:
+    return list(_PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise RomerError(f"unknown noise preset '{name}'; choose one of {', '.join(preset_names())}, "
+                         "or pass a .yaml file") from None
+
+
+def preset_config(name: str) -> NoiseConfig:
+    return get_preset(name).config
+
+
+register_preset(Preset(
+    "ideal", "a perfect chip: weights mapped to tiles and read back exactly",
+    "—", NoiseConfig(name="ideal")))
+
+register_preset(Preset(
+    "gaussian", "programming noise only, one relative σ (sigma_dev, default 0.05 of g_max) on every device",
+    "the textbook weight-noise model; set the strength with gaussian:sigma_dev=0.1",
+    NoiseConfig(name="gaussian", sigma_dev=0.05)))
+
+_FLASH = dict(
+    tile_rows=256, tile_cols=256, scaling="column", g_max_us=25.0,
+    # assumption: 1σ device-to-device spread after program-and-verify of multi-level flash cells, 5 % of the
+    # conductance window at the programming temperature (verified multi-level cells in CIM macros are
+    # typically reported at a few % of the window).
+    sigma_dev=0.05,
+    reference_c=25.0,
+    # assumption: subthreshold flash-cell current falls with temperature; −0.2 %/°C mean (−11 % at 80 °C),
+    # removed by global drift compensation, and a cell-to-cell spread of that coefficient of 0.1 %/°C
+    # (5.5 % random multiplicative at 80 °C): heat widens the level distributions, it does not only shift them.
+    temp_shift_per_c=-0.002, temp_spread_per_c=0.001,
+    drift_compensation=True,
+    # analog mode periphery: 8-bit DAC and ADC, ADC noise 0.2 % of full scale (assumption, ~0.5 LSB at 8 bits).
+    dac_bits=8, adc_bits=8, adc_full_scale=8.0, sigma_adc=0.002,
+)
+
+register_preset(Preset(
+    "cim-25c", "flash-style CIM at 25 °C: device-to-device programming variation, 8-bit DAC/ADC",
+    "σ_dev, temperature coefficients and ADC noise are assumptions (see romer/noise/presets.py); "
+    "tile 256×256 and differential pairs follow common CIM macro designs",
+    NoiseConfig(name="cim-25c", temperature_c=25.0, **_FLASH)))
+
+register_preset(Preset(
+    "cim-80c", "the cim-25c chip read at 80 °C: temperature shift (compensated) and extra random spread",
+    "as cim-25c; 80 °C is the paper's hot regime",
+    NoiseConfig(name="cim-80c", temperature_c=80.0, **_FLASH)))
+
+register_preset(Preset(
+    "pcm", "phase-change memory one hour after programming: programming noise, drift, 1/f read noise",
+    "PCM statistics of Nandakumar et al., ICECS 2019, as published in IBM aihwkit's PCMLikeNoiseModel: "
+    "programming σ polynomial (0.26348, 1.9650, −1.1731) µS at g_max = 25 µS, level-dependent drift "
+    "exponents, t0 = 20 s, 1/f read noise with t_read = 250 ns; global drift compensation",
+    NoiseConfig(name="pcm", g_max_us=25.0, prog_coeffs_us=(0.26348, 1.9650, -1.1731), drift_nu="pcm",
+                drift_time_s=3600.0, drift_t0_s=20.0, read_1f=True, drift_compensation=True)))
+
+register_preset(Preset(
+    "reram", "resistive RAM after write-verify: larger conductance window, relaxation-widened variation",
+    "assumption in the range of RRAM CIM chips (e.g. NeuRRAM, Wan et al., Nature 2022, verifies cells in a "
+    "window of some tens of µS and reports post-verify relaxation of a few µS): g_max = 40 µS, σ_dev = 6 % "
+    "(2.4 µS) constant in conductance",
+    NoiseConfig(name="reram", g_max_us=40.0, sigma_dev=0.06)))

@@ -1,0 +1,149 @@
+"""apply_noise_ on whole models: reproducible, order-independent, per-slot, exactly restored."""
+
+import pytest
+import torch
+
+from romer.errors import RomerError
+from romer.models import load_model
+from romer.noise import NoiseConfig, apply_noise_
+from romer.noise.analog import AnalogWeight
+from romer.noise.roles import on_chip_tensors
+
+
+@pytest.fixture
+def model(tiny_moe_dir):
+    return load_model(str(tiny_moe_dir))[0]
+
+
+def snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def ids():
+    return torch.arange(64).remainder(300).view(2, 32)
+
+
+def test_roles_cover_the_block_matrices(model):
+    roles = {t.role for t in on_chip_tensors(model, ("attention", "experts", "router", "lm_head"))}
+    assert roles == {"attention", "experts", "router", "lm_head"}
+    default = on_chip_tensors(model, NoiseConfig().roles)
+    names = [t.name for t in default]
+    assert "model.layers.0.mlp.experts.gate_up_proj" in names and "model.layers.0.mlp.gate.weight" in names
+    assert not any("embed" in n or "norm" in n or "lm_head" in n for n in names)
+
+
+def test_same_seed_same_bits_different_seed_differs(model):
+    config = NoiseConfig.preset("cim-80c")
+    with apply_noise_(model, config, seed=7):
+        first = snapshot(model)
+    with apply_noise_(model, config, seed=7):
+        second = snapshot(model)
+    with apply_noise_(model, config, seed=8):
+        third = snapshot(model)
+    assert all(torch.equal(first[n], second[n]) for n in first)
+    assert not torch.equal(first["model.layers.0.mlp.experts.down_proj"], third["model.layers.0.mlp.experts.down_proj"])
+
+
+def test_noise_of_a_tensor_does_not_depend_on_which_others_are_noised(model):
+    name = "model.layers.1.mlp.experts.down_proj"
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=3):
+        everything = snapshot(model)[name]
+    with apply_noise_(model, NoiseConfig.preset("cim-80c", roles=("experts",)), seed=3):
+        experts_only = snapshot(model)
+    assert torch.equal(everything, experts_only[name])
+    clean = snapshot(model)
+    assert torch.equal(experts_only["model.layers.0.self_attn.q_proj.weight"], clean["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_each_expert_slot_has_its_own_tiles_and_stream(model):
+    experts = model.model.layers[0].mlp.experts
+    config = NoiseConfig.preset("gaussian", roles=("experts",), scaling="tile")
+    with apply_noise_(model, config, seed=0):
+        before = experts.down_proj[1].detach().clone()
+    with torch.no_grad():
+        experts.down_proj[0].mul_(100)  # another slot's content and range must not matter
+    with apply_noise_(model, config, seed=0):
+        after = experts.down_proj[1].detach().clone()
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("spec", [dict(name="cim-80c"), dict(name="cim-80c", mode="analog"),
+                                  dict(name="gaussian", read_sigma=0.02), dict(name="pcm")])
+@pytest.mark.parametrize("backup", ["memory", "disk"])
+def test_restore_is_bit_exact(model, spec, backup):
+    clean = snapshot(model)
+    params = dict(model.named_parameters())
+    handle = apply_noise_(model, NoiseConfig.preset(**spec), seed=1, backup=backup)
+    with torch.no_grad():
+        model(input_ids=ids())
+    assert not torch.equal(snapshot(model)["model.layers.0.mlp.experts.gate_up_proj"],
+                           clean["model.layers.0.mlp.experts.gate_up_proj"])
+    handle.restore()
+    assert all(torch.equal(clean[n], p) for n, p in model.named_parameters())
+    assert all(params[n] is p for n, p in model.named_parameters())  # same Parameter objects
+    assert not any(isinstance(p, AnalogWeight) for p in model.parameters())
+
+
+def test_ideal_chip_changes_nothing(model):
+    with torch.no_grad():
+        clean = model(input_ids=ids()).logits
+        with apply_noise_(model, NoiseConfig.preset("ideal"), seed=0):
+            assert torch.equal(model(input_ids=ids()).logits, clean)
+
+
+def test_bfloat16_noise_is_computed_in_float32_and_rounded_once(tiny_moe_dir):
+    low, _ = load_model(str(tiny_moe_dir), dtype="bfloat16")
+    high, _ = load_model(str(tiny_moe_dir))
+    with torch.no_grad():
+        for (_, a), (_, b) in zip(high.named_parameters(), low.named_parameters()):
+            a.copy_(b.float())  # same starting weights, held in float32
+    config = NoiseConfig.preset("cim-80c")
+    with apply_noise_(low, config, seed=2), apply_noise_(high, config, seed=2):
+        for (name, a), (_, b) in zip(high.named_parameters(), low.named_parameters()):
+            assert torch.equal(a.to(torch.bfloat16), b), name
+
+
+def test_analog_mode_is_close_to_digital_at_high_resolution_and_noisier_at_low(model):
+    with torch.no_grad():
+        clean = model(input_ids=ids()).logits
+        fine = NoiseConfig.preset("ideal", mode="analog", dac_bits=24, adc_bits=24, adc_full_scale=64.0)
+        with apply_noise_(model, fine, seed=0):
+            fine_out = model(input_ids=ids()).logits
+        coarse = NoiseConfig.preset("ideal", mode="analog", dac_bits=4, adc_bits=4)
+        with apply_noise_(model, coarse, seed=0):
+            coarse_out = model(input_ids=ids()).logits
+    fine_err, coarse_err = (fine_out - clean).abs().max(), (coarse_out - clean).abs().max()
+    assert fine_err < 1e-3 < coarse_err
+
+
+def test_analog_adc_outputs_sit_on_the_adc_grid():
+    layer = torch.nn.Linear(8, 3, bias=False)
+    host = torch.nn.Module()
+    host.proj = layer
+    config = NoiseConfig.preset("ideal", mode="analog", tile_rows=8, tile_cols=8, scaling="tile",
+                                adc_bits=4, adc_full_scale=2.0, roles=("dense_mlp",))
+    host.get_output_embeddings = lambda: None
+    x = torch.randn(5, 8)
+    with apply_noise_(host, config, seed=0) as handle, torch.no_grad():
+        y = layer(x)
+        scale = handle.programs["proj.weight"].scales[0, 0].item()
+    lsb = 2.0 / 7  # 4 bits: 7 levels per side on ±U
+    steps = y / (x.abs().amax(-1, keepdim=True) * scale * 25.0) / lsb
+    assert torch.allclose(steps, steps.round(), atol=1e-4)
+
+
+def test_read_noise_changes_every_forward_but_replays_per_seed(model):
+    config = NoiseConfig.preset("ideal", read_sigma=0.02)
+    with torch.no_grad():
+        with apply_noise_(model, config, seed=5):
+            a, b = model(input_ids=ids()).logits, model(input_ids=ids()).logits
+        with apply_noise_(model, config, seed=5):
+            c = model(input_ids=ids()).logits
+    assert not torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_a_model_on_a_chip_cannot_be_programmed_twice(model):
+    for mode in ("weights", "analog"):
+        with apply_noise_(model, NoiseConfig.preset("gaussian", mode=mode), seed=0):
+            with pytest.raises(RomerError, match="already sits on a chip"):
+                apply_noise_(model, NoiseConfig.preset("gaussian"), seed=1)
