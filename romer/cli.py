@@ -103,7 +103,9 @@ def evaluate(model_spec: str, data: str, split: Optional[str], window: Optional[
             with apply_noise_(model, config, seed):
                 run = perplexity(model, ids, window, stride, batch_size=batch_size, progress=True,
                                  label=f"{config.name} seed {seed}")
-            noisy.append({"seed": seed, "ppl": run.ppl})
+                noisy.append({"seed": seed, "ppl": run.ppl})
+                if with_load:
+                    noisy[-1]["layers"] = [m.as_dict() for m in expert_load(model, ids, window, batch_size, progress=True)]
         values = torch.tensor([n["ppl"] for n in noisy], dtype=torch.float64)
         record |= {"noise": config.model_dump(mode="json"), "seeds": chip_seeds, "noisy": noisy,
                    "noisy_ppl_mean": float(values.mean()),
@@ -130,19 +132,21 @@ def eval_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[str
 @app.command("demo")
 @user_errors
 def demo_command(device: str = DeviceOpt, as_json: bool = JsonOpt) -> None:
-    """The main job on the embedded default: romer-tiny on stdlib/test, perplexity and expert load."""
+    """The main job on the embedded default: romer-tiny on stdlib/test, clean and on three cim-80c chips."""
     record = evaluate("romer-tiny", "stdlib", "test", None, None, 8, None, device, "float32", False,
-                      with_load=True)
+                      noise="cim-80c", seeds="0,1,2", with_load=True)
     if as_json:
         print(json.dumps(record))
         return
     _print_summary(record)
-    table = Table(title="Expert load per MoE layer (clean)")
-    for column in ("layer", "CV", "entropy", "Gini", "min share", "max share", "starved"):
+    table = Table(title=f"Expert load per MoE layer: clean | {record['noise']['name']} (mean over seeds {record['seeds']})")
+    for column in ("layer", "CV clean", "CV noisy", "min share clean", "min share noisy", "starved clean", "starved noisy"):
         table.add_column(column, justify="right")
     for index, layer in enumerate(record["layers"]):
-        table.add_row(str(index), f"{layer['cv']:.3f}", f"{layer['entropy']:.3f}", f"{layer['gini']:.3f}",
-                      f"{layer['min_share']:.2f}×", f"{layer['max_share']:.2f}×", str(layer["starved"]))
+        noisy = [run["layers"][index] for run in record["noisy"]]
+        mean = lambda key: sum(n[key] for n in noisy) / len(noisy)
+        table.add_row(str(index), f"{layer['cv']:.3f}", f"{mean('cv'):.3f}", f"{layer['min_share']:.2f}×",
+                      f"{mean('min_share'):.2f}×", str(layer["starved"]), f"{mean('starved'):.1f}")
     out.print(table)
     out.print("Shares are relative to the uniform share 1/E; 'starved' counts experts below half of it.")
 
