@@ -147,3 +147,28 @@ def test_a_model_on_a_chip_cannot_be_programmed_twice(model):
         with apply_noise_(model, NoiseConfig.preset("gaussian", mode=mode), seed=0):
             with pytest.raises(RomerError, match="already sits on a chip"):
                 apply_noise_(model, NoiseConfig.preset("gaussian"), seed=1)
+
+
+def test_a_cast_weight_stays_on_the_chip():
+    """DeepSeek's routers compute F.linear(x.float(), self.weight.type(torch.float32))."""
+    class CastingRouter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(2, 16))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x.float(), self.weight.type(torch.float32))
+
+    host = torch.nn.Module()
+    host.block = torch.nn.Module()
+    host.block.gate = CastingRouter()
+    host.block.experts = torch.nn.ModuleList([torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)])
+    host.get_output_embeddings = lambda: None
+    x = torch.randn(3, 16)
+    config = NoiseConfig.preset("ideal", mode="analog", adc_bits=3, roles=("router",))
+    assert [t.name for t in on_chip_tensors(host, config.roles)] == ["block.gate.weight"]
+    with torch.no_grad():
+        digital = host.block.gate(x)
+        with apply_noise_(host, config, seed=0):
+            analog = host.block.gate(x)
+    assert not torch.allclose(analog, digital)

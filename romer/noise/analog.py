@@ -69,12 +69,20 @@ class AnalogWeight(torch.Tensor):
             weight = args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             return analog_linear(args[0], weight.as_subclass(torch.Tensor), bias, weight.program, weight.slot)
-        if func is torch.Tensor.__getitem__ and args[0].dim() == 3 and _is_slot(args[1]):
-            with torch._C.DisableTorchFunctionSubclass():
-                item = func(*args, **kwargs)
-            return AnalogWeight.wrap(item, args[0].program, int(args[1]))
         with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+        source = args[0] if args else None
+        if isinstance(source, AnalogWeight) and isinstance(result, torch.Tensor):
+            if func is torch.Tensor.__getitem__ and source.dim() == 3 and _is_slot(args[1]):
+                return AnalogWeight.wrap(result, source.program, int(args[1]))
+            if func in _KEEPS_WEIGHT and result.shape == source.shape:
+                # a cast or copy is still the same weights on the same chip (DeepSeek's routers cast to float32)
+                return AnalogWeight.wrap(result, source.program, source.slot)
+        return result
+
+
+_KEEPS_WEIGHT = {torch.Tensor.to, torch.Tensor.type, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16,
+                 torch.Tensor.double, torch.Tensor.contiguous, torch.Tensor.clone}
 
 
 def _is_slot(index) -> bool:

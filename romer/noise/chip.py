@@ -14,6 +14,7 @@ the same seed gives the same bits, and one tensor's noise never depends on anoth
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,7 +29,22 @@ from romer.noise.physics import DevicePhysics
 from romer.noise.roles import ChipTensor, on_chip_tensors
 from romer.noise.streams import stream
 
-MEMORY_BACKUP_LIMIT_BYTES = 2 * 2**30
+SMALL_BACKUP_BYTES = 256 * 2**20
+
+
+def _host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def choose_backup(tensors: list[ChipTensor]) -> str:
+    """`memory` for small models, and for accelerator-resident ones whose clean copy fits comfortably in
+    host memory (it never takes device memory); otherwise `disk`, so that no second copy of a large
+    CPU-resident model is ever held."""
+    total = sum(t.param.numel() * t.param.element_size() for t in tensors)
+    on_accelerator = any(t.param.device.type != "cpu" for t in tensors)
+    if total <= SMALL_BACKUP_BYTES or (on_accelerator and total <= _host_memory_bytes() // 2):
+        return "memory"
+    return "disk"
 
 
 @dataclass
@@ -98,8 +114,7 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
         raise RomerError("this model already sits on a chip; restore() the previous handle first")
     tensors = on_chip_tensors(model, config.roles)
     if backup == "auto":
-        total = sum(t.param.numel() * t.param.element_size() for t in tensors)
-        backup = "memory" if total <= MEMORY_BACKUP_LIMIT_BYTES else "disk"
+        backup = choose_backup(tensors)
     store = MemoryBackup() if backup == "memory" else DiskBackup()
     physics = DevicePhysics.from_config(config)
     per_forward = config.mode == "analog" or config.read_sigma > 0
