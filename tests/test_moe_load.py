@@ -44,7 +44,7 @@ def test_recorder_counts_every_selection_and_leaves_the_forward_unchanged(tiny_m
     assert torch.equal(plain, recorded) and torch.equal(plain, after)
     assert [int(c.sum()) for c in recorder.counts] == [128 * 2, 128 * 2]  # tokens × top-k, per layer
     assert all(sum(m.frequency) == pytest.approx(1.0) for m in recorder.metrics())
-    assert not any(b.router._forward_hooks for b in recorder.blocks)
+    assert not any(layer.router._forward_hooks for layer in recorder.layers)
 
 
 def test_expert_load_routes_each_complete_chunk_once(tiny_moe_dir, sample_txt):

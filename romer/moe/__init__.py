@@ -1,7 +1,10 @@
-"""Mixture-of-experts structure: finding MoE blocks, recording routing, load metrics."""
+"""Mixture-of-experts structure: per-family adapters, routing telemetry, load and fidelity metrics."""
 
+from romer.moe.adapter import MoeAdapter, MoeLayer, RouterOutput, adapter_for, register_adapter, supported_model_types
 from romer.moe.detect import MoeBlock, find_moe_blocks, require_moe
 from romer.moe.metrics import LoadMetrics, load_metrics
-from romer.moe.telemetry import RoutingRecorder
+from romer.moe.telemetry import RoutingRecorder, routing_fidelity
 
-__all__ = ["LoadMetrics", "MoeBlock", "RoutingRecorder", "find_moe_blocks", "load_metrics", "require_moe"]
+__all__ = ["LoadMetrics", "MoeAdapter", "MoeBlock", "MoeLayer", "RouterOutput", "RoutingRecorder", "adapter_for",
+           "find_moe_blocks", "load_metrics", "register_adapter", "require_moe", "routing_fidelity",
+           "supported_model_types"]

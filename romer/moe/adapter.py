@@ -1,0 +1,144 @@
+"""One adapter per MoE family: everything that differs between architectures lives there.
+
+An adapter finds the MoE layers of a model and, for one layer, can
+- compute the router logits of given hidden states (`router_logits`);
+- turn given logits into the routing decision, exactly as the stock router does (`route`),
+  so calibrated logits can be substituted (`override_routing`);
+- read the router's output in the family's format (`read_router_output`);
+- copy expert `src` into slot `dst`, optionally with its router row (`copy_expert`).
+
+Add a family with `@register_adapter` on a subclass that names its `model_types`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from romer.errors import RomerError
+from romer.moe.detect import find_moe_blocks
+
+
+@dataclass(frozen=True)
+class MoeLayer:
+    index: int
+    name: str
+    block: nn.Module
+    router: nn.Module
+    experts: nn.Module
+    num_experts: int
+    top_k: int
+    shared: tuple[nn.Module, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class RouterOutput:
+    logits: torch.Tensor | None  # [tokens, experts]; None where the router does not return them
+    weights: torch.Tensor        # [tokens, top_k]
+    indices: torch.Tensor        # [tokens, top_k]
+
+
+class MoeAdapter:
+    family: str = ""
+    model_types: tuple[str, ...] = ()
+    shared_attrs: tuple[str, ...] = ()
+
+    # ---- structure -------------------------------------------------------------------------
+    def top_k(self, router: nn.Module) -> int:
+        return int(router.top_k)
+
+    def layers(self, model: nn.Module) -> list[MoeLayer]:
+        """The MoE layers in model order (the blocks `find_moe_blocks` finds, with this family's details)."""
+        layers = []
+        for index, block in enumerate(find_moe_blocks(model)):
+            shared = tuple(getattr(block.module, a) for a in self.shared_attrs
+                           if isinstance(getattr(block.module, a, None), nn.Module))
+            layers.append(MoeLayer(index, block.name, block.module, block.router, block.experts, block.num_experts,
+                                   self.top_k(block.router), shared))
+        return layers
+
+    # ---- routing ---------------------------------------------------------------------------
+    def router_logits(self, layer: MoeLayer, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden.reshape(-1, hidden.shape[-1]), layer.router.weight)
+
+    def route(self, layer: MoeLayer, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights, indices) from logits, bit for bit as the stock router computes them."""
+        raise NotImplementedError
+
+    def read_router_output(self, layer: MoeLayer, output) -> RouterOutput:
+        logits, weights, indices = output
+        return RouterOutput(logits, weights, indices)
+
+    def make_router_output(self, layer: MoeLayer, logits: torch.Tensor, weights: torch.Tensor,
+                           indices: torch.Tensor):
+        return logits, weights, indices
+
+    @contextmanager
+    def override_routing(self, layer: MoeLayer, transform: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Route from `transform(logits)` instead of the logits, inside the block's own forward."""
+        router = layer.router
+
+        def forward(hidden_states, *args, **kwargs):
+            logits = self.router_logits(layer, hidden_states)
+            weights, indices = self.route(layer, transform(logits))
+            return self.make_router_output(layer, logits, weights, indices)
+
+        router.forward = forward
+        try:
+            yield
+        finally:
+            del router.forward
+
+    # ---- experts ---------------------------------------------------------------------------
+    def expert_tensors(self, layer: MoeLayer, slot: int) -> dict[str, torch.Tensor]:
+        """Views of every weight of expert `slot`, by name."""
+        if isinstance(layer.experts, nn.ModuleList):
+            return dict(layer.experts[slot].named_parameters())
+        return {name: param[slot] for name, param in layer.experts.named_parameters() if param.dim() == 3}
+
+    def router_rows(self, layer: MoeLayer, slot: int) -> dict[str, torch.Tensor]:
+        rows = {"weight": layer.router.weight[slot]}
+        bias = getattr(layer.router, "e_score_correction_bias", None)
+        if bias is not None:
+            rows["e_score_correction_bias"] = bias[slot]
+        return rows
+
+    @torch.no_grad()
+    def copy_expert(self, layer: MoeLayer, src: int, dst: int, router_row: bool = False) -> None:
+        source = self.expert_tensors(layer, src)
+        for name, view in self.expert_tensors(layer, dst).items():
+            view.copy_(source[name])
+        if router_row:
+            rows = self.router_rows(layer, src)
+            for name, view in self.router_rows(layer, dst).items():
+                view.copy_(rows[name])
+
+
+_ADAPTERS: dict[str, MoeAdapter] = {}
+
+
+def register_adapter(cls: type[MoeAdapter]) -> type[MoeAdapter]:
+    adapter = cls()
+    for model_type in cls.model_types:
+        _ADAPTERS[model_type] = adapter
+    return cls
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def adapter_for(model: nn.Module) -> MoeAdapter:
+    import romer.moe.families  # noqa: F401  (registers the families)
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in _ADAPTERS:
+        raise RomerError(f"romer has no MoE adapter for model type '{model_type}'; supported: "
+                         f"{', '.join(supported_model_types())}. To add one, subclass romer.moe.MoeAdapter "
+                         "and decorate it with @register_adapter (see romer/moe/families/)")
+    return _ADAPTERS[model_type]
