@@ -67,25 +67,32 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def load_inputs(model_spec: str, data: str, split: Optional[str], max_tokens: Optional[int], device: str,
+                dtype: str, trust_remote_code: bool):
+    """(corpus, model, token ids): the data first, so that a bad --data fails before a big model loads."""
+    from romer.data import load_corpus
+    from romer.evaluation import tokenize_stream
+    from romer.models import load_model
+
+    if max_tokens is not None and max_tokens < 2:
+        raise RomerError(f"--max-tokens must be at least 2, got {max_tokens}")
+    _quiet_transformers()
+    corpus = load_corpus(data, split)
+    model, tokenizer = load_model(model_spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    ids = tokenize_stream(tokenizer, corpus.text)
+    return corpus, model, ids[:max_tokens] if max_tokens is not None else ids
+
+
 def evaluate(model_spec: str, data: str, split: Optional[str], window: Optional[int], stride: Optional[int],
              batch_size: int, max_tokens: Optional[int], device: str, dtype: str, trust_remote_code: bool,
              noise: Optional[str] = None, seeds: str = "0", with_load: bool = False) -> dict:
     """Load, tokenize, score clean and (with `noise`) on each chip seed: what `eval --json` prints."""
-    from romer.data import load_corpus
-    from romer.evaluation import default_window, expert_load, perplexity, tokenize_stream
-    from romer.models import load_model
+    from romer.evaluation import default_window, expert_load, perplexity
     from romer.noise import apply_noise_, parse_noise_spec
 
-    _quiet_transformers()
     config = parse_noise_spec(noise) if noise else None
     chip_seeds = parse_seeds(seeds) if noise else []
-    corpus = load_corpus(data, split)
-    model, tokenizer = load_model(model_spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    ids = tokenize_stream(tokenizer, corpus.text)
-    if max_tokens is not None:
-        if max_tokens < 2:
-            raise RomerError(f"--max-tokens must be at least 2, got {max_tokens}")
-        ids = ids[:max_tokens]
+    corpus, model, ids = load_inputs(model_spec, data, split, max_tokens, device, dtype, trust_remote_code)
     window = window or default_window(model)
     result = perplexity(model, ids, window, stride, batch_size=batch_size, progress=True, label="clean")
     record = {
@@ -165,6 +172,66 @@ def _print_summary(record: dict) -> None:
         table.add_row(f"perplexity ({record['noise']['name']})",
                       f"{record['noisy_ppl_mean']:.3f} ± {record['noisy_ppl_std']:.3f} (seeds {record['seeds']}: {per_seed})")
     out.print(table)
+
+
+@app.command("profile")
+@user_errors
+def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[str] = SplitOpt,
+                    window: Optional[int] = WindowOpt, batch_size: int = BatchOpt,
+                    max_tokens: Optional[int] = MaxTokensOpt, noise: Optional[str] = NoiseOpt,
+                    seed: int = typer.Option(0, "--seed", help="Chip instance to simulate with --noise."),
+                    out_dir: Optional[str] = typer.Option(None, "--out", help="Folder for profile.json and heatmap.png."),
+                    device: str = DeviceOpt, dtype: str = DtypeOpt, trust_remote_code: bool = TrustOpt,
+                    as_json: bool = JsonOpt) -> None:
+    """Expert load per MoE layer, clean and (with --noise) on one chip instance, with routing fidelity."""
+    from romer.atomic import write_text_atomic
+    from romer.evaluation import default_window, profile_routing
+    from romer.noise import apply_noise_, parse_noise_spec
+
+    if seed < 0:
+        raise RomerError(f"--seed must be a non-negative integer, got {seed}")
+    config = parse_noise_spec(noise) if noise else None
+    corpus, loaded, ids = load_inputs(model, data, split, max_tokens, device, dtype, trust_remote_code)
+    window = window or default_window(loaded)
+    if ids.numel() < window:
+        raise RomerError(f"the text has {ids.numel()} tokens, fewer than one window of {window}; "
+                         "use a longer text or a smaller --window")
+    chip = (lambda: apply_noise_(loaded, config, seed)) if config else None
+    record = {"model": model, "model_path": str(loaded.name_or_path),
+              "dataset": {**corpus.describe(), "tokens": int(ids.numel())}, "window": window,
+              **profile_routing(loaded, ids, window, batch_size, chip=chip, progress=True)}
+    if config:
+        record |= {"noise": config.model_dump(mode="json"), "seed": seed}
+    if out_dir:
+        from pathlib import Path
+
+        from romer.report.heatmap import load_heatmap
+
+        folder = Path(out_dir)
+        write_text_atomic(folder / "profile.json", json.dumps(record, indent=2) + "\n")
+        noisy = [layer["frequency"] for layer in record["noisy_layers"]] if config else None
+        title = f"{model}: expert share per layer" + (f", {config.name} seed {seed}" if config else "")
+        load_heatmap([layer["frequency"] for layer in record["layers"]], noisy, folder / "heatmap.png", title)
+    if as_json:
+        print(json.dumps(record))
+        return
+    table = Table(title=f"Routing profile: {model} on {corpus.name}/{corpus.split} ({ids.numel():,} tokens)")
+    columns = ["layer", "CV clean", "starved clean", "entropy clean"]
+    if config:
+        columns += [f"CV {config.name}", "starved noisy", "top-k agreement", "Jaccard", "KL"]
+    for column in columns:
+        table.add_column(column, justify="right")
+    for index, layer in enumerate(record["layers"]):
+        row = [str(index), f"{layer['cv']:.3f}", str(layer["starved"]), f"{layer['entropy']:.3f}"]
+        if config:
+            noisy_layer = record["noisy_layers"][index]
+            kl = record["kl"][index]
+            row += [f"{noisy_layer['cv']:.3f}", str(noisy_layer["starved"]), f"{record['topk_agreement'][index]:.3f}",
+                    f"{record['jaccard'][index]:.3f}", "—" if kl is None else f"{kl:.4f}"]
+        table.add_row(*row)
+    out.print(table)
+    if out_dir:
+        out.print(f"wrote {out_dir}/profile.json and {out_dir}/heatmap.png", highlight=False)
 
 
 noise_app = typer.Typer(help="Chip noise models: fit your own from measurements.", no_args_is_help=True)

@@ -101,3 +101,24 @@ def test_noise_fit_writes_a_preset_that_eval_uses(tmp_path, tiny_moe_dir, sample
     assert code == 0 and json.loads(stdout)["noise"]["name"] == "chip"
     code, _, stderr = run("noise", "fit", str(tmp_path / "none.csv"), "--out", str(out))
     assert code == 2 and "cannot read measurement file" in stderr
+
+
+def test_profile_json_and_heatmap(tiny_moe_dir, sample_txt, tmp_path):
+    code, stdout, stderr = run("profile", "--model", str(tiny_moe_dir), "--data", str(sample_txt), "--window", "32",
+                               "--noise", "cim-80c", "--seed", "1", "--out", str(tmp_path / "p"), "--json")
+    assert code == 0, stderr
+    record = json.loads(stdout)
+    assert len(record["layers"]) == len(record["noisy_layers"]) == len(record["topk_agreement"]) == 2
+    for layer in record["layers"] + record["noisy_layers"]:
+        assert len(layer["frequency"]) == 8 and sum(layer["frequency"]) == pytest.approx(1.0)
+        assert {"cv", "entropy", "starved"} <= set(layer)
+    assert all(0 <= a <= 1 for a in record["topk_agreement"])
+    assert (tmp_path / "p" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "p" / "profile.json").read_text()) == record
+
+
+def test_profile_clean_only_and_dense_model(tiny_moe_dir, dense_dir, sample_txt):
+    code, stdout, _ = run("profile", "--model", str(tiny_moe_dir), "--data", str(sample_txt), "--window", "32", "--json")
+    assert code == 0 and "noisy_layers" not in json.loads(stdout)
+    code, _, stderr = run("profile", "--model", str(dense_dir), "--data", str(sample_txt))
+    assert code == 2 and "has no MoE layers" in stderr
