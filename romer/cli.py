@@ -193,9 +193,6 @@ def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[
     config = parse_noise_spec(noise) if noise else None
     corpus, loaded, ids = load_inputs(model, data, split, max_tokens, device, dtype, trust_remote_code)
     window = window or default_window(loaded)
-    if ids.numel() < window:
-        raise RomerError(f"the text has {ids.numel()} tokens, fewer than one window of {window}; "
-                         "use a longer text or a smaller --window")
     chip = (lambda: apply_noise_(loaded, config, seed)) if config else None
     record = {"model": model, "model_path": str(loaded.name_or_path),
               "dataset": {**corpus.describe(), "tokens": int(ids.numel())}, "window": window,
