@@ -80,3 +80,13 @@ def test_hub_id_offline_gives_one_clear_line():
 
 def test_embedded_name_resolves_inside_the_package():
     assert resolve_model_path("romer-tiny").name == "romer-tiny"
+
+
+def test_remote_code_checkpoint_loads_only_with_the_flag(tmp_path):
+    from tests.families import deepseek_moe_folder
+
+    folder = deepseek_moe_folder(tmp_path / "deepseek-moe")
+    with pytest.raises(RomerError, match="ships its own model code; rerun with --trust-remote-code"):
+        load_model(str(folder))
+    with pytest.raises(RomerError, match="ships its own model code"):
+        load_model(str(folder), trust_remote_code=False)

@@ -1,34 +1,26 @@
 """DeepSeek-V3: sigmoid scores, a per-expert correction bias for the choice only, group-limited
-top-k over the sum of each group's best two, optional re-normalisation, routed scaling."""
+top-k over the sum of each group's best two, optional re-normalisation, routed scaling.
+Logits are computed as in DeepSeek-V2 (float32)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from romer.moe.adapter import MoeAdapter, MoeLayer, register_adapter
+from romer.moe.adapter import MoeLayer, register_adapter
+from romer.moe.families.deepseek_v2 import DeepseekV2, allowed_experts
 
 
 @register_adapter
-class DeepseekV3(MoeAdapter):
+class DeepseekV3(DeepseekV2):
     family = "DeepSeek-V3"
     model_types = ("deepseek_v3",)
-    shared_attrs = ("shared_experts",)
-
-    def router_logits(self, layer: MoeLayer, hidden: torch.Tensor) -> torch.Tensor:
-        router = layer.router
-        return F.linear(hidden.reshape(-1, router.hidden_dim).type(torch.float32), router.weight.type(torch.float32))
 
     def route(self, layer: MoeLayer, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         router = layer.router
         scores = logits.sigmoid()
         choice = scores + router.e_score_correction_bias
-        per_group = router.num_experts // router.num_group
-        group_scores = choice.view(-1, router.num_group, per_group).topk(2, dim=-1)[0].sum(dim=-1)
-        group_idx = torch.topk(group_scores, k=router.topk_group, dim=-1, sorted=False)[1]
-        group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1)
-        score_mask = group_mask.unsqueeze(-1).expand(-1, router.num_group, per_group).reshape(-1, router.num_experts)
-        choice = choice.masked_fill(~score_mask.bool(), float("-inf"))
+        group_scores = choice.view(-1, router.num_group, router.num_experts // router.num_group).topk(2, dim=-1)[0].sum(dim=-1)
+        choice = choice.masked_fill(~allowed_experts(group_scores, router), float("-inf"))
         indices = torch.topk(choice, k=router.top_k, dim=-1, sorted=False)[1]
         weights = scores.gather(1, indices)
         if router.norm_topk_prob:
