@@ -104,3 +104,27 @@ def test_streams_depend_only_on_their_key():
     assert torch.equal(a, b)
     assert not torch.equal(a, torch.randn(5, generator=stream(3, "layers.0.w", 1)))
     assert not torch.equal(a, torch.randn(5, generator=stream(4, "layers.0.w", 2)))
+
+
+def test_leakage_grows_with_temperature_and_has_lognormal_spread():
+    effect = TemperatureShift(80.0, 25.0, 0.0, 0.0, leak_ref_us=0.025, leak_doubling_c=10.0, leak_spread=0.5)
+    extra = 0.025 * (2 ** 5.5 - 1)
+    assert effect.leakage_us() == pytest.approx(0.025 * 2 ** 5.5)
+    leak = effect.apply(torch.zeros(N), rng())
+    assert leak.mean().item() == pytest.approx(extra, rel=0.01)
+    assert (leak.std() / leak.mean()).item() == pytest.approx(math.sqrt(math.exp(0.25) - 1), rel=0.03)
+
+
+def test_global_compensation_removes_a_mean_shift_but_not_the_spread():
+    from romer.noise import NoiseConfig
+    from romer.noise.physics import DevicePhysics
+
+    weight = torch.randn(64, 300)
+    shift_only = DevicePhysics.from_config(NoiseConfig(temperature_c=80.0, temp_shift_per_c=-0.002))
+    restored, _ = shift_only.program(weight, rng())
+    assert torch.allclose(restored, weight, atol=1e-5)
+    uncompensated = DevicePhysics.from_config(NoiseConfig(temperature_c=80.0, temp_shift_per_c=-0.002,
+                                                          drift_compensation=False))
+    assert torch.allclose(uncompensated.program(weight, rng())[0], weight * (1 - 0.002 * 55), atol=1e-5)
+    spread = DevicePhysics.from_config(NoiseConfig(temperature_c=80.0, temp_spread_per_c=0.002))
+    assert not torch.allclose(spread.program(weight, rng())[0], weight, atol=1e-3)

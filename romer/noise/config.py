@@ -52,6 +52,9 @@ class NoiseConfig(BaseModel):
                                     description="mean relative conductance change per °C above reference")
     temp_spread_per_c: float = Field(0.0, ge=0, le=0.05,
                                      description="device-to-device std of the relative change, per °C")
+    leak_ref_us: float = Field(0.0, ge=0, description="µS, mean off-state (leakage) conductance per device at reference_c")
+    leak_doubling_c: float = Field(10.0, gt=0, description="°C per doubling of the leakage conductance")
+    leak_spread: float = Field(0.0, ge=0, le=3, description="lognormal cell-to-cell spread (σ of ln) of the leakage")
 
     # power-law drift g(t) = g(t0)·(t/t0)^-nu (PCM), and accumulated 1/f read noise at that time
     drift_time_s: float = Field(0.0, ge=0, description="s, time from programming to inference (0: no drift)")

@@ -19,7 +19,9 @@ class ProgrammingNoise:
     σ(g_t) = Σ_i c_i·(g_t/g_max)^i µS (`prog_coeffs_us`), or σ_dev·g_max (constant). The
     polynomial form and the PCM coefficients (0.26348, 1.9650, −1.1731 µS at g_max = 25 µS)
     are Nandakumar et al., ICECS 2019, as published in IBM aihwkit's PCM model. Fixed for the
-    life of one programming: one chip instance.
+    life of one programming: one chip instance. A device cannot go below zero conductance, so
+    the idle device of a differential pair (target 0) errs only upwards (half-normal): on
+    average this pulls every weight slightly towards zero, as on a real chip.
     """
 
     g_max_us: float
@@ -43,28 +45,45 @@ class ProgrammingNoise:
 
 @dataclass(frozen=True)
 class TemperatureShift:
-    """Conductance at operating temperature T of a device programmed at T_ref:
-    g·(1 + κ·ΔT + β·ΔT·ε), ΔT = T − T_ref, ε ~ N(0, 1) per device, clamped at 0.
+    """A device programmed at T_ref and read at T, ΔT = T − T_ref, ε ~ N(0, 1) per device:
 
-    κ (`temp_shift_per_c`) is the mean relative change per °C, β (`temp_spread_per_c`) its
-    device-to-device spread: cells programmed to the same level respond differently to heat
-    (threshold-voltage and mobility temperature coefficients vary from cell to cell), so heat
-    adds random variation, not only a shift that one rescale could undo.
+    g·(1 + κ·ΔT + β·ΔT·ε) + L(T)·exp(s·ε' − s²/2), clamped at 0.
+
+    κ (`temp_shift_per_c`) is the mean relative change per °C and β (`temp_spread_per_c`) its
+    cell-to-cell spread: cells programmed alike respond differently to heat, so heat adds random
+    variation, not only a shift that one rescale could undo. L(T) = L_ref·2^(ΔT / doubling) is the
+    off-state (leakage) conductance, which roughly doubles every `leak_doubling_c` °C in FET-based
+    cells; it flows through both devices of a pair, so its mean cancels and its lognormal
+    cell-to-cell spread s (`leak_spread`) does not.
     """
 
     temperature_c: float
     reference_c: float
     shift_per_c: float
     spread_per_c: float
+    leak_ref_us: float = 0.0
+    leak_doubling_c: float = 10.0
+    leak_spread: float = 0.0
 
     @property
     def active(self) -> bool:
-        return self.temperature_c != self.reference_c and (self.shift_per_c != 0 or self.spread_per_c > 0)
+        return self.temperature_c != self.reference_c and (
+            self.shift_per_c != 0 or self.spread_per_c > 0 or self.leak_ref_us > 0)
+
+    def leakage_us(self) -> float:
+        return self.leak_ref_us * 2 ** ((self.temperature_c - self.reference_c) / self.leak_doubling_c)
 
     def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         delta = self.temperature_c - self.reference_c
         noise = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
-        return (g * (1 + self.shift_per_c * delta + self.spread_per_c * delta * noise)).clamp(min=0)
+        shifted = g * (1 + self.shift_per_c * delta + self.spread_per_c * delta * noise)
+        if self.leak_ref_us > 0:
+            # leakage beyond what was present (and verified against) at the programming temperature
+            extra = self.leakage_us() - self.leak_ref_us
+            spread = self.leak_spread
+            cells = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
+            shifted = shifted + extra * torch.exp(spread * cells - spread**2 / 2)
+        return shifted.clamp(min=0)
 
 
 @dataclass(frozen=True)

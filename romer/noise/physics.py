@@ -25,7 +25,8 @@ class DevicePhysics:
         return cls(
             mapping=ConductanceMapping(c.tile_rows, c.tile_cols, c.g_max_us, per_column=c.scaling == "column"),
             programming=ProgrammingNoise(c.g_max_us, c.sigma_dev, c.prog_coeffs_us),
-            temperature=TemperatureShift(c.temperature_c, c.reference_c, c.temp_shift_per_c, c.temp_spread_per_c),
+            temperature=TemperatureShift(c.temperature_c, c.reference_c, c.temp_shift_per_c, c.temp_spread_per_c,
+                                         c.leak_ref_us, c.leak_doubling_c, c.leak_spread),
             drift=PowerLawDrift(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.drift_nu, c.nu_mean, c.nu_std),
             read_1f=AccumulatedReadNoise(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.read_1f),
             compensation=c.drift_compensation,
@@ -43,11 +44,13 @@ class DevicePhysics:
         g = torch.stack(self.mapping.to_conductances(weight, scales))  # [2, out, in]: g⁺ and g⁻ devices
         if self.programming.active:
             g = self.programming.apply(g, rng)
-        programmed_total = g.sum()
+        programmed = (g[0] - g[1]).abs().sum()
         for effect in (self.temperature, self.drift, self.read_1f):
             if effect.active:
                 g = effect.apply(g, rng)
-        if self.compensation and g.sum() > 0:
-            # A reference read of the whole array after programming and now gives one gain factor.
-            g = g * (programmed_total / g.sum())
+        now = (g[0] - g[1]).abs().sum()
+        if self.compensation and now > 0:
+            # One gain per tensor from a reference read of the differential outputs, right after
+            # programming and now (global drift compensation); leakage common to a pair cancels there.
+            g = g * (programmed / now)
         return self.mapping.to_weights(g[0], g[1], scales), scales

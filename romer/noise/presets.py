@@ -55,29 +55,33 @@ register_preset(Preset(
     NoiseConfig(name="gaussian", sigma_dev=0.05)))
 
 _FLASH = dict(
-    tile_rows=256, tile_cols=256, scaling="column", g_max_us=25.0,
-    # assumption: 1σ device-to-device spread after program-and-verify of multi-level flash cells, 5 % of the
+    # assumption: the flash array shares one read reference and ADC range per 256×256 tile, so the largest |w|
+    # of a tile maps to g_max (per-column scale factors would need a digital multiplier per column: scaling=column).
+    tile_rows=256, tile_cols=256, scaling="tile", g_max_us=25.0,
+    # assumption: 1σ cell-to-cell spread after program-and-verify of multi-level flash cells, 5 % of the
     # conductance window at the programming temperature (verified multi-level cells in CIM macros are
     # typically reported at a few % of the window).
     sigma_dev=0.05,
     reference_c=25.0,
-    # assumption: subthreshold flash-cell current falls with temperature; −0.2 %/°C mean (−11 % at 80 °C),
-    # removed by global drift compensation, and a cell-to-cell spread of that coefficient of 0.1 %/°C
-    # (5.5 % random multiplicative at 80 °C): heat widens the level distributions, it does not only shift them.
+    # assumption: subthreshold flash-cell current falls with temperature: −0.2 %/°C on average (−11 % at 80 °C),
+    # removed by global drift compensation, with a cell-to-cell spread of 0.1 %/°C (5.5 % at 80 °C).
     temp_shift_per_c=-0.002, temp_spread_per_c=0.001,
+    # assumption: off-state leakage of 0.1 % of g_max at 25 °C that doubles every 10 °C, as FET leakage roughly
+    # does (×45 at 80 °C, ≈ 4.4 % of g_max), with a lognormal cell-to-cell spread of σ_ln = 0.5.
+    leak_ref_us=0.025, leak_doubling_c=10.0, leak_spread=0.5,
     drift_compensation=True,
     # analog mode periphery: 8-bit DAC and ADC, ADC noise 0.2 % of full scale (assumption, ~0.5 LSB at 8 bits).
     dac_bits=8, adc_bits=8, adc_full_scale=8.0, sigma_adc=0.002,
 )
 
 register_preset(Preset(
-    "cim-25c", "flash-style CIM at 25 °C: device-to-device programming variation, 8-bit DAC/ADC",
+    "cim-25c", "flash-style CIM at 25 °C: cell-to-cell programming variation on tile-scaled arrays, 8-bit DAC/ADC",
     "σ_dev, temperature coefficients and ADC noise are assumptions (see romer/noise/presets.py); "
     "tile 256×256 and differential pairs follow common CIM macro designs",
     NoiseConfig(name="cim-25c", temperature_c=25.0, **_FLASH)))
 
 register_preset(Preset(
-    "cim-80c", "the cim-25c chip read at 80 °C: temperature shift (compensated) and extra random spread",
+    "cim-80c", "the cim-25c chip read at 80 °C: compensated mean shift, wider cell spread, 45× leakage",
     "as cim-25c; 80 °C is the paper's hot regime",
     NoiseConfig(name="cim-80c", temperature_c=80.0, **_FLASH)))
 
