@@ -105,11 +105,12 @@ def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return F.linear(x, w.to(x.dtype), bias)
 
     tiles = scales.shape[-1]
-    pad = tiles * c.tile_rows - in_dim
+    rows = in_dim if tiles == 1 else c.tile_rows  # a single tile needs no zero padding
+    pad = tiles * rows - in_dim
     flat = x.reshape(-1, in_dim).float()
     x_max = flat.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-    x_q = F.pad(quantize(flat / x_max, c.dac_bits), (0, pad)).view(-1, tiles, c.tile_rows)
-    w_norm = F.pad(w / (mapping.expand(scales, in_dim) * c.g_max_us), (0, pad)).view(out_dim, tiles, c.tile_rows)
+    x_q = F.pad(quantize(flat / x_max, c.dac_bits), (0, pad)).view(-1, tiles, rows)
+    w_norm = F.pad(w, (0, pad)).view(out_dim, tiles, rows) / (scales.unsqueeze(-1) * c.g_max_us)
     partial = torch.einsum("nkr,okr->nko", x_q, w_norm)  # per-tile outputs, in full-scale device units
     if c.sigma_adc > 0:
         rng = program.next_stream(slot, "adc", x.device)
