@@ -96,11 +96,6 @@ class NoiseConfig(BaseModel):
             raise ValueError("drift_nu is set but drift_time_s is 0; set a time since programming")
         return self
 
-    @property
-    def is_ideal(self) -> bool:
-        return self == NoiseConfig(name=self.name, roles=self.roles, mode="weights", tile_rows=self.tile_rows,
-                                   tile_cols=self.tile_cols, scaling=self.scaling, g_max_us=self.g_max_us)
-
     @classmethod
     def preset(cls, name: str, **overrides) -> "NoiseConfig":
         from romer.noise.presets import preset_config
