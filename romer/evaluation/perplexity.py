@@ -53,15 +53,19 @@ def default_window(model: nn.Module) -> int:
     return min(int(context), MAX_DEFAULT_WINDOW)
 
 
+def require_one_window(tokens: int, window: int) -> None:
+    if tokens < window:
+        raise RomerError(f"the text has {tokens} tokens, fewer than one window of {window}; "
+                         "use a longer text or a smaller --window")
+
+
 def sliding_windows(tokens: int, window: int, stride: int) -> Iterator[Window]:
     if window < 2:
         raise RomerError(f"--window must be at least 2 tokens, got {window}")
     if not 1 <= stride <= window:
         raise RomerError(f"--stride must be between 1 and the window ({window}), got {stride}; "
                          "a larger stride would leave tokens unscored")
-    if tokens < window:
-        raise RomerError(f"the text has {tokens} tokens, fewer than one window of {window}; "
-                         "use a longer text or a smaller --window")
+    require_one_window(tokens, window)
     previous_end = 0
     for begin in range(0, tokens, stride):
         end = min(begin + window, tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from romer.errors import RomerError
+from romer.evaluation.perplexity import require_one_window
 from romer.moe.metrics import LoadMetrics
 from romer.moe.telemetry import RoutingRecorder, routing_fidelity
 from romer.progress import progress_bar
@@ -15,9 +15,7 @@ from romer.progress import progress_bar
 def capture_routing(model: nn.Module, ids: torch.Tensor, window: int, batch_size: int = 8, progress: bool = False,
                     keep_choices: bool = False, logit_every: int = 0, label: str = "routing") -> RoutingRecorder:
     """Run every complete `window`-token chunk of `ids` (the tail is dropped) under a RoutingRecorder."""
-    if ids.numel() < window:
-        raise RomerError(f"the text has {ids.numel()} tokens, fewer than one window of {window}; "
-                         "use a longer text or a smaller --window")
+    require_one_window(ids.numel(), window)
     chunks = ids[: ids.numel() // window * window].view(-1, window)
     device = next(model.parameters()).device
     with RoutingRecorder(model, keep_choices=keep_choices, logit_every=logit_every) as recorder, \

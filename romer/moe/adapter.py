@@ -129,15 +129,19 @@ def register_adapter(cls: type[MoeAdapter]) -> type[MoeAdapter]:
     return cls
 
 
+def _registry() -> dict[str, MoeAdapter]:
+    import romer.moe.families  # noqa: F401  (importing the families registers them)
+
+    return _ADAPTERS
+
+
 def supported_model_types() -> list[str]:
-    return sorted(_ADAPTERS)
+    return sorted(_registry())
 
 
 def adapter_for(model: nn.Module) -> MoeAdapter:
-    import romer.moe.families  # noqa: F401  (registers the families)
-
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in _ADAPTERS:
+    if model_type not in _registry():
         raise RomerError(f"romer has no MoE adapter for model type '{model_type}'; supported: "
                          f"{', '.join(supported_model_types())}. To add one, subclass romer.moe.MoeAdapter "
                          "and decorate it with @register_adapter (see romer/moe/families/)")

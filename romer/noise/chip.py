@@ -80,12 +80,6 @@ class ChipHandle:
     def __exit__(self, *exc) -> None:
         self.restore()
 
-    def describe(self) -> dict:
-        roles: dict[str, int] = {}
-        for tensor in self.tensors:
-            roles[tensor.role] = roles.get(tensor.role, 0) + self.originals[tensor.name].numel()
-        return {"seed": self.seed, "preset": self.config.name, "mode": self.config.mode, "weights_by_role": roles}
-
 
 def _program_in_place(param: torch.Tensor, name: str, physics: DevicePhysics, seed: int) -> torch.Tensor:
     """Overwrite one tensor with its programmed weights (3-D: slot by slot); returns its scales."""
