@@ -32,6 +32,13 @@ TrustOpt = typer.Option(False, "--trust-remote-code", help="Allow code and pickl
 NoiseOpt = typer.Option(None, "--noise", help="Chip: a preset (romer presets), NAME:key=value,..., or a .yaml file.")
 SeedsOpt = typer.Option("0", "--seeds", help="Chip instances to simulate: 0,1,2 or 0-4.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table.")
+MethodOpt = typer.Option("romer", "--method", help="Calibration method: none, er, rc, romer, best.")
+CalibDataOpt = typer.Option(None, "--calib-data", help="Calibration text (corpus name or .txt/.jsonl); default: "
+                                                       "the calibration split of --data.")
+CalibSetOpt = typer.Option(None, "--set", help="Calibration options as key=value,... (tau=0.25,router=renorm); "
+                                               "see RomerConfig.")
+
+
 
 
 def user_errors(command):
@@ -136,26 +143,116 @@ def eval_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[str
     _print_summary(record)
 
 
+def _campaign_table(results: dict) -> Table:
+    table = Table(title=f"{results['model']} on {results['noise']['name']} (× {results['strength']:g}), "
+                        f"{results['dataset']['name']}/{results['dataset']['split']} {results['dataset']['tokens']:,} "
+                        f"tokens, seeds {results['methods']['none']['seeds']}: clean PPL {results['clean']['ppl']:.3f}")
+    for column in ("method", "PPL mean ± std", "95 % CI", "reduction", "recovery", "load CV", "top-k agr.",
+                   "p vs noisy", "clean-model cost"):
+        table.add_column(column, justify="right")
+    for method, m in results["methods"].items():
+        cost = results["calibrated_clean"].get(method)
+        p = m.get("vs_none", {}).get("t_pvalue")
+        table.add_row("noisy (none)" if method == "none" else method, f"{m['ppl_mean']:.3f} ± {m['ppl_std']:.3f}",
+                      f"[{m['ppl_ci95'][0]:.2f}, {m['ppl_ci95'][1]:.2f}]", f"{100 * m['reduction_mean']:+.1f} %",
+                      f"{100 * m['recovery_mean']:+.1f} %", f"{m['load_cv_mean']:.3f}", f"{m['topk_agreement_mean']:.3f}",
+                      "—" if p is None else f"{p:.3g}", "—" if cost is None else f"{100 * cost['change']:+.2f} %")
+    return table
+
+
+RUN_KEYS = ("model", "data", "split", "calib_data", "noise", "strengths", "seeds", "methods", "tasks", "task_limit",
+            "max_tokens", "window", "stride", "routing_tokens", "batch_size", "device", "dtype", "trust_remote_code")
+
+
+def _campaign(config: Optional[str], flags: dict, out_dir: str, force: bool, as_json: bool) -> None:
+    from romer.campaign import load_run_file, run_campaign, run_spec
+
+    fields = load_run_file(config) if config else {}
+    for key in ("seeds",):
+        if isinstance(fields.get(key), str):
+            fields[key] = parse_seeds(fields[key])
+    fields |= {k: v for k, v in flags.items() if v is not None and v != []}
+    _quiet_transformers()
+    results = run_campaign(run_spec(**fields), out_dir, force=force, progress=True)
+    if as_json:
+        print(json.dumps({k: v for k, v in results.items() if k != "spec"}))
+        return
+    out.print(_campaign_table(results))
+    out.print(f"report: {results['paths']['report']}", highlight=False)
+
+
+def _split_list(text: Optional[str]) -> Optional[list[str]]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+ConfigOpt = typer.Option(None, "--config", help="YAML file of run options (the keys of `romer run --help`); "
+                                                 "flags given on the command line win.")
+OutOpt = typer.Option("runs/latest", "--out", help="Output folder; a rerun resumes what it holds.")
+ForceOpt = typer.Option(False, "--force", help="Discard results of a different configuration in --out.")
+MethodsOpt = typer.Option(None, "--methods", help="Comma list of methods (none, er, rc, romer, best); default none,romer,best.")
+TasksOpt = typer.Option(None, "--tasks", help="Comma list of lm-eval tasks (e.g. romer_pycloze, piqa, arc_easy).")
+
+
+@app.command("run")
+@user_errors
+def run_command(config: Optional[str] = ConfigOpt, model: Optional[str] = typer.Option(None, "--model", "-m"),
+                data: Optional[str] = typer.Option(None, "--data", "-d"), split: Optional[str] = SplitOpt,
+                calib_data: Optional[str] = CalibDataOpt,
+                noise: Optional[str] = typer.Option(None, "--noise", help="Chip: preset[:k=v,...] or .yaml; default cim-80c."),
+                seeds: Optional[str] = typer.Option(None, "--seeds", help="Chip seeds: 0,1,2 or 0-4; default 0-2."),
+                methods: Optional[str] = MethodsOpt, tasks: Optional[str] = TasksOpt,
+                task_limit: Optional[int] = typer.Option(None, "--task-limit", help="Documents per task."),
+                max_tokens: Optional[int] = MaxTokensOpt, window: Optional[int] = WindowOpt,
+                stride: Optional[int] = typer.Option(None, "--stride", help="Default: the window (disjoint windows)."),
+                options: Optional[str] = CalibSetOpt, out_dir: str = OutOpt, force: bool = ForceOpt,
+                device: Optional[str] = typer.Option(None, "--device"), dtype: Optional[str] = typer.Option(None, "--dtype"),
+                trust_remote_code: bool = TrustOpt, as_json: bool = JsonOpt) -> None:
+    """Clean vs noisy vs calibrated over chip seeds, with paired statistics, tasks, report and plots."""
+    flags = {"model": model, "data": data, "split": split, "calib_data": calib_data,
+             "noise": [noise] if noise else None, "seeds": parse_seeds(seeds) if seeds else None,
+             "methods": _split_list(methods), "tasks": _split_list(tasks), "task_limit": task_limit,
+             "max_tokens": max_tokens, "window": window, "stride": stride, "device": device, "dtype": dtype,
+             "trust_remote_code": trust_remote_code or None,
+             "calibration": calibration_config("none", options).model_dump(exclude={"method"}, exclude_unset=True)
+             if options else None}
+    _campaign(config, flags, out_dir, force, as_json)
+
+
+@app.command("sweep")
+@user_errors
+def sweep_command(config: Optional[str] = ConfigOpt, model: Optional[str] = typer.Option(None, "--model", "-m"),
+                  data: Optional[str] = typer.Option(None, "--data", "-d"),
+                  noise: Optional[str] = typer.Option(None, "--noise", help="Comma list of chips; default cim-80c."),
+                  strengths: Optional[str] = typer.Option(None, "--strengths", help="Comma list of noise strength "
+                                                          "multipliers, e.g. 0.5,1,1.5."),
+                  seeds: Optional[str] = typer.Option(None, "--seeds"), methods: Optional[str] = MethodsOpt,
+                  max_tokens: Optional[int] = MaxTokensOpt, options: Optional[str] = CalibSetOpt,
+                  out_dir: str = typer.Option("runs/sweep", "--out"), force: bool = ForceOpt,
+                  device: Optional[str] = typer.Option(None, "--device"), as_json: bool = JsonOpt) -> None:
+    """A grid of chips × strengths × seeds × methods into one folder, resumable, with PPL-vs-noise plots."""
+    try:
+        strength_list = [float(s) for s in _split_list(strengths)] if strengths else None
+    except ValueError:
+        raise RomerError(f"cannot read --strengths '{strengths}'; write numbers such as 0.5,1,1.5") from None
+    flags = {"model": model, "data": data, "noise": _split_list(noise), "strengths": strength_list,
+             "seeds": parse_seeds(seeds) if seeds else None, "methods": _split_list(methods),
+             "max_tokens": max_tokens, "device": device,
+             "calibration": calibration_config("none", options).model_dump(exclude={"method"}, exclude_unset=True)
+             if options else None}
+    _campaign(config, flags, out_dir, force, as_json)
+
+
+DEMO = {"model": "romer-tiny", "data": "stdlib", "noise": ["cim-80c"], "seeds": [0, 1, 2],
+        "methods": ["none", "romer", "best"], "max_tokens": 16384, "routing_tokens": 4096, "clean_cost": False,
+        "calibration": {"calib_tokens": 8192}}
+
+
 @app.command("demo")
 @user_errors
-def demo_command(device: str = DeviceOpt, as_json: bool = JsonOpt) -> None:
-    """The main job on the embedded default: romer-tiny on stdlib/test, clean and on three cim-80c chips."""
-    record = evaluate("romer-tiny", "stdlib", "test", None, None, 8, None, device, "float32", False,
-                      noise="cim-80c", seeds="0,1,2", with_load=True)
-    if as_json:
-        print(json.dumps(record))
-        return
-    _print_summary(record)
-    table = Table(title=f"Expert load per MoE layer: clean | {record['noise']['name']} (mean over seeds {record['seeds']})")
-    for column in ("layer", "CV clean", "CV noisy", "min share clean", "min share noisy", "starved clean", "starved noisy"):
-        table.add_column(column, justify="right")
-    for index, layer in enumerate(record["layers"]):
-        noisy = [run["layers"][index] for run in record["noisy"]]
-        mean = lambda key: sum(n[key] for n in noisy) / len(noisy)
-        table.add_row(str(index), f"{layer['cv']:.3f}", f"{mean('cv'):.3f}", f"{layer['min_share']:.2f}×",
-                      f"{mean('min_share'):.2f}×", str(layer["starved"]), f"{mean('starved'):.1f}")
-    out.print(table)
-    out.print("Shares are relative to the uniform share 1/E; 'starved' counts experts below half of it.")
+def demo_command(out_dir: str = typer.Option("runs/demo", "--out"), force: bool = ForceOpt,
+                 device: str = DeviceOpt, as_json: bool = JsonOpt) -> None:
+    """The main job on the embedded default: romer-tiny, stdlib, cim-80c, seeds 0-2, methods none / romer / best."""
+    _campaign(None, DEMO | {"device": device}, out_dir, force, as_json)
 
 
 def _print_summary(record: dict) -> None:
@@ -229,6 +326,101 @@ def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[
     out.print(table)
     if out_dir:
         out.print(f"wrote {out_dir}/profile.json and {out_dir}/heatmap.png", highlight=False)
+
+
+def calibration_config(method: str, options: Optional[str]):
+    from romer.calibration import romer_config
+
+    fields = {"method": method}
+    for item in filter(None, (options or "").split(",")):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise RomerError(f"cannot read '{item}' in --set; write key=value,key=value")
+        import yaml
+
+        fields[key.strip()] = yaml.safe_load(raw)
+    return romer_config(**fields)
+
+
+def calibration_tokens(tokenizer, data: str, calib_data: Optional[str]):
+    """The calibration stream: --calib-data, or the `calib` split of --data; never the evaluation split."""
+    from romer.data import load_corpus
+    from romer.evaluation import tokenize_stream
+
+    corpus = load_corpus(calib_data) if calib_data else load_corpus(data, "calib")
+    return corpus, tokenize_stream(tokenizer, corpus.text)
+
+
+@app.command("calibrate")
+@user_errors
+def calibrate_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Optional[str] = CalibDataOpt,
+                      noise: str = typer.Option("cim-80c", "--noise", help="Chip the calibration is fitted on."),
+                      seed: int = typer.Option(0, "--seed", help="Chip instance."),
+                      method: str = MethodOpt, options: Optional[str] = CalibSetOpt,
+                      save: Optional[str] = typer.Option(None, "--save", help="Write the calibrated model here "
+                                                         "(Hugging Face folder + romer_calibration.json)."),
+                      force: bool = typer.Option(False, "--force", help="Replace a non-empty --save folder."),
+                      max_tokens: Optional[int] = typer.Option(32768, "--max-tokens",
+                                                               help="Evaluation tokens of the test split (0: skip)."),
+                      device: str = DeviceOpt, dtype: str = DtypeOpt, trust_remote_code: bool = TrustOpt,
+                      as_json: bool = JsonOpt) -> None:
+    """Calibrate a model on one simulated chip; report test perplexity clean / noisy / calibrated; save it."""
+    from romer.calibration import calibrate_
+    from romer.calibration.persist import save_calibrated
+    from romer.data import load_corpus
+    from romer.evaluation import default_window, perplexity, tokenize_stream
+    from romer.models import load_model
+    from romer.noise import apply_noise_, parse_noise_spec
+
+    if seed < 0:
+        raise RomerError(f"--seed must be a non-negative integer, got {seed}")
+    config = calibration_config(method, options)
+    chip_config = parse_noise_spec(noise)
+    _quiet_transformers()
+    test = load_corpus(data, None) if max_tokens else None
+    loaded, tokenizer = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    calib_corpus, calib_ids = calibration_tokens(tokenizer, data, calib_data)
+    window = default_window(loaded)
+    record = {"model": model, "method": method, "noise": chip_config.name, "seed": seed,
+              "calib_data": calib_corpus.describe()}
+    ids = tokenize_stream(tokenizer, test.text)[:max_tokens] if test else None
+    score = lambda label: perplexity(loaded, ids, window, window, progress=True, label=label).ppl
+    if ids is not None:
+        record["clean_ppl"] = score("clean")
+    import time
+
+    with apply_noise_(loaded, chip_config, seed) as chip:
+        if ids is not None:
+            record["noisy_ppl"] = score(f"{chip_config.name} seed {seed}")
+        started = time.perf_counter()
+        with err.status(f"calibrating ({method})"):
+            calibration = calibrate_(loaded, config, calib_ids, chip=chip)
+        record["calibration_seconds"] = time.perf_counter() - started
+        if ids is not None:
+            record["calibrated_ppl"] = score(method)
+            record["test"] = {**test.describe(), "tokens": int(ids.numel()), "window": window, "stride": window}
+        record["calibration"] = {k: v for k, v in calibration.as_dict().items() if k != "report"}
+        if save:
+            record["saved"] = str(save_calibrated(loaded, tokenizer, calibration, save, force=force))
+        calibration.remove()
+    if as_json:
+        print(json.dumps(record))
+        return
+    table = Table(title=f"{model} on {chip_config.name} seed {seed}, method {method}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, label in (("clean_ppl", "perplexity clean"), ("noisy_ppl", "perplexity noisy"),
+                       ("calibrated_ppl", f"perplexity {method}")):
+        if key in record:
+            table.add_row(label, f"{record[key]:.3f}")
+    cal = record["calibration"]
+    table.add_row("replacements", ", ".join(f"L{r['layer']}: {r['hot']}→{r['cold']}" for r in cal["replacements"]) or "none")
+    table.add_row("router transforms", f"{len(cal['router'])} layers")
+    table.add_row("digital tensors", ", ".join(cal["digital"]) or "none")
+    table.add_row("calibration time", f"{record['calibration_seconds']:.1f} s")
+    out.print(table)
+    if save:
+        out.print(f"saved to {record['saved']}", highlight=False)
 
 
 noise_app = typer.Typer(help="Chip noise models: fit your own from measurements.", no_args_is_help=True)

@@ -130,4 +130,15 @@ def load_model(spec: str = "romer-tiny", *, device: str = "cpu", dtype: str = "f
     model.eval()
     require_moe(model, spec)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    _reapply_calibration(model, folder)
     return model, tokenizer
+
+
+def _reapply_calibration(model: nn.Module, folder: Path) -> None:
+    """A folder saved by `romer calibrate --save` carries its calibration: install its router transforms
+    (the replacements are in the weights already)."""
+    from romer.calibration.persist import apply_record, read_record
+
+    record = read_record(folder)
+    if record is not None:
+        apply_record(model, record, with_replacements=False)

@@ -78,9 +78,9 @@ class MoeAdapter:
                            indices: torch.Tensor):
         return logits, weights, indices
 
-    @contextmanager
-    def override_routing(self, layer: MoeLayer, transform: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-        """Route from `transform(logits)` instead of the logits, inside the block's own forward."""
+    def install_routing(self, layer: MoeLayer, transform: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        """Route from `transform(logits)` instead of the logits, inside the block's own forward, until the
+        returned function is called. The router still reports the untransformed logits."""
         router = layer.router
 
         def forward(hidden_states, *args, **kwargs):
@@ -89,10 +89,21 @@ class MoeAdapter:
             return self.make_router_output(layer, logits, weights, indices)
 
         router.forward = forward
+
+        def remove() -> None:
+            if router.__dict__.get("forward") is forward:
+                del router.forward
+
+        return remove
+
+    @contextmanager
+    def override_routing(self, layer: MoeLayer, transform: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """`install_routing` for the duration of a block."""
+        remove = self.install_routing(layer, transform)
         try:
             yield
         finally:
-            del router.forward
+            remove()
 
     # ---- experts ---------------------------------------------------------------------------
     def expert_tensors(self, layer: MoeLayer, slot: int) -> dict[str, torch.Tensor]:
@@ -100,6 +111,14 @@ class MoeAdapter:
         if isinstance(layer.experts, nn.ModuleList):
             return dict(layer.experts[slot].named_parameters())
         return {name: param[slot] for name, param in layer.experts.named_parameters() if param.dim() == 3}
+
+    def expert_weights(self, layer: MoeLayer, slot: int) -> list[tuple[nn.Module, str, int | None]]:
+        """Where expert `slot` keeps its matrices: (module, attribute, index into a fused tensor or None)."""
+        if isinstance(layer.experts, nn.ModuleList):
+            return [(module, attr, None) for module in layer.experts[slot].modules()
+                    for attr, param in module.named_parameters(recurse=False) if param.dim() == 2]
+        return [(layer.experts, attr, slot) for attr, param in layer.experts.named_parameters(recurse=False)
+                if param.dim() == 3]
 
     def router_rows(self, layer: MoeLayer, slot: int) -> dict[str, torch.Tensor]:
         rows = {"weight": layer.router.weight[slot]}

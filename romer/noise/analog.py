@@ -96,10 +96,10 @@ def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     mapping = program.mapping
     out_dim, in_dim = weight.shape
     w = weight.float()
-    if c.read_sigma > 0:
+    if c.read_sigma * c.strength > 0:
         # each weight is a pair of devices, each reading with σ = read_sigma·g_max
         rng = program.next_stream(slot, "read", weight.device)
-        noise = torch.randn(w.shape, generator=rng, device=w.device) * (2 ** 0.5 * c.read_sigma * c.g_max_us)
+        noise = torch.randn(w.shape, generator=rng, device=w.device) * (2 ** 0.5 * c.read_sigma * c.strength * c.g_max_us)
         w = w + noise * mapping.expand(scales, in_dim)
     if c.mode == "weights":
         return F.linear(x, w.to(x.dtype), bias)
@@ -112,9 +112,10 @@ def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     x_q = F.pad(quantize(flat / x_max, c.dac_bits), (0, pad)).view(-1, tiles, rows)
     w_norm = F.pad(w, (0, pad)).view(out_dim, tiles, rows) / (scales.unsqueeze(-1) * c.g_max_us)
     partial = torch.einsum("nkr,okr->nko", x_q, w_norm)  # per-tile outputs, in full-scale device units
-    if c.sigma_adc > 0:
+    if c.sigma_adc * c.strength > 0:
         rng = program.next_stream(slot, "adc", x.device)
-        partial = partial + torch.randn(partial.shape, generator=rng, device=partial.device) * (c.sigma_adc * c.adc_full_scale)
+        sigma = c.sigma_adc * c.strength * c.adc_full_scale
+        partial = partial + torch.randn(partial.shape, generator=rng, device=partial.device) * sigma
     partial = quantize(partial / c.adc_full_scale, c.adc_bits) * c.adc_full_scale
     y = (partial * (scales.t() * c.g_max_us)).sum(dim=1) * x_max
     y = y.to(x.dtype).view(*x.shape[:-1], out_dim)

@@ -15,8 +15,9 @@ the same seed gives the same bits, and one tensor's noise never depends on anoth
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 from torch import nn
@@ -49,26 +50,143 @@ def choose_backup(tensors: list[ChipTensor]) -> str:
 
 @dataclass
 class ChipHandle:
-    """One programmed chip instance of one model; `restore()` undoes it exactly."""
+    """One programmed chip instance of one model; `restore()` undoes it exactly.
+
+    Calibration may re-program single expert slots (`reprogram_slot`: the slot's arrays take new
+    target weights and, being programmed again, that slot's own fresh noise from the stream
+    (seed, tensor, slot)), move whole tensors to the digital periphery (`make_digital`), or look at
+    the clean model for a moment (`suspended`). Every change is undone exactly.
+    """
 
     model: nn.Module
     config: NoiseConfig
     seed: int
     tensors: list[ChipTensor]
-    programs: dict[str, TileProgram]
-    originals: dict[str, nn.Parameter]
+    physics: DevicePhysics
     backup: MemoryBackup | DiskBackup
+    per_forward: bool
     experts_implementation: str | None = None
+    programs: dict[str, TileProgram] = field(default_factory=dict)
+    originals: dict[str, nn.Parameter] = field(default_factory=dict)
+    targets: dict[tuple[str, int | None], torch.Tensor] = field(default_factory=dict)
+    digital: set[str] = field(default_factory=set)
     restored: bool = field(default=False)
+
+    # ---- lookup ------------------------------------------------------------------------------
+    def tensor(self, name: str) -> ChipTensor:
+        for tensor in self.tensors:
+            if tensor.name == name:
+                return tensor
+        raise RomerError(f"'{name}' is not on this chip")
+
+    def name_of(self, module: nn.Module, attribute: str) -> str | None:
+        """The chip name of `module.attribute`, or None when it is not on the chip."""
+        for tensor in self.tensors:
+            if tensor.module is module and tensor.attribute == attribute:
+                return tensor.name
+        return None
+
+    def clean_value(self, name: str, slot: int | None = None) -> torch.Tensor:
+        """The weights the chip was asked to hold in a tensor (or one slot of it), before noise."""
+        if (name, slot) in self.targets:
+            return self.targets[(name, slot)]
+        clean = self.backup.load(name)
+        if slot is not None:
+            return clean[slot]
+        slots = {s: t for (n, s), t in self.targets.items() if n == name and s is not None}
+        if slots:
+            clean = clean.clone()
+            for s, target in slots.items():
+                clean[s] = target
+        return clean
+
+    @property
+    def on_chip_parameters(self) -> int:
+        return sum(self.originals[t.name].numel() for t in self.tensors if t.name not in self.digital)
+
+    # ---- programming -------------------------------------------------------------------------
+    def _program_tensor(self, tensor: ChipTensor) -> None:
+        param = self.originals[tensor.name]
+        if param.dim() == 2:
+            noisy, scales = self.physics.program(self.clean_value(tensor.name).to(param.device).float(),
+                                                 stream(self.seed, tensor.name, device=param.device))
+            param.copy_(noisy)
+        else:
+            clean = self.backup.load(tensor.name)
+            per_slot = []
+            for slot in range(param.shape[0]):
+                target = self.targets.get((tensor.name, slot), clean[slot]).to(param.device)
+                noisy, slot_scales = self.physics.program(target.float(),
+                                                          stream(self.seed, tensor.name, slot, device=param.device))
+                param[slot].copy_(noisy)
+                per_slot.append(slot_scales)
+            scales = torch.stack(per_slot)
+        if self.per_forward:  # the wrapper shares the parameter's storage: no second copy
+            self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales)
+            tensor.module._parameters[tensor.attribute] = AnalogWeight.wrap(param.detach(), self.programs[tensor.name])
+
+    def _write_digital(self, tensor: ChipTensor) -> None:
+        original = self.originals[tensor.name]
+        original.copy_(self.clean_value(tensor.name))
+        tensor.module._parameters[tensor.attribute] = original
+
+    @torch.no_grad()
+    def _install(self) -> None:
+        for tensor in self.tensors:
+            if tensor.name in self.digital:
+                self._write_digital(tensor)
+            else:
+                self._program_tensor(tensor)
+
+    @torch.no_grad()
+    def _uninstall(self) -> None:
+        """Every tensor back to the clean model's weights (replacement targets included)."""
+        for tensor in self.tensors:
+            self._write_digital(tensor)
+
+    @torch.no_grad()
+    def reprogram_slot(self, name: str, slot: int | None, target: torch.Tensor | None) -> None:
+        """Program new target weights into one slot's arrays (None: its original weights again).
+
+        For a fused tensor `slot` is the expert index; for a tensor of its own it is None. The
+        result is bit for bit what `apply_noise_` gives a model whose clean weights hold `target`
+        there, because that slot draws from its own stream (seed, tensor, slot) either way."""
+        tensor = self.tensor(name)
+        if target is None:
+            self.targets.pop((name, slot), None)
+        else:
+            self.targets[(name, slot)] = target.detach().to("cpu", copy=True)
+        if name in self.digital:
+            self._write_digital(tensor)
+        else:
+            self._program_tensor(tensor)
+
+    @torch.no_grad()
+    def make_digital(self, name: str, digital: bool = True) -> None:
+        """Move one tensor to the digital periphery (its clean weights, no noise), or back onto the chip."""
+        tensor = self.tensor(name)
+        if digital:
+            self.digital.add(name)
+            self._write_digital(tensor)
+        else:
+            self.digital.discard(name)
+            self._program_tensor(tensor)
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """The clean model (its software twin) for the duration of the block, then this chip again, bit for bit."""
+        self._uninstall()
+        try:
+            yield
+        finally:
+            self._install()
 
     def restore(self) -> None:
         if self.restored:
             return
-        with torch.no_grad():
-            for tensor in self.tensors:
-                original = self.originals[tensor.name]
-                original.copy_(self.backup.load(tensor.name))
-                tensor.module._parameters[tensor.attribute] = original
+        self.targets.clear()
+        self.digital.clear()
+        self._uninstall()
         if self.experts_implementation is not None:
             self.model.set_experts_implementation(self.experts_implementation)
         self.backup.close()
@@ -79,20 +197,6 @@ class ChipHandle:
 
     def __exit__(self, *exc) -> None:
         self.restore()
-
-
-def _program_in_place(param: torch.Tensor, name: str, physics: DevicePhysics, seed: int) -> torch.Tensor:
-    """Overwrite one tensor with its programmed weights (3-D: slot by slot); returns its scales."""
-    if param.dim() == 2:
-        noisy, scales = physics.program(param.float(), stream(seed, name, device=param.device))
-        param.copy_(noisy)
-        return scales
-    scales = []
-    for slot in range(param.shape[0]):
-        noisy, slot_scales = physics.program(param[slot].float(), stream(seed, name, slot, device=param.device))
-        param[slot].copy_(noisy)
-        scales.append(slot_scales)
-    return torch.stack(scales)
 
 
 @torch.no_grad()
@@ -110,22 +214,22 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     if backup == "auto":
         backup = choose_backup(tensors)
     store = MemoryBackup() if backup == "memory" else DiskBackup()
-    physics = DevicePhysics.from_config(config)
     per_forward = config.mode == "analog" or config.read_sigma > 0
     previous_impl = None
     if per_forward and hasattr(model, "set_experts_implementation"):
         # fused-expert kernels bypass F.linear; the eager path calls it once per expert
         previous_impl = getattr(model.config, "_experts_implementation", None) or "eager"
         model.set_experts_implementation("eager")
-    programs: dict[str, TileProgram] = {}
-    originals: dict[str, nn.Parameter] = {}
+    handle = ChipHandle(model, config, seed, tensors, DevicePhysics.from_config(config), store, per_forward,
+                        previous_impl)
     for tensor in tensors:
-        param = originals[tensor.name] = tensor.param
-        store.save(tensor.name, param)
-        scales = _program_in_place(param, tensor.name, physics, seed)
-        if per_forward:  # the wrapper shares the parameter's storage: no second copy
-            programs[tensor.name] = TileProgram(tensor.name, config, seed, scales)
-            tensor.module._parameters[tensor.attribute] = AnalogWeight.wrap(param.detach(), programs[tensor.name])
-    handle = ChipHandle(model, config, seed, tensors, programs, originals, store, previous_impl)
+        handle.originals[tensor.name] = tensor.param
+        store.save(tensor.name, tensor.param)
+    calibration = getattr(model, "_romer_calibration", None)
+    if calibration is not None and not calibration.removed and (calibration.chip is None or calibration.chip.restored):
+        # a loaded calibration names tensors that its chip keeps in the digital periphery
+        handle.digital |= set(calibration.digital) & set(handle.originals)
+        calibration.chip = handle
+    handle._install()
     model._romer_chip = handle
     return handle

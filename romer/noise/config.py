@@ -30,6 +30,10 @@ class NoiseConfig(BaseModel):
     name: str = Field("custom", description="preset this config came from")
     mode: Literal["weights", "analog"] = Field(
         "weights", description="weights: perturb stored weights once (fast); analog: also simulate DAC/ADC per tile")
+    strength: float = Field(
+        1.0, ge=0, le=10, description="multiplies every random spread (device-to-device, temperature, leakage, drift "
+                                      "exponent, read and ADC noise); 1.2 is 20 % stronger noise, 0 leaves only "
+                                      "the deterministic effects")
     roles: tuple[str, ...] = Field(DEFAULT_ROLES, description=f"module roles mapped onto the chip, of {', '.join(ROLES)}")
 
     # crossbar mapping
@@ -95,6 +99,10 @@ class NoiseConfig(BaseModel):
         if self.drift_nu != "none" and self.drift_time_s == 0:
             raise ValueError("drift_nu is set but drift_time_s is 0; set a time since programming")
         return self
+
+    def scaled(self, factor: float) -> "NoiseConfig":
+        """The same chip with `factor` times this config's strength (the ±20 % sensitivity checks)."""
+        return validated(self.model_dump() | {"strength": self.strength * factor})
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "NoiseConfig":

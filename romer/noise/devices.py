@@ -131,15 +131,16 @@ class AccumulatedReadNoise:
     time_s: float
     t0_s: float
     enabled: bool
+    scale: float = 1.0  # NoiseConfig.strength
     t_read_s: float = 250e-9
 
     @property
     def active(self) -> bool:
-        return self.enabled and self.time_s > 0
+        return self.enabled and self.time_s > 0 and self.scale > 0
 
     def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         t = self.time_s + self.t0_s
         q_s = (0.0088 / (g / self.g_max_us).pow(0.65).clamp(min=1e-3)).clamp(max=0.2)
         sigma = q_s * math.sqrt(math.log((t + self.t_read_s) / (2 * self.t_read_s)))
         noise = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
-        return (g + g.abs() * sigma * noise).clamp(min=0)
+        return (g + g.abs() * self.scale * sigma * noise).clamp(min=0)

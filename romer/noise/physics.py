@@ -22,13 +22,15 @@ class DevicePhysics:
 
     @classmethod
     def from_config(cls, c: NoiseConfig) -> "DevicePhysics":
+        k = c.strength
+        coeffs = tuple(k * x for x in c.prog_coeffs_us) if c.prog_coeffs_us is not None else None
         return cls(
             mapping=ConductanceMapping(c.tile_rows, c.tile_cols, c.g_max_us, per_column=c.scaling == "column"),
-            programming=ProgrammingNoise(c.g_max_us, c.sigma_dev, c.prog_coeffs_us),
-            temperature=TemperatureShift(c.temperature_c, c.reference_c, c.temp_shift_per_c, c.temp_spread_per_c,
-                                         c.leak_ref_us, c.leak_doubling_c, c.leak_spread),
-            drift=PowerLawDrift(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.drift_nu, c.nu_mean, c.nu_std),
-            read_1f=AccumulatedReadNoise(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.read_1f),
+            programming=ProgrammingNoise(c.g_max_us, k * c.sigma_dev, coeffs),
+            temperature=TemperatureShift(c.temperature_c, c.reference_c, c.temp_shift_per_c, k * c.temp_spread_per_c,
+                                         c.leak_ref_us, c.leak_doubling_c, k * c.leak_spread),
+            drift=PowerLawDrift(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.drift_nu, c.nu_mean, k * c.nu_std),
+            read_1f=AccumulatedReadNoise(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.read_1f, k),
             compensation=c.drift_compensation,
         )
 

@@ -1,0 +1,51 @@
+"""Issue-5 benchmark: every calibration method on romer-tiny, paired over chip seeds, per chip.
+
+    python bench/calibration.py --out runs/bench-calibration [--seeds 0-4] [--noise cim-80c,cim-25c,gaussian]
+
+Each chip is one resumable `romer run` campaign folder (results.json, report.md, plots); this
+script prints one summary table. Test split: the first --max-tokens tokens, disjoint windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from romer.campaign import run_campaign, run_spec
+from romer.cli import parse_seeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="runs/bench-calibration")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--noise", default="cim-80c,cim-25c,gaussian")
+    parser.add_argument("--strengths", default="1.0")
+    parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--calib-tokens", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for noise in args.noise.split(","):
+        spec = run_spec(noise=[noise], strengths=[float(s) for s in args.strengths.split(",")],
+                        seeds=parse_seeds(args.seeds), methods=["none", "er", "rc", "romer", "best"],
+                        max_tokens=args.max_tokens, routing_tokens=4096,
+                        calibration={"calib_tokens": args.calib_tokens})
+        folder = Path(args.out) / noise.replace(":", "_")
+        results = run_campaign(spec, folder, progress=False)
+        for chip in results["chips"]:
+            print(f"\n{noise} × {chip['strength']}  (clean {results['clean']['ppl']:.3f}; seeds {spec.seeds})")
+            for method, m in chip["methods"].items():
+                print(f"  {method:6s} ppl {m['ppl_mean']:.3f} ± {m['ppl_std']:.3f}  reduction {100 * m['reduction_mean']:+.1f} %"
+                      f"  recovery {100 * m['recovery_mean']:+.1f} %  load CV {m['load_cv_mean']:.3f}"
+                      f"  top-k {m['topk_agreement_mean']:.3f}  calib {m['calib_seconds_mean']:.1f} s"
+                      + (f"  p(vs romer) {m['vs_romer']['t_pvalue']:.3g}" if m.get("vs_romer", {}).get("t_pvalue") else ""))
+        print("  on the clean model:", json.dumps({k: round(v["change"] * 100, 2) for k, v in results["calibrated_clean"].items()}), "% change")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""`RomerConfig`: one validated description of a calibration; every free parameter of the method.
+
+    RomerConfig()                                  # ROMER as published, our best-measured variants
+    RomerConfig(method="er", tau=0.25)             # expert replacement only, a lower threshold
+    RomerConfig(method="best", digital_budget=0.02)
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from romer.errors import RomerError
+
+
+class RomerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = Field("romer", description="calibration method: none, er, rc, romer, best (romer methods)")
+
+    # expert replacement (SPEC §2.1)
+    tau: float = Field(0.5, gt=0, le=1, description="an expert is under-activated when its share of the noisy "
+                                                    "model's selections is below tau × the uniform share 1/E")
+    max_replaced: float = Field(0.125, ge=0, le=0.5, description="at most this fraction of a layer's experts is replaced")
+    pairing: Literal["weights", "clone", "replica"] = Field(
+        "replica", description="weights: the cold slot takes a hot expert's weights and keeps its router row; "
+                               "clone: weights and router row; replica: weights, and the hot expert's traffic is "
+                               "split between the two copies by the digital dispatcher (as DeepSeek's EPLB)")
+
+    # router calibration (SPEC §2.2)
+    router: Literal["none", "clamp", "renorm"] = Field(
+        "clamp", description="clamp: logits clamped to the fences [Q_low − λ·IQR, Q_high + λ·IQR] of the noisy "
+                             "calibration logits, per expert; renorm: each expert's noisy median and IQR mapped "
+                             "onto the clean model's")
+    q_low: float = Field(25.0, gt=0, lt=50, description="lower percentile (the paper's Q1)")
+    q_high: float = Field(75.0, gt=50, lt=100, description="upper percentile (the paper's Q3)")
+    lam: float = Field(1.5, ge=0, le=10, description="λ, fence distance in IQRs")
+
+    # beyond the paper
+    load_bias: bool = Field(False, description="per-expert logit bias that drives each expert's noisy load back to "
+                                               "its clean load (DeepSeek-V3's auxiliary-loss-free balancing)")
+    bias_steps: int = Field(4, ge=1, le=50, description="bias updates, one calibration pass each")
+    bias_rate: float = Field(1.0, gt=0, le=4, description="step size of the bias update on log(load ratio)")
+    digital_budget: float = Field(0.0, ge=0, le=1, description="fraction of on-chip weights that may move to the "
+                                                               "digital periphery, most noise-sensitive first")
+    tune: bool = Field(False, description="choose pairing, τ, router calibration and load bias on held-out "
+                                          "calibration tokens")
+
+    # calibration data
+    calib_tokens: int = Field(32768, ge=64, description="calibration tokens used (the start of the calibration split)")
+    holdout: float = Field(0.25, ge=0, lt=1, description="share of the calibration tokens held out to score choices "
+                                                         "(tuning and digital offload)")
+    window: Optional[int] = Field(None, ge=2, description="tokens per calibration sequence; default: the model's "
+                                                          "context, at most 2048")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        from romer.calibration.methods import method_names
+
+        if method not in method_names():
+            raise ValueError(f"unknown method {method!r}; methods are {', '.join(method_names())}")
+        return method
+
+    @model_validator(mode="after")
+    def _percentiles_ordered(self) -> "RomerConfig":
+        if self.q_low >= self.q_high:
+            raise ValueError("q_low must be below q_high")
+        return self
+
+
+def romer_config(**fields) -> RomerConfig:
+    """A RomerConfig, or a one-line RomerError naming the first bad field."""
+    try:
+        return RomerConfig(**fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "calibration"
+        if first["type"] == "extra_forbidden":
+            raise RomerError(f"unknown calibration option '{field}'; see `romer calibrate --help`") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise RomerError(f"calibration option '{field}': {message} (got {first.get('input')!r})") from None

@@ -1,0 +1,95 @@
+"""Save a calibrated model as a Hugging Face folder, and re-apply a calibration record.
+
+The folder holds the clean weights with the replacements written in (`save_pretrained`), the
+tokenizer, and `romer_calibration.json`: method, parameters, which slot took which expert, the
+router transforms, the tensors kept digital, and the chip (seed, noise config) it was fitted on.
+`romer.load_model(folder)` re-installs the router transforms; programming the loaded model on
+the same chip seed then gives the calibrated model bit for bit (weights mode: per-forward read
+and ADC noise draw fresh values on every call).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from romer.calibration.replacement import Replacement
+from romer.calibration.router import LayerTransform
+from romer.calibration.state import Calibration
+from romer.calibration.config import romer_config
+from romer.errors import RomerError
+from romer.noise.chip import ChipHandle
+
+RECORD = "romer_calibration.json"
+FORMAT = 1
+
+
+def save_calibrated(model: nn.Module, tokenizer, calibration: Calibration, directory: str | Path,
+                    force: bool = False) -> Path:
+    """Write the folder atomically (a temporary sibling renamed into place); never over a source checkpoint."""
+    target = Path(directory).expanduser().resolve()
+    source = Path(str(getattr(model, "name_or_path", ""))).expanduser().resolve()
+    if target == source:
+        raise RomerError(f"{target} is the checkpoint the model was loaded from; save the calibration elsewhere")
+    if target.exists() and any(target.iterdir()) and not force:
+        raise RomerError(f"{target} exists and is not empty; choose another --save folder or pass --force")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        if calibration.chip is not None and not calibration.chip.restored:
+            with calibration.chip.suspended():  # clean weights, replacements included
+                model.save_pretrained(staging)
+        else:
+            model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        record = {"format": FORMAT, **calibration.as_dict(), "weights_include_replacements": True}
+        (staging / RECORD).write_text(json.dumps(record, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def read_record(folder: Path) -> dict | None:
+    path = folder / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise RomerError(f"{path} is not valid JSON; restore it or delete it to load the plain model") from None
+    if record.get("format") != FORMAT:
+        raise RomerError(f"{path} has format {record.get('format')!r}; this romer reads format {FORMAT}")
+    return record
+
+
+def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
+                 with_replacements: bool = True) -> Calibration:
+    """Install a recorded calibration: its replacements (unless the weights hold them already), its router
+    transforms, and, on a chip, its digital tensors. Statistics are not re-measured."""
+    calibration = Calibration(model, romer_config(**record["config"]), chip)
+    if with_replacements:
+        for replacement in record["replacements"]:
+            calibration.replace(Replacement(**replacement))
+    else:
+        calibration.replacements = [Replacement(**r) for r in record["replacements"]]
+    for layer, fields in record["router"].items():
+        loaded = LayerTransform.from_dict(fields)
+        transform = calibration.transform(int(layer))
+        transform.__dict__.update(loaded.__dict__)
+    if chip is not None:
+        for name in record["digital"]:
+            calibration.make_digital(name)
+    else:
+        calibration.digital = list(record["digital"])  # applied when the model is put on a chip
+    calibration.report = record.get("report", {})
+    model._romer_calibration = calibration
+    return calibration

@@ -1,0 +1,72 @@
+"""`results.jsonl`: one line per finished unit of work, appended and flushed to disk as it finishes.
+
+A rerun reads the lines back and skips what is done, so an interrupted campaign loses nothing it
+finished. A torn last line (the process died mid-write) is ignored and redone. `run.json` holds
+the spec and its fingerprint; a folder of another experiment is refused unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from romer.atomic import write_text_atomic
+from romer.campaign.spec import RunSpec
+from romer.errors import RomerError
+
+
+OUTPUTS = ("results.jsonl", "run.json", "results.json", "report.md", "perplexity.png", "expert_load.png",
+           "topk_agreement.png", "sweep.png")
+
+
+def unit_key(record: dict) -> tuple:
+    return (record["kind"], record.get("noise"), record.get("strength"), record.get("seed"), record.get("method"))
+
+
+class ResultsLog:
+    def __init__(self, folder: str | Path, spec: RunSpec, force: bool = False) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / "results.jsonl"
+        meta = self.folder / "run.json"
+        if meta.exists():
+            previous = json.loads(meta.read_text())
+            if previous.get("fingerprint") != spec.fingerprint():
+                if not force:
+                    raise RomerError(f"{self.folder} holds results of a different configuration; choose another "
+                                     "--out, or pass --force to discard them")
+                self.discard()
+        elif self.path.exists():
+            if not force:
+                raise RomerError(f"{self.folder} holds results.jsonl without run.json; choose another --out or --force")
+            self.discard()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(meta, json.dumps({"fingerprint": spec.fingerprint(), "spec": spec.model_dump(mode="json")},
+                                           indent=1) + "\n")
+        self.records: dict[tuple, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line: that unit is redone
+                self.records[unit_key(record)] = record
+            self._rewrite()  # drop a torn line so appends start on a clean line
+
+    def discard(self) -> None:
+        """Remove the results romer wrote here (only those: the folder may hold the user's files)."""
+        for name in OUTPUTS:
+            (self.folder / name).unlink(missing_ok=True)
+
+    def _rewrite(self) -> None:
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
+
+    def done(self, **key) -> dict | None:
+        return self.records.get(unit_key(key))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records[unit_key(record)] = record

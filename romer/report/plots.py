@@ -1,0 +1,89 @@
+"""The campaign's figures: perplexity per method with 95 % intervals, expert-load heatmaps,
+top-k agreement per layer, and perplexity against noise strength (sweeps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(figure, path: Path) -> Path:
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.tight_layout()
+    figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    temporary.replace(path)
+    return path
+
+
+def perplexity_bars(results: dict, path: Path) -> Path:
+    methods = results["methods"]
+    names = list(methods)
+    means = [methods[m]["ppl_mean"] for m in names]
+    errors = np.array([[m["ppl_mean"] - m["ppl_ci95"][0], m["ppl_ci95"][1] - m["ppl_mean"]] for m in methods.values()]).T
+    figure, axis = plt.subplots(figsize=(1.6 + 1.1 * len(names), 3.6))
+    axis.bar(names, means, yerr=errors, capsize=6, color=["#b0b0b0"] + ["#4c72b0"] * (len(names) - 1))
+    axis.axhline(results["clean"]["ppl"], color="#2a9d2a", linestyle="--", label=f"clean {results['clean']['ppl']:.3f}")
+    for seed_index in range(len(methods[names[0]]["ppl"])):
+        axis.plot(names, [methods[m]["ppl"][seed_index] for m in names], color="black", alpha=0.25, marker=".")
+    low = min(min(m["ppl"]) for m in methods.values())
+    axis.set_ylim(min(low, results["clean"]["ppl"]) * 0.97, None)
+    axis.set_ylabel("perplexity (lower is better)")
+    axis.set_title(f"{results['model']} on {results['noise']['name']}: mean, 95 % CI, seeds paired")
+    axis.legend(loc="upper right")
+    return _save(figure, path)
+
+
+def load_heatmaps(results: dict, path: Path) -> Path:
+    panels = [("clean", results["clean"]["frequency"])]
+    panels += [(f"{'noisy' if m == 'none' else m}", v["frequency"]) for m, v in results["methods"].items() if v["frequency"]]
+    panels = [(name, np.array([np.asarray(f) * len(f) for f in freq])) for name, freq in panels if len(freq)]
+    layers, experts = panels[0][1].shape
+    figure, axes = plt.subplots(len(panels), 1, squeeze=False,
+                                figsize=(min(3 + 0.25 * experts, 14), len(panels) * (0.9 + 0.3 * layers) + 0.6))
+    top = max(2.0, max(float(p.max()) for _, p in panels))
+    for axis, (name, values) in zip(axes[:, 0], panels):
+        image = axis.imshow(values, cmap="viridis", vmin=0, vmax=top, aspect="auto")
+        axis.set_title(f"{name} (mean over seeds)")
+        axis.set_ylabel("layer")
+        axis.set_yticks(range(layers))
+        figure.colorbar(image, ax=axis, fraction=0.03, pad=0.01, label="share × E")
+    axes[-1, 0].set_xlabel("expert")
+    return _save(figure, path)
+
+
+def topk_agreement(results: dict, path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(5, 3.4))
+    for method, values in results["methods"].items():
+        if values["topk_agreement"]:
+            axis.plot(range(len(values["topk_agreement"])), values["topk_agreement"], marker="o",
+                      label="noisy" if method == "none" else method)
+    axis.set_xlabel("MoE layer")
+    axis.set_ylabel("top-k agreement with clean")
+    axis.set_ylim(0, 1)
+    axis.legend()
+    return _save(figure, path)
+
+
+def sweep(results: dict, path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    noises = sorted({c["noise"] for c in results["chips"]})
+    styles = ["-", "--", ":", "-."]
+    for n, noise in enumerate(noises):
+        chips = sorted((c for c in results["chips"] if c["noise"] == noise), key=lambda c: c["strength"])
+        for method in chips[0]["methods"]:
+            x = [c["strength"] for c in chips]
+            y = [c["methods"][method]["ppl_mean"] for c in chips]
+            err = [c["methods"][method]["ppl_std"] for c in chips]
+            axis.errorbar(x, y, yerr=err, capsize=3, linestyle=styles[n % 4], marker="o",
+                          label=f"{noise}: {'noisy' if method == 'none' else method}")
+    axis.axhline(results["clean"]["ppl"], color="#2a9d2a", linestyle="--", label="clean")
+    axis.set_xlabel("noise strength (× preset)")
+    axis.set_ylabel("perplexity")
+    axis.legend(fontsize=7)
+    return _save(figure, path)

@@ -1,0 +1,149 @@
+"""romer run / sweep: statistics, resume, schema, offline zero-shot tasks, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from romer.campaign import run_campaign, run_spec
+from romer.cli import app
+from romer.errors import RomerError
+from romer.evaluation.statistics import paired_test, recovery, reduction, summarize
+from tests.conftest import SAMPLE_TEXT
+
+
+def test_summary_matches_the_t_interval():
+    result = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert result["mean"] == 3.0 and result["std"] == pytest.approx(1.5811388, rel=1e-6)
+    assert result["ci95"] == pytest.approx([1.0367568, 4.9632432], rel=1e-6)  # 3 ± 2.7764·1.5811/√5
+    low, high = stats.t.interval(0.95, 4, loc=3.0, scale=stats.sem([1, 2, 3, 4, 5]))
+    assert result["ci95"] == pytest.approx([low, high])
+    assert summarize([7.0]) == {"n": 1, "mean": 7.0, "std": 0.0, "ci95": [7.0, 7.0]}
+
+
+def test_paired_test_matches_scipy():
+    a, b = [10.1, 9.8, 10.4, 10.0, 9.7], [10.9, 10.1, 10.8, 10.3, 10.6]
+    result = paired_test(a, b)
+    assert result["mean_diff"] == pytest.approx(-0.54)
+    assert result["t_pvalue"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert result["wilcoxon_pvalue"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert result["wilcoxon_pvalue"] == pytest.approx(0.0625)  # all 5 differences negative: 2/2^5
+    assert paired_test([1.0, 2.0], [1.0, 2.0])["t_pvalue"] is None
+    assert recovery(9.0, 10.0, 8.0) == 0.5 and reduction(9.0, 10.0) == pytest.approx(0.1)
+
+
+@pytest.fixture
+def texts(tmp_path):
+    evaluation = tmp_path / "eval.txt"
+    evaluation.write_text(SAMPLE_TEXT[: len(SAMPLE_TEXT) // 2])
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text(SAMPLE_TEXT[len(SAMPLE_TEXT) // 2:])
+    return evaluation, calibration
+
+
+def spec_for(model_dir, texts, **extra):
+    evaluation, calibration = texts
+    fields = dict(model=str(model_dir), data=str(evaluation), calib_data=str(calibration),
+                  noise=["gaussian:sigma_dev=0.1"], seeds=[0, 1, 2], methods=["none", "rc", "best"],
+                  max_tokens=64 * 6, window=64, routing_tokens=64 * 4,
+                  calibration={"calib_tokens": 64 * 8, "digital_budget": 0.05})
+    return run_spec(**(fields | extra))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_recomputes_nothing_and_matches(tiny_moe_dir, texts, tmp_path):
+    spec = spec_for(tiny_moe_dir, texts)
+    reference = run_campaign(spec, tmp_path / "whole", progress=False)
+
+    finished = []
+
+    def die_after_five(record):
+        finished.append(record)
+        if len(finished) == 5:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_campaign(spec, tmp_path / "resumed", progress=False, on_record=die_after_five)
+    lines = (tmp_path / "resumed" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    with open(tmp_path / "resumed" / "results.jsonl", "a") as handle:
+        handle.write('{"kind": "chip", "torn')  # the process died mid-write
+    redone = []
+    resumed = run_campaign(spec, tmp_path / "resumed", progress=False, on_record=redone.append)
+    total = 1 + 2 + 3 * 3  # clean, 2 methods on the clean model, 3 seeds × 3 methods
+    assert len(redone) == total - 5
+    assert not {(r["kind"], r.get("seed"), r.get("method")) for r in redone} & \
+        {(r["kind"], r.get("seed"), r.get("method")) for r in finished}
+    for method in spec.methods:
+        assert resumed["methods"][method]["ppl"] == reference["methods"][method]["ppl"]
+    again = []
+    run_campaign(spec, tmp_path / "resumed", progress=False, on_record=again.append)
+    assert again == []  # everything done: nothing recomputed
+
+
+def test_results_schema_and_report(tiny_moe_dir, texts, tmp_path):
+    results = run_campaign(spec_for(tiny_moe_dir, texts, seeds=[0, 1], methods=["none", "romer"]), tmp_path,
+                           progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for key in ("model", "dataset", "noise", "seeds", "clean", "methods", "calibrated_clean"):
+        assert key in saved
+    assert set(saved["dataset"]) >= {"name", "split", "tokens", "sha256"}
+    for method in ("none", "romer"):
+        entry = saved["methods"][method]
+        for key in ("ppl", "ppl_mean", "ppl_std", "ppl_ci95", "reduction_mean", "recovery_mean", "load_cv_mean",
+                    "topk_agreement_mean"):
+            assert key in entry
+        assert len(entry["ppl"]) == 2
+    assert saved["methods"]["none"]["recovery_mean"] == 0.0
+    assert "romer" in saved["calibrated_clean"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| romer |" in report and "perplexity.png" in report
+    for png in ("perplexity.png", "expert_load.png", "topk_agreement.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert results["paths"]["report"].endswith("report.md")
+
+
+def test_a_folder_of_another_configuration_is_refused(tiny_moe_dir, texts, tmp_path):
+    out = tmp_path / "out"
+    run_campaign(spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none"], clean_cost=False), out, progress=False)
+    (out / "notes.txt").write_text("mine")
+    other = spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none"], clean_cost=False, max_tokens=64 * 5)
+    with pytest.raises(RomerError, match="different configuration"):
+        run_campaign(other, out, progress=False)
+    run_campaign(other, out, force=True, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"  # --force removes only what romer wrote
+
+
+def test_sweep_writes_a_noise_plot(tiny_moe_dir, texts, tmp_path):
+    results = run_campaign(spec_for(tiny_moe_dir, texts, seeds=[0, 1], methods=["none", "rc"], strengths=[0.5, 1.0],
+                                    clean_cost=False), tmp_path, progress=False)
+    assert [c["strength"] for c in results["chips"]] == [0.5, 1.0]
+    assert (tmp_path / "sweep.png").exists()
+
+
+def test_offline_lm_eval_task_on_the_in_memory_noisy_model(tiny_moe_dir, texts, tmp_path):
+    results = run_campaign(spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none"], clean_cost=False,
+                                    tasks=["romer_pycloze"], task_limit=8), tmp_path, progress=False)
+    clean = results["clean"]["tasks"]["romer_pycloze"]
+    noisy = results["methods"]["none"]["tasks"]["romer_pycloze"]
+    assert clean["sample_len"] == 8 and 0.0 <= clean["acc"] <= 1.0 and 0.0 <= noisy["acc"] <= 1.0
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    runner = CliRunner()
+    config = tmp_path / "exp.yaml"
+    config.write_text("seeds: 0-1\nnot_an_option: 3\n")
+    for args, message in ((["run", "--config", str(config)], "unknown run option 'not_an_option'"),
+                          (["run", "--methods", "romer,magic"], "unknown method 'magic'"),
+                          (["run", "--seeds", "1-x"], "cannot read seeds"),
+                          (["sweep", "--strengths", "a,b"], "cannot read --strengths"),
+                          (["run", "--tasks", "no_such_task"], "unknown task 'no_such_task'")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, args
+        assert message in result.output and "Traceback" not in result.output
