@@ -331,13 +331,13 @@ def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[
 def calibration_config(method: str, options: Optional[str]):
     from romer.calibration import romer_config
 
+    import yaml
+
     fields = {"method": method}
     for item in filter(None, (options or "").split(",")):
         key, eq, raw = item.partition("=")
         if not eq:
             raise RomerError(f"cannot read '{item}' in --set; write key=value,key=value")
-        import yaml
-
         fields[key.strip()] = yaml.safe_load(raw)
     return romer_config(**fields)
 
@@ -365,6 +365,8 @@ def calibrate_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Op
                       device: str = DeviceOpt, dtype: str = DtypeOpt, trust_remote_code: bool = TrustOpt,
                       as_json: bool = JsonOpt) -> None:
     """Calibrate a model on one simulated chip; report test perplexity clean / noisy / calibrated; save it."""
+    import time
+
     from romer.calibration import calibrate_
     from romer.calibration.persist import save_calibrated
     from romer.data import load_corpus
@@ -387,8 +389,6 @@ def calibrate_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Op
     score = lambda label: perplexity(loaded, ids, window, window, progress=True, label=label).ppl
     if ids is not None:
         record["clean_ppl"] = score("clean")
-    import time
-
     with apply_noise_(loaded, chip_config, seed) as chip:
         if ids is not None:
             record["noisy_ppl"] = score(f"{chip_config.name} seed {seed}")

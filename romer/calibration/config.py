@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from romer.errors import RomerError
+from romer.validation import build
 
 
 class RomerConfig(BaseModel):
@@ -73,12 +73,4 @@ class RomerConfig(BaseModel):
 
 def romer_config(**fields) -> RomerConfig:
     """A RomerConfig, or a one-line RomerError naming the first bad field."""
-    try:
-        return RomerConfig(**fields)
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "calibration"
-        if first["type"] == "extra_forbidden":
-            raise RomerError(f"unknown calibration option '{field}'; see `romer calibrate --help`") from None
-        message = first["msg"].removeprefix("Value error, ")
-        raise RomerError(f"calibration option '{field}': {message} (got {first.get('input')!r})") from None
+    return build(RomerConfig, fields, "calibration option", "see `romer calibrate --help`")

@@ -21,6 +21,7 @@ from romer.calibration import calibrate_, romer_config
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
 from romer.data import load_corpus
+from romer.errors import RomerError
 from romer.evaluation import capture_routing, default_window, perplexity, tokenize_stream
 from romer.moe.telemetry import routing_fidelity
 from romer.noise import apply_noise_, parse_noise_spec
@@ -57,8 +58,6 @@ class Workbench:
         bench = cls(spec, model, tokenizer, ids, tokenize_stream(tokenizer, calib.text), window,
                     spec.stride or window, {**corpus.describe(), "tokens": int(ids.numel())}, calib.describe())
         if bench.dataset["sha256"] == bench.calib_dataset["sha256"]:
-            from romer.errors import RomerError
-
             raise RomerError("the calibration text is the evaluation text; pass a different --calib-data")
         return bench
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from romer.errors import RomerError
+from romer.validation import build
 
 
 class RunSpec(BaseModel):
@@ -65,15 +66,9 @@ class RunSpec(BaseModel):
 
 
 def run_spec(**fields) -> RunSpec:
-    try:
-        return RunSpec(**{k: v for k, v in fields.items() if v is not None})
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "run"
-        if first["type"] == "extra_forbidden":
-            raise RomerError(f"unknown run option '{field}'; see `romer run --help` for the keys a config may hold") from None
-        message = first["msg"].removeprefix("Value error, ")
-        raise RomerError(f"run option '{field}': {message} (got {first.get('input')!r})") from None
+    """A RunSpec from the fields given (None: the default), or a one-line RomerError naming the first bad one."""
+    return build(RunSpec, {k: v for k, v in fields.items() if v is not None}, "run option",
+                 "see `romer run --help` for the keys a config may hold")
 
 
 def load_run_file(path: str) -> dict:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from romer.errors import RomerError
+from romer.validation import build
 
 ROLES = ("attention", "dense_mlp", "experts", "shared_experts", "router", "lm_head")
 DEFAULT_ROLES = ("attention", "dense_mlp", "experts", "shared_experts", "router")
@@ -130,15 +131,7 @@ class NoiseConfig(BaseModel):
 
 def validated(fields: dict) -> NoiseConfig:
     """A NoiseConfig, or a one-line RomerError naming the first bad field."""
-    try:
-        return NoiseConfig(**fields)
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "noise config"
-        if first["type"] == "extra_forbidden":
-            raise RomerError(f"unknown noise field '{field}'; `romer presets` lists the fields") from None
-        message = first["msg"].removeprefix("Value error, ")
-        raise RomerError(f"noise field '{field}': {message} (got {first.get('input')!r})") from None
+    return build(NoiseConfig, fields, "noise field", "`romer presets` lists the fields")
 
 
 def parse_noise_spec(spec: str) -> NoiseConfig:
