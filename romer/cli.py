@@ -164,21 +164,48 @@ RUN_KEYS = ("model", "data", "split", "calib_data", "noise", "strengths", "seeds
             "max_tokens", "window", "stride", "routing_tokens", "batch_size", "device", "dtype", "trust_remote_code")
 
 
-def _campaign(config: Optional[str], flags: dict, out_dir: str, force: bool, as_json: bool) -> None:
+def _campaign(config: Optional[str], flags: dict, out_dir: str, force: bool, as_json: bool,
+              backend: Optional[dict] = None) -> None:
     from romer.campaign import load_run_file, run_campaign, run_spec
 
     fields = load_run_file(config) if config else {}
     for key in ("seeds",):
-        if isinstance(fields.get(key), str):
-            fields[key] = parse_seeds(fields[key])
+        if isinstance(fields.get(key), (str, int)):
+            fields[key] = parse_seeds(str(fields[key]))
     fields |= {k: v for k, v in flags.items() if v is not None and v != []}
     _quiet_transformers()
-    results = run_campaign(run_spec(**fields), out_dir, force=force, progress=True)
+    results = run_campaign(run_spec(**fields), out_dir, force=force, progress=True, backend=_backend(**(backend or {})))
     if as_json:
         print(json.dumps({k: v for k, v in results.items() if k != "spec"}))
         return
     out.print(_campaign_table(results))
     out.print(f"report: {results['paths']['report']}", highlight=False)
+
+
+def _backend(name: str = "local", address: Optional[str] = None, workers: Optional[int] = None, cpus: int = 1,
+             gpus: float = 0, threads: Optional[int] = None):
+    if threads is not None:
+        if threads < 1:
+            raise RomerError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
+    if name == "local":
+        return None
+    if name != "ray":
+        raise RomerError(f"unknown --backend '{name}'; use local or ray")
+    from romer.scale.ray_backend import RayBackend
+
+    return RayBackend(address=address, workers=workers, cpus=cpus, gpus=gpus)
+
+
+def _batch_size(text: Optional[str]):
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise RomerError(f"cannot read --batch-size '{text}'; pass a positive integer or auto") from None
 
 
 def _split_list(text: Optional[str]) -> Optional[list[str]]:
@@ -191,6 +218,14 @@ OutOpt = typer.Option("runs/latest", "--out", help="Output folder; a rerun resum
 ForceOpt = typer.Option(False, "--force", help="Discard results of a different configuration in --out.")
 MethodsOpt = typer.Option(None, "--methods", help="Comma list of methods (none, er, rc, romer, best); default none,romer,best.")
 TasksOpt = typer.Option(None, "--tasks", help="Comma list of lm-eval tasks (e.g. romer_pycloze, piqa, arc_easy).")
+BackendOpt = typer.Option("local", "--backend", help="local (this process) or ray (a Ray cluster; see README).")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster address (ray start --head prints it); default: a "
+                                                  "private local Ray instance.")
+WorkersOpt = typer.Option(None, "--workers", help="Ray workers (each loads the model once); default: as many as fit.")
+WorkerCpusOpt = typer.Option(1, "--worker-cpus", help="CPUs each Ray worker reserves (and torch threads it uses).")
+WorkerGpusOpt = typer.Option(0.0, "--worker-gpus", help="GPUs each Ray worker reserves (1 per 80 GB model run).")
+ThreadsOpt = typer.Option(None, "--threads", help="torch threads in this process (local back end).")
+RunBatchOpt = typer.Option(None, "--batch-size", help="Windows per forward pass, or auto (largest that fits).")
 
 
 @app.command("run")
@@ -206,16 +241,20 @@ def run_command(config: Optional[str] = ConfigOpt, model: Optional[str] = typer.
                 stride: Optional[int] = typer.Option(None, "--stride", help="Default: the window (disjoint windows)."),
                 options: Optional[str] = CalibSetOpt, out_dir: str = OutOpt, force: bool = ForceOpt,
                 device: Optional[str] = typer.Option(None, "--device"), dtype: Optional[str] = typer.Option(None, "--dtype"),
-                trust_remote_code: bool = TrustOpt, as_json: bool = JsonOpt) -> None:
+                batch_size: Optional[str] = RunBatchOpt, trust_remote_code: bool = TrustOpt, as_json: bool = JsonOpt,
+                backend: str = BackendOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
+                worker_cpus: int = WorkerCpusOpt, worker_gpus: float = WorkerGpusOpt,
+                threads: Optional[int] = ThreadsOpt) -> None:
     """Clean vs noisy vs calibrated over chip seeds, with paired statistics, tasks, report and plots."""
     flags = {"model": model, "data": data, "split": split, "calib_data": calib_data,
              "noise": [noise] if noise else None, "seeds": parse_seeds(seeds) if seeds else None,
              "methods": _split_list(methods), "tasks": _split_list(tasks), "task_limit": task_limit,
              "max_tokens": max_tokens, "window": window, "stride": stride, "device": device, "dtype": dtype,
-             "trust_remote_code": trust_remote_code or None,
+             "batch_size": _batch_size(batch_size), "trust_remote_code": trust_remote_code or None,
              "calibration": calibration_config("none", options).model_dump(exclude={"method"}, exclude_unset=True)
              if options else None}
-    _campaign(config, flags, out_dir, force, as_json)
+    _campaign(config, flags, out_dir, force, as_json,
+              dict(name=backend, address=address, workers=workers, cpus=worker_cpus, gpus=worker_gpus, threads=threads))
 
 
 @app.command("sweep")
@@ -228,7 +267,10 @@ def sweep_command(config: Optional[str] = ConfigOpt, model: Optional[str] = type
                   seeds: Optional[str] = typer.Option(None, "--seeds"), methods: Optional[str] = MethodsOpt,
                   max_tokens: Optional[int] = MaxTokensOpt, options: Optional[str] = CalibSetOpt,
                   out_dir: str = typer.Option("runs/sweep", "--out"), force: bool = ForceOpt,
-                  device: Optional[str] = typer.Option(None, "--device"), as_json: bool = JsonOpt) -> None:
+                  device: Optional[str] = typer.Option(None, "--device"), batch_size: Optional[str] = RunBatchOpt,
+                  as_json: bool = JsonOpt, backend: str = BackendOpt, address: Optional[str] = AddressOpt,
+                  workers: Optional[int] = WorkersOpt, worker_cpus: int = WorkerCpusOpt,
+                  worker_gpus: float = WorkerGpusOpt, threads: Optional[int] = ThreadsOpt) -> None:
     """A grid of chips × strengths × seeds × methods into one folder, resumable, with PPL-vs-noise plots."""
     try:
         strength_list = [float(s) for s in _split_list(strengths)] if strengths else None
@@ -236,10 +278,11 @@ def sweep_command(config: Optional[str] = ConfigOpt, model: Optional[str] = type
         raise RomerError(f"cannot read --strengths '{strengths}'; write numbers such as 0.5,1,1.5") from None
     flags = {"model": model, "data": data, "noise": _split_list(noise), "strengths": strength_list,
              "seeds": parse_seeds(seeds) if seeds else None, "methods": _split_list(methods),
-             "max_tokens": max_tokens, "device": device,
+             "max_tokens": max_tokens, "device": device, "batch_size": _batch_size(batch_size),
              "calibration": calibration_config("none", options).model_dump(exclude={"method"}, exclude_unset=True)
              if options else None}
-    _campaign(config, flags, out_dir, force, as_json)
+    _campaign(config, flags, out_dir, force, as_json,
+              dict(name=backend, address=address, workers=workers, cpus=worker_cpus, gpus=worker_gpus, threads=threads))
 
 
 DEMO = {"model": "romer-tiny", "data": "stdlib", "noise": ["cim-80c"], "seeds": [0, 1, 2],
@@ -425,6 +468,54 @@ def calibrate_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Op
 
 noise_app = typer.Typer(help="Chip noise models: fit your own from measurements.", no_args_is_help=True)
 app.add_typer(noise_app, name="noise")
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.2f} GiB"
+
+
+@app.command("estimate")
+@user_errors
+def estimate_command(model: str = ModelOpt, dtype: str = typer.Option("bfloat16", "--dtype"),
+                     window: Optional[int] = WindowOpt,
+                     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the largest that fits."),
+                     device: str = typer.Option("cuda", "--device", help="Where the run would go: cuda or cpu."),
+                     memory_gib: Optional[float] = typer.Option(None, "--memory-gib", help="Device memory to plan for; "
+                                                                "default: what is free on --device now (80 on a machine without it)."),
+                     trust_remote_code: bool = TrustOpt, as_json: bool = JsonOpt) -> None:
+    """The memory a noisy run needs, from the model's config alone (no weights are read)."""
+    from romer.scale.memory import estimate_memory, free_device_bytes
+
+    _quiet_transformers()
+    on_accelerator = device != "cpu"
+    estimate = estimate_memory(model, dtype, window, trust_remote_code, on_accelerator)
+    if memory_gib is not None:
+        available = int(memory_gib * 2**30)
+    elif on_accelerator and not __import__("torch").cuda.is_available():
+        available = 80 * 2**30
+    else:
+        available = free_device_bytes(device)
+    fitted = estimate.fit_batch_size(available)
+    batch = batch_size or max(fitted, 1)
+    peak = estimate.device_bytes(batch)
+    if as_json:
+        print(json.dumps(estimate.as_dict() | {"available_bytes": available, "batch_size": batch, "peak_bytes": peak,
+                                               "fits": peak <= available}))
+        return
+    count = f"{estimate.parameters / 1e9:.2f} B" if estimate.parameters >= 1e9 else f"{estimate.parameters / 1e6:.1f} M"
+    table = Table(title=f"{model}: {count} parameters, {dtype}, window {estimate.window}")
+    table.add_column("what")
+    table.add_column("memory", justify="right")
+    table.add_row("weights", _gib(estimate.weights_bytes))
+    table.add_row("programming scratch (largest on-chip slot)", _gib(estimate.programming_bytes))
+    table.add_row("routing telemetry (bounded sample)", _gib(estimate.telemetry_bytes))
+    table.add_row(f"activations and logits, {batch} × {estimate.window} tokens", _gib(batch * estimate.per_sequence_bytes))
+    table.add_row("[bold]peak on the device", f"[bold]{_gib(peak)}")
+    table.add_row(f"clean copy for restore() ({estimate.backup})", _gib(estimate.backup_bytes))
+    out.print(table)
+    verdict = "fits" if peak <= available else "does NOT fit"
+    out.print(f"{verdict} in {_gib(available)}; largest batch that fits: {fitted} (use --batch-size auto in romer run)",
+              highlight=False)
 
 
 @app.command("presets")

@@ -78,6 +78,13 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def _device_map(device: str, target: torch.device) -> str | None:
+    """`auto` on a GPU machine spreads a model larger than one device over all of them (accelerate)."""
+    if target.type != "cuda":
+        return None
+    return "auto" if device == "auto" else str(target)
+
+
 def _check_weights(folder: Path, trust_remote_code: bool) -> None:
     if any(folder.glob("*.safetensors")):
         return
@@ -124,7 +131,7 @@ def load_model(spec: str = "romer-tiny", *, device: str = "cpu", dtype: str = "f
     model = AutoModelForCausalLM.from_pretrained(
         folder, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
         use_safetensors=None if trust_remote_code else True,
-        device_map=str(target) if target.type == "cuda" else None)
+        device_map=_device_map(device, target))
     if target.type != "cuda":  # on CUDA, device_map has placed the weights already
         model.to(target)
     model.eval()

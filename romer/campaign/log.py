@@ -1,7 +1,7 @@
 """`results.jsonl`: one line per finished unit of work, appended and flushed to disk as it finishes.
 
 A rerun reads the lines back and skips what is done, so an interrupted campaign loses nothing it
-finished. A torn last line (the process died mid-write) is ignored and redone. `run.json` holds
+finished. A unit is kept once, however often a back end reports it. A torn last line (the process died mid-write) is ignored and redone. `run.json` holds
 the spec and its fingerprint; a folder of another experiment is refused unless forced.
 """
 
@@ -29,6 +29,7 @@ class ResultsLog:
         self.folder = Path(folder)
         self.path = self.folder / "results.jsonl"
         meta = self.folder / "run.json"
+        previous: dict = {}
         if meta.exists():
             previous = json.loads(meta.read_text())
             if previous.get("fingerprint") != spec.fingerprint():
@@ -41,8 +42,9 @@ class ResultsLog:
                 raise RomerError(f"{self.folder} holds results.jsonl without run.json; choose another --out or --force")
             self.discard()
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(meta, json.dumps({"fingerprint": spec.fingerprint(), "spec": spec.model_dump(mode="json")},
-                                           indent=1) + "\n")
+        self.spec = spec
+        self.inputs: dict | None = previous.get("inputs") if meta.exists() else None
+        self._write_meta()
         self.records: dict[tuple, dict] = {}
         if self.path.exists():
             for line in self.path.read_text().splitlines():
@@ -52,6 +54,17 @@ class ResultsLog:
                     continue  # a torn last line: that unit is redone
                 self.records[unit_key(record)] = record
             self._rewrite()  # drop a torn line so appends start on a clean line
+
+    def _write_meta(self) -> None:
+        meta = {"fingerprint": self.spec.fingerprint(), "spec": self.spec.model_dump(mode="json")}
+        if self.inputs is not None:
+            meta["inputs"] = self.inputs
+        write_text_atomic(self.folder / "run.json", json.dumps(meta, indent=1) + "\n")
+
+    def keep_inputs(self, inputs: dict) -> None:
+        """The work bench's description (dataset, window, ...), so a finished campaign reports without a model."""
+        self.inputs = inputs
+        self._write_meta()
 
     def discard(self) -> None:
         """Remove the results romer wrote here (only those: the folder may hold the user's files)."""
@@ -64,9 +77,13 @@ class ResultsLog:
     def done(self, **key) -> dict | None:
         return self.records.get(unit_key(key))
 
-    def append(self, record: dict) -> None:
+    def append(self, record: dict) -> bool:
+        """Keep a finished unit; a unit already kept is never counted twice (False)."""
+        if unit_key(record) in self.records:
+            return False
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         self.records[unit_key(record)] = record
+        return True

@@ -1,30 +1,31 @@
-"""One campaign, in process: for each chip seed, program the chip, calibrate with each method,
-evaluate, undo, and append the result; then summarise and report.
+"""One campaign: load the work bench, run the trials a back end is given, append each finished
+unit to results.jsonl, then summarise and report.
 
     spec = run_spec(model="romer-tiny", noise=["cim-80c"], seeds=[0, 1, 2], methods=["romer", "best"])
-    results = run_campaign(spec, "runs/demo")
+    results = run_campaign(spec, "runs/demo")                                  # in this process
+    results = run_campaign(spec, "runs/demo", backend=RayBackend(workers=4))   # on a Ray cluster
 
 Units of work (each one line of results.jsonl): the clean model; each method on the clean model
-(the clean-cost check); and each (noise, strength, seed, method) on a chip.
+(the clean-cost check); and each (noise, strength, seed, method) on a chip. `trials.py` groups
+them into trials and runs one.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 import torch
 
-from romer.calibration import calibrate_, romer_config
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
+from romer.campaign.trials import Trial, calibration_for, plan_trials, run_trial, total_units
 from romer.data import load_corpus
 from romer.errors import RomerError
 from romer.evaluation import capture_routing, default_window, perplexity, tokenize_stream
 from romer.moe.telemetry import routing_fidelity
-from romer.noise import apply_noise_, parse_noise_spec
+from romer.noise import parse_noise_spec
 from romer.progress import progress_bar
 
 
@@ -41,6 +42,7 @@ class Workbench:
     stride: int
     dataset: dict
     calib_dataset: dict
+    batch_size: int
     clean_routing: object = None
 
     @classmethod
@@ -56,7 +58,8 @@ class Workbench:
             ids = ids[: spec.max_tokens]
         window = spec.window or default_window(model)
         bench = cls(spec, model, tokenizer, ids, tokenize_stream(tokenizer, calib.text), window,
-                    spec.stride or window, {**corpus.describe(), "tokens": int(ids.numel())}, calib.describe())
+                    spec.stride or window, {**corpus.describe(), "tokens": int(ids.numel())}, calib.describe(),
+                    fitting_batch_size(spec, window) if spec.batch_size == "auto" else spec.batch_size)
         if bench.dataset["sha256"] == bench.calib_dataset["sha256"]:
             raise RomerError("the calibration text is the evaluation text; pass a different --calib-data")
         return bench
@@ -65,89 +68,112 @@ class Workbench:
         tokens = min(self.spec.routing_tokens, self.ids.numel()) // self.window * self.window
         return self.ids[:tokens]
 
-    def measure(self, with_routing: bool) -> dict:
-        record = {"ppl": perplexity(self.model, self.ids, self.window, self.stride, self.spec.batch_size).ppl}
+    def describe(self) -> dict:
+        """What the report says about the inputs."""
+        return {"dataset": self.dataset, "calib_dataset": self.calib_dataset, "window": self.window,
+                "stride": self.stride}
+
+    def clean_reference(self) -> None:
+        """The clean model's routing on the routing tokens (call while the model is clean)."""
+        if self.clean_routing is None and self.routing_ids().numel():
+            self.clean_routing = capture_routing(self.model, self.routing_ids(), self.window, self.batch_size,
+                                                 keep_choices=True)
+
+    def measure(self, with_routing: bool, agreement: bool = True) -> dict:
+        """Perplexity, and optionally load and (`agreement`) top-k agreement with the clean routing;
+        `agreement=False` is the clean model's own measurement, kept as that reference."""
+        record = {"ppl": perplexity(self.model, self.ids, self.window, self.stride, self.batch_size).ppl}
         routing_ids = self.routing_ids()
         if with_routing and routing_ids.numel():
-            routed = capture_routing(self.model, routing_ids, self.window, self.spec.batch_size, keep_choices=True)
+            routed = capture_routing(self.model, routing_ids, self.window, self.batch_size, keep_choices=True)
             metrics = routed.metrics()
             record["frequency"] = [m.frequency for m in metrics]
             record["load_cv"] = [m.cv for m in metrics]
             record["starved"] = [m.starved for m in metrics]
-            if self.clean_routing is None:
-                self.clean_routing = routed
+            if not agreement:
+                self.clean_routing = self.clean_routing or routed
             else:
                 record["topk_agreement"] = [f["topk_agreement"] for f in routing_fidelity(self.clean_routing, routed)]
         if self.spec.tasks:
             from romer.evaluation.tasks import run_tasks
 
-            record["tasks"] = run_tasks(self.model, self.tokenizer, self.spec.tasks, self.spec.batch_size,
+            record["tasks"] = run_tasks(self.model, self.tokenizer, self.spec.tasks, self.batch_size,
                                         self.spec.task_limit)
         return record
 
 
-def calibration_for(spec: RunSpec, method: str):
-    return romer_config(**(spec.calibration | {"method": method}))
+def fitting_batch_size(spec: RunSpec, window: int) -> int:
+    """`batch_size: auto`: the largest batch the free memory holds now, with the model loaded."""
+    from romer.scale.memory import estimate_memory, free_device_bytes
+
+    estimate = estimate_memory(spec.model, spec.dtype, window, spec.trust_remote_code, spec.device != "cpu")
+    size = estimate.fit_batch_size(free_device_bytes(spec.device) + estimate.weights_bytes)
+    if size < 1:
+        raise RomerError(f"one window of {window} tokens does not fit the free memory of {spec.device}; "
+                         "use a smaller --window or a larger device")
+    return size
 
 
-def run_campaign(spec: RunSpec, out: str | Path, force: bool = False, progress: bool = True,
-                 on_record: Callable[[dict], None] | None = None) -> dict:
-    """Run what `out` does not hold yet, then write results.json, report.md and the plots."""
-    from romer.report import write_report
+class Backend(Protocol):
+    """Runs trials somewhere and yields each finished unit's record (in any order)."""
 
+    def run(self, spec: RunSpec, trials: list[Trial]) -> Iterator[dict]: ...
+
+    def describe(self) -> dict | None:
+        """The work bench's inputs, once a worker has loaded them (None before)."""
+
+
+class LocalBackend:
+    """Every trial in this process, one after another, on one loaded model."""
+
+    def __init__(self) -> None:
+        self.bench: Workbench | None = None
+
+    def _bench(self, spec: RunSpec) -> Workbench:
+        if self.bench is None:
+            self.bench = Workbench.load(spec)
+        return self.bench
+
+    def run(self, spec: RunSpec, trials: list[Trial]) -> Iterator[dict]:
+        bench = self._bench(spec)
+        for trial in trials:
+            yield from run_trial(bench, trial)
+
+    def describe(self) -> dict | None:
+        return self.bench.describe() if self.bench is not None else None
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Fail on a bad method option, task or chip before any model loads."""
     for method in spec.methods:
-        calibration_for(spec, method)  # a bad option fails before any work
+        calibration_for(spec, method)
+    for noise in spec.noise:
+        parse_noise_spec(noise)
     if spec.tasks:
         from romer.evaluation.tasks import check_tasks
 
         check_tasks(spec.tasks)
-    chips = [(noise, strength, parse_noise_spec(noise).scaled(strength)) for noise in spec.noise
-             for strength in spec.strengths]
+
+
+def run_campaign(spec: RunSpec, out: str | Path, force: bool = False, progress: bool = True,
+                 on_record: Callable[[dict], None] | None = None, backend: Backend | None = None) -> dict:
+    """Run what `out` does not hold yet, then write results.json, report.md and the plots."""
+    from romer.report import write_report
+
+    check_spec(spec)
     log = ResultsLog(out, spec, force)
-    bench = Workbench.load(spec)
-
-    def finish(record: dict) -> None:
-        log.append(record)
-        if on_record is not None:
-            on_record(record)
-
-    units = 1 + (len(spec.methods) - 1) * spec.clean_cost + len(chips) * len(spec.seeds) * len(spec.methods)
-    with progress_bar("campaign", total=units, enabled=progress) as advance:
-        if log.done(kind="clean") is None:
-            finish({"kind": "clean", **bench.measure(with_routing=True)})  # also keeps the clean routing reference
-        elif bench.routing_ids().numel():
-            bench.clean_routing = capture_routing(bench.model, bench.routing_ids(), bench.window, spec.batch_size,
-                                                  keep_choices=True)
-        advance(1)
-        for method in spec.methods[1:] if spec.clean_cost else []:
-            if log.done(kind="calibrated_clean", method=method) is None:
-                calibration = calibrate_(bench.model, calibration_for(spec, method), bench.calib_ids)
-                finish({"kind": "calibrated_clean", "method": method, **bench.measure(with_routing=False)})
-                calibration.remove()
-            advance(1)
-        for noise, strength, config in chips:
-            for seed in spec.seeds:
-                pending = [m for m in spec.methods
-                           if log.done(kind="chip", noise=noise, strength=strength, seed=seed, method=m) is None]
-                advance(len(spec.methods) - len(pending))
-                if not pending:
-                    continue
-                with apply_noise_(bench.model, config, seed) as chip:
-                    for method in pending:
-                        started = time.perf_counter()
-                        calibration = None
-                        if method != "none":
-                            calibration = calibrate_(bench.model, calibration_for(spec, method), bench.calib_ids,
-                                                     chip=chip)
-                        seconds = time.perf_counter() - started
-                        record = {"kind": "chip", "noise": noise, "strength": strength, "seed": seed,
-                                  "method": method, "calib_seconds": seconds, **bench.measure(with_routing=True)}
-                        if calibration is not None:
-                            summary = calibration.as_dict()
-                            record["calibration"] = {"config": summary["config"],
-                                                     "replacements": len(summary["replacements"]),
-                                                     "digital": summary["digital"]}
-                            calibration.remove()
-                        finish(record)
-                        advance(1)
-    return write_report(spec, log.records.values(), bench, Path(out))
+    backend = backend or LocalBackend()
+    trials = plan_trials(spec, log)
+    total = total_units(spec)
+    with progress_bar("campaign", total=total, enabled=progress) as advance:
+        advance(total - sum(t.units for t in trials))
+        for record in backend.run(spec, trials):
+            if log.append(record):
+                advance(1)
+                if on_record is not None:
+                    on_record(record)
+    inputs = backend.describe() or log.inputs
+    if inputs is None:  # every unit was done before run.json kept the inputs
+        inputs = LocalBackend()._bench(spec).describe()
+    log.keep_inputs(inputs)
+    return write_report(spec, log.records.values(), inputs, Path(out))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -37,8 +37,9 @@ class RunSpec(BaseModel):
     stride: Optional[int] = Field(None, ge=1, description="default: the window (disjoint windows)")
     routing_tokens: int = Field(16384, ge=0, description="evaluation tokens used for load and top-k agreement")
     clean_cost: bool = Field(True, description="also apply each method to the clean model")
-    batch_size: int = Field(8, ge=1)
-    device: str = "cpu"
+    batch_size: Union[Literal["auto"], int] = Field(8, description="windows per forward pass, or auto: the "
+                                                   "largest that fits the device (romer estimate)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N, or auto (device_map over all GPUs)")
     dtype: str = "float32"
     trust_remote_code: bool = False
 
@@ -48,6 +49,13 @@ class RunSpec(BaseModel):
         if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be distinct non-negative integers")
         return seeds
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, size):
+        if size != "auto" and size < 1:
+            raise ValueError("batch_size must be a positive integer or auto")
+        return size
 
     @field_validator("methods")
     @classmethod

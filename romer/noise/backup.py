@@ -1,17 +1,21 @@
 """Where the clean weights wait while the model sits on a chip, so `restore()` is bit-exact.
 
-`memory` keeps a CPU copy of each on-chip tensor; `disk` writes each to its own safetensors
-file in a temporary folder, so a model that fills memory needs no second copy of itself.
+`memory` keeps a CPU copy of each on-chip tensor; `disk` writes each tensor's raw bytes to its
+own file in a temporary folder, in slices of at most one expert slot (or 16 MiB of rows), and
+reads back whole tensors or single slots: a model that fills memory needs no second copy of
+itself, and programming a fused expert tensor touches one slot's worth of memory at a time.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+
+CHUNK_BYTES = 16 * 2**20
 
 
 class MemoryBackup:
@@ -21,25 +25,48 @@ class MemoryBackup:
     def save(self, name: str, tensor: torch.Tensor) -> None:
         self._tensors[name] = tensor.detach().to("cpu", copy=True)
 
-    def load(self, name: str) -> torch.Tensor:
-        return self._tensors[name]
+    def load(self, name: str, slot: int | None = None) -> torch.Tensor:
+        tensor = self._tensors[name]
+        return tensor if slot is None else tensor[slot]
 
     def close(self) -> None:
         self._tensors.clear()
 
 
+@dataclass(frozen=True)
+class _Stored:
+    path: Path
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def slot_bytes(self) -> int:
+        return torch.Size(self.shape[1:]).numel() * torch.empty((), dtype=self.dtype).element_size()
+
+
 class DiskBackup:
     def __init__(self, directory: str | Path | None = None) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="romer-clean-", dir=directory))
-        self._files: dict[str, Path] = {}
+        self._files: dict[str, _Stored] = {}
 
     def save(self, name: str, tensor: torch.Tensor) -> None:
-        path = self._dir / f"{len(self._files)}.safetensors"
-        save_file({"t": tensor.detach().contiguous().cpu()}, path)
-        self._files[name] = path
+        tensor = tensor.detach()
+        stored = _Stored(self._dir / f"{len(self._files)}.bin", tuple(tensor.shape), tensor.dtype)
+        rows = max(1, CHUNK_BYTES // max(stored.slot_bytes, 1))
+        with open(stored.path, "wb") as handle:
+            for part in tensor.split(rows if tensor.dim() < 3 else 1):
+                handle.write(memoryview(part.contiguous().cpu().view(torch.uint8).numpy()))
+        self._files[name] = stored
 
-    def load(self, name: str) -> torch.Tensor:
-        return load_file(self._files[name])["t"]
+    def load(self, name: str, slot: int | None = None) -> torch.Tensor:
+        stored = self._files[name]
+        with open(stored.path, "rb") as handle:
+            if slot is None:
+                data, shape = bytearray(handle.read()), stored.shape
+            else:
+                handle.seek(slot * stored.slot_bytes)
+                data, shape = bytearray(handle.read(stored.slot_bytes)), stored.shape[1:]
+        return torch.frombuffer(data, dtype=torch.uint8).view(stored.dtype).view(shape)
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)

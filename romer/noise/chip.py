@@ -90,9 +90,9 @@ class ChipHandle:
         """The weights the chip was asked to hold in a tensor (or one slot of it), before noise."""
         if (name, slot) in self.targets:
             return self.targets[(name, slot)]
-        clean = self.backup.load(name)
         if slot is not None:
-            return clean[slot]
+            return self.backup.load(name, slot)
+        clean = self.backup.load(name)
         slots = {s: t for (n, s), t in self.targets.items() if n == name and s is not None}
         if slots:
             clean = clean.clone()
@@ -112,10 +112,9 @@ class ChipHandle:
                                                  stream(self.seed, tensor.name, device=param.device))
             param.copy_(noisy)
         else:
-            clean = self.backup.load(tensor.name)
             per_slot = []
-            for slot in range(param.shape[0]):
-                target = self.targets.get((tensor.name, slot), clean[slot]).to(param.device)
+            for slot in range(param.shape[0]):  # one slot at a time: the scratch is one expert's size
+                target = self.clean_value(tensor.name, slot).to(param.device)
                 noisy, slot_scales = self.physics.program(target.float(),
                                                           stream(self.seed, tensor.name, slot, device=param.device))
                 param[slot].copy_(noisy)
@@ -127,7 +126,11 @@ class ChipHandle:
 
     def _write_digital(self, tensor: ChipTensor) -> None:
         original = self.originals[tensor.name]
-        original.copy_(self.clean_value(tensor.name))
+        if original.dim() > 2:
+            for slot in range(original.shape[0]):
+                original[slot].copy_(self.clean_value(tensor.name, slot))
+        else:
+            original.copy_(self.clean_value(tensor.name))
         tensor.module._parameters[tensor.attribute] = original
 
     @torch.no_grad()

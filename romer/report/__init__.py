@@ -8,11 +8,12 @@ from pathlib import Path
 from romer.atomic import write_text_atomic
 
 
-def write_report(spec, records, bench, out: Path) -> dict:
+def write_report(spec, records, inputs: dict, out: Path) -> dict:
+    """`inputs`: the work bench's description (dataset, calib_dataset, window, stride)."""
     from romer.report import markdown, plots
     from romer.report.summary import build_results
 
-    results = build_results(spec, records, bench.dataset, bench.calib_dataset, bench.window, bench.stride)
+    results = build_results(spec, records, inputs["dataset"], inputs["calib_dataset"], inputs["window"], inputs["stride"])
     names = {"perplexity": "perplexity.png", "heatmaps": "expert_load.png", "topk": "topk_agreement.png"}
     plots.perplexity_bars(results, out / names["perplexity"])
     plots.load_heatmaps(results, out / names["heatmaps"])

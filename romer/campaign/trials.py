@@ -1,0 +1,96 @@
+"""A campaign's units of work, grouped into trials: what one worker does with the model loaded.
+
+A trial is the clean reference, the clean-cost checks, or one chip instance (noise, strength,
+seed) with each of its pending methods: the chip is programmed once, and every method calibrates,
+is measured and is undone on it. Trials share nothing but the loaded model, so any back end may
+run them in any order and on any worker; each yields one record per unit, the line that
+results.jsonl keeps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from romer.calibration import calibrate_, romer_config
+from romer.campaign.log import ResultsLog
+from romer.campaign.spec import RunSpec
+from romer.noise import apply_noise_, parse_noise_spec
+
+
+@dataclass(frozen=True)
+class Trial:
+    kind: str  # "clean", "calibrated_clean" or "chip"
+    methods: tuple[str, ...] = ()
+    noise: str | None = None
+    strength: float | None = None
+    seed: int | None = None
+
+    @property
+    def units(self) -> int:
+        return 1 if self.kind == "clean" else len(self.methods)
+
+    def label(self) -> str:
+        if self.kind == "chip":
+            return f"{self.noise} × {self.strength:g}, seed {self.seed}"
+        return self.kind.replace("_", " ")
+
+
+def calibration_for(spec: RunSpec, method: str):
+    return romer_config(**(spec.calibration | {"method": method}))
+
+
+def total_units(spec: RunSpec) -> int:
+    chips = len(spec.noise) * len(spec.strengths) * len(spec.seeds)
+    return 1 + (len(spec.methods) - 1) * spec.clean_cost + chips * len(spec.methods)
+
+
+def plan_trials(spec: RunSpec, log: ResultsLog) -> list[Trial]:
+    """The trials that still have unfinished units, in the order a single worker runs them."""
+    trials = []
+    if log.done(kind="clean") is None:
+        trials.append(Trial("clean"))
+    if spec.clean_cost:
+        pending = tuple(m for m in spec.methods[1:] if log.done(kind="calibrated_clean", method=m) is None)
+        if pending:
+            trials.append(Trial("calibrated_clean", pending))
+    for noise in spec.noise:
+        for strength in spec.strengths:
+            for seed in spec.seeds:
+                pending = tuple(m for m in spec.methods
+                                if log.done(kind="chip", noise=noise, strength=strength, seed=seed, method=m) is None)
+                if pending:
+                    trials.append(Trial("chip", pending, noise, strength, seed))
+    return trials
+
+
+def run_trial(bench, trial: Trial) -> Iterator[dict]:
+    """The records of one trial, each yielded as soon as it is measured; the model ends clean."""
+    spec = bench.spec
+    if trial.kind == "clean":
+        yield {"kind": "clean", **bench.measure(with_routing=True, agreement=False)}
+        return
+    if trial.kind == "calibrated_clean":
+        for method in trial.methods:
+            calibration = calibrate_(bench.model, calibration_for(spec, method), bench.calib_ids)
+            yield {"kind": "calibrated_clean", "method": method, **bench.measure(with_routing=False)}
+            calibration.remove()
+        return
+    bench.clean_reference()  # top-k agreement compares with the clean model's routing
+    config = parse_noise_spec(trial.noise).scaled(trial.strength)
+    with apply_noise_(bench.model, config, trial.seed) as chip:
+        for method in trial.methods:
+            started = time.perf_counter()
+            calibration = None
+            if method != "none":
+                calibration = calibrate_(bench.model, calibration_for(spec, method), bench.calib_ids, chip=chip)
+            seconds = time.perf_counter() - started
+            record = {"kind": "chip", "noise": trial.noise, "strength": trial.strength, "seed": trial.seed,
+                      "method": method, "calib_seconds": seconds, **bench.measure(with_routing=True)}
+            if calibration is not None:
+                summary = calibration.as_dict()
+                record["calibration"] = {"config": summary["config"], "replacements": len(summary["replacements"]),
+                                         "digital": summary["digital"]}
+                calibration.remove()
+            yield record

@@ -1,0 +1,129 @@
+"""`romer estimate`: the memory a run needs, from the model's config alone (no weights are read).
+
+The model is built on PyTorch's meta device, so parameter counts are exact for any architecture
+transformers can build. What a noisy run holds, on the device that runs the model:
+  weights        every parameter, in the run's dtype;
+  programming    the scratch of programming the largest on-chip tensor (one expert slot of a fused
+                 tensor): its float32 target, noisy result and random draws, ≈ 4 float32 copies;
+  telemetry      the router-logit sample routing statistics keep (bounded: MAX_LOGIT_ROWS rows);
+  per sequence   the float32 logits and the cross-entropy's copy (window × vocab), the dtype logits,
+                 hidden and expert activations, and eager attention scores (an upper bound: SDPA
+                 kernels keep less).
+The clean copy that `restore()` needs never takes device memory: host memory when it fits, else
+disk (`romer.noise.chip.choose_backup`). Estimates, not measurements: `bench/scale.py` measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from romer.calibration.statistics import MAX_LOGIT_ROWS
+from romer.errors import RomerError
+from romer.evaluation.perplexity import MAX_DEFAULT_WINDOW
+from romer.models import DTYPES, load_config, resolve_model_path
+from romer.noise.chip import SMALL_BACKUP_BYTES
+from romer.noise.config import DEFAULT_ROLES
+from romer.noise.roles import on_chip_tensors
+
+FLOAT32 = 4
+PROGRAMMING_COPIES = 4
+MAX_AUTO_BATCH = 64
+HEADROOM = 0.9
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    model: str
+    dtype: str
+    window: int
+    parameters: int
+    on_chip_parameters: int
+    weights_bytes: int
+    programming_bytes: int
+    telemetry_bytes: int
+    per_sequence_bytes: int
+    backup: str          # where the clean copy lives: host memory or disk
+    backup_bytes: int
+
+    def device_bytes(self, batch_size: int) -> int:
+        return self.weights_bytes + self.programming_bytes + self.telemetry_bytes + batch_size * self.per_sequence_bytes
+
+    def fit_batch_size(self, free_bytes: int) -> int:
+        """The largest batch (≤ 64 windows) whose peak fits in `HEADROOM` × `free_bytes`; 0 if none does."""
+        room = HEADROOM * free_bytes - self.device_bytes(0)
+        return int(max(0, min(MAX_AUTO_BATCH, room // self.per_sequence_bytes)))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def meta_model(folder: Path, trust_remote_code: bool = False):
+    """The model built on the meta device: its structure and shapes, no memory."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(folder, trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code), config
+
+
+def _config_folder(spec: str, trust_remote_code: bool) -> Path:
+    """An embedded model or local folder as it is; of a hub id only the config (and, trusted, its code)."""
+    from romer.models import _EMBEDDED, _HUB_ID
+
+    if spec in _EMBEDDED or Path(spec).expanduser().exists() or not _HUB_ID.match(spec):
+        return resolve_model_path(spec, trust_remote_code)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, allow_patterns=["config.json"] + (["*.py"] if trust_remote_code else [])))
+    except Exception as error:
+        raise RomerError(f"could not read {spec}/config.json from the Hugging Face Hub ({type(error).__name__}); "
+                         "offline, pass a local folder") from None
+
+
+def estimate_memory(spec: str, dtype: str = "float32", window: int | None = None,
+                    trust_remote_code: bool = False, on_accelerator: bool = False) -> MemoryEstimate:
+    if dtype not in DTYPES:
+        raise RomerError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    folder = _config_folder(spec, trust_remote_code)
+    model, config = meta_model(folder, trust_remote_code)
+    element = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    parameters = sum(p.numel() for p in model.parameters())
+    chip = on_chip_tensors(model, DEFAULT_ROLES)
+    on_chip = sum(t.param.numel() for t in chip)
+    largest_slot = max((t.param[0].numel() if t.param.dim() > 2 else t.param.numel() for t in chip), default=0)
+    context = getattr(config, "max_position_embeddings", None) or MAX_DEFAULT_WINDOW
+    window = window or min(int(context), MAX_DEFAULT_WINDOW)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = int(text.hidden_size)
+    vocab = int(text.vocab_size)
+    heads = int(getattr(text, "num_attention_heads", 1))
+    experts = max((getattr(text, k, 0) or 0 for k in ("num_experts", "num_local_experts", "n_routed_experts")),
+                  default=0)
+    top_k = int(getattr(text, "num_experts_per_tok", 1) or 1)
+    intermediate = int(getattr(text, "moe_intermediate_size", None) or getattr(text, "intermediate_size", hidden))
+    layers = int(getattr(text, "num_hidden_layers", 1))
+    per_sequence = (window * vocab * (2 * FLOAT32 + element)           # logits: dtype, float32, log-softmax
+                    + window * hidden * element * 8                    # residual, norms, q/k/v/o
+                    + window * top_k * intermediate * element * 3      # expert gate/up/act
+                    + heads * window * window * FLOAT32)              # eager attention scores
+    backup_bytes = on_chip * element
+    backup = "host memory" if on_accelerator or backup_bytes <= SMALL_BACKUP_BYTES else "disk"
+    return MemoryEstimate(model=spec, dtype=dtype, window=window, parameters=parameters, on_chip_parameters=on_chip,
+                          weights_bytes=parameters * element, programming_bytes=largest_slot * FLOAT32 * PROGRAMMING_COPIES,
+                          telemetry_bytes=MAX_LOGIT_ROWS * max(experts, 1) * FLOAT32 * layers,
+                          per_sequence_bytes=per_sequence, backup=backup, backup_bytes=backup_bytes)
+
+
+def free_device_bytes(device: str) -> int:
+    """Free memory on `device` now: the GPU's free memory, or the host's available memory."""
+    if device.startswith("cuda") or device == "auto":
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info(torch.device(device if device != "auto" else "cuda"))
+            return int(free)
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")

@@ -1,0 +1,132 @@
+"""Scale: the Ray back end equals the local one, survives a killed worker, never counts a unit twice;
+`romer estimate` counts parameters exactly and fits a batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from romer.campaign import run_campaign
+from romer.cli import app
+from romer.scale import estimate_memory
+from tests.test_campaign import spec_for, texts  # noqa: F401  (fixture)
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def lines(folder):
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+
+
+def by_unit(records):
+    return {(r["kind"], r.get("noise"), r.get("strength"), r.get("seed"), r.get("method")): r for r in records}
+
+
+def measured(record):
+    return {k: record.get(k) for k in ("ppl", "load_cv", "topk_agreement", "frequency")}
+
+
+@pytest.fixture
+def local_reference(tiny_moe_dir, texts, tmp_path):  # noqa: F811
+    spec = spec_for(tiny_moe_dir, texts, seeds=[0, 1, 2], methods=["none", "rc", "romer"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a Ray worker with one CPU runs torch on one thread: the same float sums
+    try:
+        run_campaign(spec, tmp_path / "local", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return spec, by_unit(lines(tmp_path / "local"))
+
+
+def test_ray_backend_equals_local_bit_for_bit(local_ray, local_reference, tmp_path):
+    from romer.scale.ray_backend import RayBackend
+
+    spec, reference = local_reference
+    results = run_campaign(spec, tmp_path / "ray", progress=False, backend=RayBackend(workers=2))
+    records = lines(tmp_path / "ray")
+    assert len(records) == len(reference) == 1 + 2 + 3 * 3
+    assert {k: measured(r) for k, r in by_unit(records).items()} == {k: measured(r) for k, r in reference.items()}
+    assert results["chips"][0]["methods"]["romer"]["seeds"] == [0, 1, 2]
+    assert (tmp_path / "ray" / "report.md").exists()
+
+
+def test_killed_worker_is_retried_and_no_unit_counted_twice(local_ray, local_reference, tmp_path, monkeypatch):
+    from romer.scale.ray_backend import FAULT_ENV, RayBackend
+
+    spec, reference = local_reference
+    marker = tmp_path / "died"
+    monkeypatch.setenv(FAULT_ENV, str(marker))  # the first worker to finish a unit exits mid-trial, once
+    seen = []
+    run_campaign(spec, tmp_path / "ray", progress=False, backend=RayBackend(workers=2), on_record=seen.append)
+    assert marker.exists()  # a worker did die
+    records = lines(tmp_path / "ray")
+    keys = [tuple(by_unit([r])) for r in records]
+    assert len(keys) == len(set(keys)) == len(reference) == len(seen)
+    assert {k: measured(r) for k, r in by_unit(records).items()} == {k: measured(r) for k, r in reference.items()}
+
+    # a rerun of the finished campaign runs nothing and keeps every line
+    again = []
+    run_campaign(spec, tmp_path / "ray", progress=False, backend=RayBackend(workers=2), on_record=again.append)
+    assert again == [] and len(lines(tmp_path / "ray")) == len(reference)
+
+
+def test_resume_runs_only_the_missing_trials_on_ray(local_ray, local_reference, tmp_path):
+    from romer.scale.ray_backend import RayBackend
+
+    spec, reference = local_reference
+    folder = tmp_path / "ray"
+    run_campaign(spec.model_copy(update={"seeds": [0]}), folder, progress=False)  # seeds are not in the fingerprint
+    first = len(lines(folder))
+    redone = []
+    run_campaign(spec, folder, progress=False, backend=RayBackend(workers=2), on_record=redone.append)
+    assert first == 1 + 2 + 3 and len(redone) == 2 * 3
+    assert {(r["seed"], r["method"]) for r in redone} == {(s, m) for s in (1, 2) for m in ("none", "rc", "romer")}
+
+
+def test_estimate_counts_parameters_exactly_and_fits_a_batch(tiny_moe_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_moe_dir)
+    estimate = estimate_memory(str(tiny_moe_dir), dtype="float32", window=64)
+    assert estimate.parameters == sum(p.numel() for p in model.parameters())
+    assert estimate.weights_bytes == 4 * estimate.parameters
+    assert estimate.on_chip_parameters < estimate.parameters  # embeddings and norms stay digital
+    assert estimate_memory(str(tiny_moe_dir), dtype="bfloat16", window=64).weights_bytes == 2 * estimate.parameters
+    room = estimate.device_bytes(5)
+    assert estimate.fit_batch_size(int(room / 0.9) + 1) == 5
+    assert estimate.fit_batch_size(estimate.device_bytes(0)) == 0
+
+
+def test_estimate_cli_and_bad_input(tiny_moe_dir):
+    runner = CliRunner()
+    result = runner.invoke(app, ["estimate", "--model", str(tiny_moe_dir), "--memory-gib", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["fits"] and report["batch_size"] >= 1 and report["peak_bytes"] <= 2**30
+    bad = runner.invoke(app, ["estimate", "--model", str(tiny_moe_dir), "--dtype", "int3"])
+    assert bad.exit_code != 0 and "unknown dtype 'int3'" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(app, ["run", "--model", str(tiny_moe_dir), "--backend", "spark"])
+    assert bad.exit_code != 0 and "unknown --backend 'spark'" in bad.output
+
+
+def test_run_cli_on_ray(local_ray, tiny_moe_dir, texts, tmp_path):  # noqa: F811
+    evaluation, calibration = texts
+    result = CliRunner().invoke(app, [
+        "run", "--model", str(tiny_moe_dir), "--data", str(evaluation), "--calib-data", str(calibration),
+        "--noise", "gaussian:sigma_dev=0.1", "--seeds", "0,1", "--methods", "none,rc", "--max-tokens", "384",
+        "--window", "64", "--batch-size", "auto", "--backend", "ray", "--workers", "2", "--out", str(tmp_path),
+        "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["chips"][0]["methods"]["rc"]["seeds"] == [0, 1]
+    assert len(lines(tmp_path)) == 1 + 1 + 2 * 2
