@@ -68,3 +68,13 @@ def sample_txt(tmp_path) -> Path:
     path = tmp_path / "sample.txt"
     path.write_text(SAMPLE_TEXT)
     return path
+
+
+@pytest.fixture
+def texts(tmp_path):
+    """Evaluation and calibration text files, disjoint halves of SAMPLE_TEXT."""
+    evaluation = tmp_path / "eval.txt"
+    evaluation.write_text(SAMPLE_TEXT[: len(SAMPLE_TEXT) // 2])
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text(SAMPLE_TEXT[len(SAMPLE_TEXT) // 2:])
+    return evaluation, calibration

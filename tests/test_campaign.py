@@ -12,7 +12,6 @@ from romer.campaign import run_campaign, run_spec
 from romer.cli import app
 from romer.errors import RomerError
 from romer.evaluation.statistics import paired_test, recovery, reduction, summarize
-from tests.conftest import SAMPLE_TEXT
 
 
 def test_summary_matches_the_t_interval():
@@ -33,15 +32,6 @@ def test_paired_test_matches_scipy():
     assert result["wilcoxon_pvalue"] == pytest.approx(0.0625)  # all 5 differences negative: 2/2^5
     assert paired_test([1.0, 2.0], [1.0, 2.0])["t_pvalue"] is None
     assert recovery(9.0, 10.0, 8.0) == 0.5 and reduction(9.0, 10.0) == pytest.approx(0.1)
-
-
-@pytest.fixture
-def texts(tmp_path):
-    evaluation = tmp_path / "eval.txt"
-    evaluation.write_text(SAMPLE_TEXT[: len(SAMPLE_TEXT) // 2])
-    calibration = tmp_path / "calib.txt"
-    calibration.write_text(SAMPLE_TEXT[len(SAMPLE_TEXT) // 2:])
-    return evaluation, calibration
 
 
 def spec_for(model_dir, texts, **extra):

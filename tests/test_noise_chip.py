@@ -172,3 +172,20 @@ def test_a_cast_weight_stays_on_the_chip():
         with apply_noise_(host, config, seed=0):
             analog = host.block.gate(x)
     assert not torch.allclose(analog, digital)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_disk_backup_reads_slots_and_programs_the_same_bits_as_memory(tiny_moe_dir, dtype):
+    model, _ = load_model(str(tiny_moe_dir), dtype=dtype)
+    clean = snapshot(model)
+    fused = "model.layers.0.mlp.experts.gate_up_proj"
+    config = NoiseConfig.preset("cim-80c")
+    with apply_noise_(model, config, seed=3, backup="memory"):
+        in_memory = snapshot(model)
+    with apply_noise_(model, config, seed=3, backup="disk") as handle:
+        on_disk = snapshot(model)
+        assert torch.equal(handle.backup.load(fused, 1), clean[fused][1])  # one slot read back, exactly
+        assert torch.equal(handle.backup.load(fused), clean[fused])
+    assert all(torch.equal(in_memory[n], on_disk[n]) for n in clean)
+    assert not torch.equal(on_disk[fused], clean[fused])
+    assert all(torch.equal(clean[n], p) for n, p in model.named_parameters())

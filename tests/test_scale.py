@@ -10,9 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from romer.campaign import run_campaign
+from romer.campaign.trials import Trial
 from romer.cli import app
 from romer.scale import estimate_memory
-from tests.test_campaign import spec_for, texts  # noqa: F401  (fixture)
+from tests.test_campaign import spec_for
 
 ray = pytest.importorskip("ray")
 
@@ -37,7 +38,7 @@ def measured(record):
 
 
 @pytest.fixture
-def local_reference(tiny_moe_dir, texts, tmp_path):  # noqa: F811
+def local_reference(tiny_moe_dir, texts, tmp_path):
     spec = spec_for(tiny_moe_dir, texts, seeds=[0, 1, 2], methods=["none", "rc", "romer"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a Ray worker with one CPU runs torch on one thread: the same float sums
@@ -119,7 +120,7 @@ def test_estimate_cli_and_bad_input(tiny_moe_dir):
     assert bad.exit_code != 0 and "unknown --backend 'spark'" in bad.output
 
 
-def test_run_cli_on_ray(local_ray, tiny_moe_dir, texts, tmp_path):  # noqa: F811
+def test_run_cli_on_ray(local_ray, tiny_moe_dir, texts, tmp_path):
     evaluation, calibration = texts
     result = CliRunner().invoke(app, [
         "run", "--model", str(tiny_moe_dir), "--data", str(evaluation), "--calib-data", str(calibration),
@@ -130,3 +131,17 @@ def test_run_cli_on_ray(local_ray, tiny_moe_dir, texts, tmp_path):  # noqa: F811
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["chips"][0]["methods"]["rc"]["seeds"] == [0, 1]
     assert len(lines(tmp_path)) == 1 + 1 + 2 * 2
+
+
+def test_a_worker_error_reaches_the_user_as_one_line(local_ray, tiny_moe_dir, texts, tmp_path):
+    from romer.errors import RomerError
+    from romer.scale.ray_backend import RayBackend
+
+    spec = spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none"], clean_cost=False)
+    with pytest.raises(RomerError, match="needs GPUs reserved per worker"):
+        run_campaign(spec.model_copy(update={"device": "cuda"}), tmp_path / "gpu", progress=False,
+                     backend=RayBackend(workers=1))
+    missing = spec.model_copy(update={"model": str(tmp_path / "not-there")})  # as if absent on the worker's node
+    with pytest.raises(RomerError, match="on a Ray worker: model path .*not-there does not exist") as caught:
+        list(RayBackend(workers=1, retries=0).run(missing, [Trial("clean")]))
+    assert "\n" not in str(caught.value)

@@ -55,6 +55,15 @@ def _maybe_die() -> None:
         os._exit(1)
 
 
+def _cause(error: Exception) -> str:
+    """The one line that says what went wrong inside a worker."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "RomerError:" in line:
+            return line.split("RomerError:", 1)[1].strip()
+    return lines[-1][:200] if lines else type(error).__name__
+
+
 class RayBackend:
     """Trials as Ray actor tasks on `workers` actors of `cpus` CPUs and `gpus` GPUs each."""
 
@@ -96,9 +105,11 @@ class RayBackend:
         return fits
 
     def run(self, spec: RunSpec, trials: list[Trial]) -> Iterator[dict]:
-        ray = self._connect()
+        if spec.device != "cpu" and not self.gpus:
+            raise RomerError(f"--device {spec.device} on Ray needs GPUs reserved per worker: pass --worker-gpus 1")
         if not trials:
             return
+        ray = self._connect()
         env = {k: v for k, v in os.environ.items() if k.startswith("ROMER_")}
         actor = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.retries + 1,
                            max_task_retries=self.retries, runtime_env={"env_vars": env})(TrialWorker)
@@ -117,7 +128,9 @@ class RayBackend:
                 try:
                     records = ray.get(done)
                 except ray.exceptions.RayError as error:
-                    cause = str(error).strip().splitlines()[-1][:200]
+                    cause = _cause(error)
+                    if "RomerError" in str(error):  # the worker's own one-line error (a bad path on its node, ...)
+                        raise RomerError(f"on a Ray worker: {cause}") from None
                     raise RomerError(f"trial {trial.label()} failed on {self.retries + 1} workers ({cause}); "
                                      "finished trials are kept: rerun the same command to resume") from None
                 if self.info is None:

@@ -1,0 +1,47 @@
+"""What digital periphery buys: `best`'s recovery against its digital-offload budget, on romer-tiny.
+
+    python bench/digital_budget.py [--noise cim-80c] [--budgets 0,0.01,0.02,0.05] [--seeds 0-4] [--out runs/bench-budget]
+
+One resumable campaign folder per budget (methods none and best, the same test slice and
+calibration tokens as bench/calibration.py); prints recovery mean ± std and the weights moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from romer.campaign import run_campaign, run_spec
+from romer.cli import parse_seeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench-budget")
+    parser.add_argument("--noise", default="cim-80c")
+    parser.add_argument("--budgets", default="0,0.01,0.02,0.05")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--calib-tokens", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"best on {args.noise}, seeds {args.seeds}: recovery of the noisy gap against the digital budget")
+    for budget in (float(b) for b in args.budgets.split(",")):
+        spec = run_spec(noise=[args.noise], seeds=parse_seeds(args.seeds), methods=["none", "best"],
+                        max_tokens=args.max_tokens, routing_tokens=4096, clean_cost=False,
+                        calibration={"calib_tokens": args.calib_tokens, "digital_budget": budget})
+        results = run_campaign(spec, Path(args.out) / f"budget-{budget:g}", progress=False)
+        best = results["chips"][0]["methods"]["best"]
+        print(f"  budget {100 * budget:4.1f} % of on-chip weights: PPL {best['ppl_mean']:.3f} ± {best['ppl_std']:.3f}, "
+              f"recovery {100 * best['recovery_mean']:+.1f} ± {100 * best['recovery_std']:.1f} %, "
+              f"calibration {best['calib_seconds_mean']:.0f} s (clean {results['clean']['ppl']:.3f}, "
+              f"noisy {results['chips'][0]['methods']['none']['ppl_mean']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
