@@ -8,28 +8,19 @@ script prints one summary table. Test split: the first --max-tokens tokens, disj
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-import torch
 
+from calibration_args import calibration_bench_parser, parse_calibration_bench
 from romer.campaign import run_campaign, run_spec
 from romer.cli import parse_seeds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="runs/bench-calibration")
-    parser.add_argument("--seeds", default="0-4")
-    parser.add_argument("--noise", default="cim-80c,cim-25c,gaussian")
+    parser = calibration_bench_parser(__doc__, "runs/bench-calibration", "cim-80c,cim-25c,gaussian")
     parser.add_argument("--strengths", default="1.0")
-    parser.add_argument("--max-tokens", type=int, default=16384)
-    parser.add_argument("--calib-tokens", type=int, default=8192)
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_calibration_bench(parser)
     for noise in args.noise.split(","):
         spec = run_spec(noise=[noise], strengths=[float(s) for s in args.strengths.split(",")],
                         seeds=parse_seeds(args.seeds), methods=["none", "er", "rc", "romer", "best"],

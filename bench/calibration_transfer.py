@@ -12,13 +12,12 @@ bench resumes.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from calibration_args import calibration_bench_parser, parse_calibration_bench
 from romer.calibration import calibrate_, romer_config
 from romer.calibration.persist import apply_record
 from romer.campaign.run import Workbench
@@ -31,18 +30,10 @@ WAYS = ("noisy", "transferred", "retuned_statistics", "native")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="runs/bench-transfer")
-    parser.add_argument("--noise", default="cim-80c")
+    parser = calibration_bench_parser(__doc__, "runs/bench-transfer", "cim-80c")
     parser.add_argument("--method", default="best")
-    parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--strengths", default="0.8,1.2")
-    parser.add_argument("--max-tokens", type=int, default=16384)
-    parser.add_argument("--calib-tokens", type=int, default=8192)
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_calibration_bench(parser)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"

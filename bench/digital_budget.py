@@ -8,28 +8,18 @@ calibration tokens as bench/calibration.py); prints recovery mean ± std and the
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
 
+from calibration_args import calibration_bench_parser, parse_calibration_bench
 from romer.campaign import run_campaign, run_spec
 from romer.cli import parse_seeds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/bench-budget")
-    parser.add_argument("--noise", default="cim-80c")
+    parser = calibration_bench_parser(__doc__, "runs/bench-budget", "cim-80c")
     parser.add_argument("--budgets", default="0,0.01,0.02,0.05")
-    parser.add_argument("--seeds", default="0-4")
-    parser.add_argument("--max-tokens", type=int, default=16384)
-    parser.add_argument("--calib-tokens", type=int, default=8192)
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_calibration_bench(parser)
     print(f"best on {args.noise}, seeds {args.seeds}: recovery of the noisy gap against the digital budget")
     for budget in (float(b) for b in args.budgets.split(",")):
         spec = run_spec(noise=[args.noise], seeds=parse_seeds(args.seeds), methods=["none", "best"],
