@@ -39,6 +39,12 @@ def embedded_models() -> list[str]:
 register_embedded("romer-tiny", ZOO / "romer-tiny")
 
 
+def is_hub_id(spec: str) -> bool:
+    """`spec` names a Hugging Face Hub repository: not embedded, not an existing path, shaped owner/name."""
+    return (spec not in _EMBEDDED and not Path(spec).expanduser().exists() and bool(_HUB_ID.match(spec))
+            and not spec.startswith("."))
+
+
 def resolve_model_path(spec: str, trust_remote_code: bool = False) -> Path:
     """The local folder behind `spec`: an embedded name, an existing folder, or a hub id (downloaded)."""
     if spec in _EMBEDDED:
@@ -46,7 +52,7 @@ def resolve_model_path(spec: str, trust_remote_code: bool = False) -> Path:
     path = Path(spec).expanduser()
     if path.exists():
         return path
-    if _HUB_ID.match(spec) and not spec.startswith("."):
+    if is_hub_id(spec):
         return _download(spec, trust_remote_code)
     raise RomerError(f"model path {spec} does not exist; pass {', '.join(embedded_models())}, "
                      "a local Hugging Face folder, or a hub id such as allenai/OLMoE-1B-7B-0924")

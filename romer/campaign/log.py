@@ -1,8 +1,9 @@
 """`results.jsonl`: one line per finished unit of work, appended and flushed to disk as it finishes.
 
 A rerun reads the lines back and skips what is done, so an interrupted campaign loses nothing it
-finished. A unit is kept once, however often a back end reports it. A torn last line (the process died mid-write) is ignored and redone. `run.json` holds
-the spec and its fingerprint; a folder of another experiment is refused unless forced.
+finished. A unit is kept once, however often a back end reports it. A torn last line (the process
+died mid-write) is ignored and redone. `run.json` holds the spec, its fingerprint and the inputs'
+description; a folder of another experiment is refused unless forced.
 """
 
 from __future__ import annotations

@@ -129,13 +129,14 @@ class LocalBackend:
     def __init__(self) -> None:
         self.bench: Workbench | None = None
 
-    def _bench(self, spec: RunSpec) -> Workbench:
+    def workbench(self, spec: RunSpec) -> Workbench:
+        """The work bench, loaded on first use."""
         if self.bench is None:
             self.bench = Workbench.load(spec)
         return self.bench
 
     def run(self, spec: RunSpec, trials: list[Trial]) -> Iterator[dict]:
-        bench = self._bench(spec)
+        bench = self.workbench(spec)
         for trial in trials:
             yield from run_trial(bench, trial)
 
@@ -174,6 +175,6 @@ def run_campaign(spec: RunSpec, out: str | Path, force: bool = False, progress: 
                     on_record(record)
     inputs = backend.describe() or log.inputs
     if inputs is None:  # every unit was done before run.json kept the inputs
-        inputs = LocalBackend()._bench(spec).describe()
+        inputs = LocalBackend().workbench(spec).describe()
     log.keep_inputs(inputs)
     return write_report(spec, log.records.values(), inputs, Path(out))

@@ -23,7 +23,7 @@ import torch
 from romer.calibration.statistics import MAX_LOGIT_ROWS
 from romer.errors import RomerError
 from romer.evaluation.perplexity import MAX_DEFAULT_WINDOW
-from romer.models import DTYPES, load_config, resolve_model_path
+from romer.models import DTYPES, is_hub_id, load_config, resolve_model_path
 from romer.noise.chip import SMALL_BACKUP_BYTES
 from romer.noise.config import DEFAULT_ROLES
 from romer.noise.roles import on_chip_tensors
@@ -71,9 +71,7 @@ def meta_model(folder: Path, trust_remote_code: bool = False):
 
 def _config_folder(spec: str, trust_remote_code: bool) -> Path:
     """An embedded model or local folder as it is; of a hub id only the config (and, trusted, its code)."""
-    from romer.models import _EMBEDDED, _HUB_ID
-
-    if spec in _EMBEDDED or Path(spec).expanduser().exists() or not _HUB_ID.match(spec):
+    if not is_hub_id(spec):
         return resolve_model_path(spec, trust_remote_code)
     from huggingface_hub import snapshot_download
 
