@@ -117,11 +117,15 @@ class RayBackend:
                 for _ in range(min(self._worker_count(ray), len(trials)))]
         queue = list(trials)
         running: dict = {}
+
+        def submit(worker) -> None:
+            if queue:
+                trial = queue.pop(0)
+                running[worker.run.remote(trial)] = (worker, trial)
+
         try:
             for worker in pool:
-                if queue:
-                    trial = queue.pop(0)
-                    running[worker.run.remote(trial)] = (worker, trial)
+                submit(worker)
             while running:
                 [done], _ = ray.wait(list(running), num_returns=1)
                 worker, trial = running.pop(done)
@@ -136,9 +140,7 @@ class RayBackend:
                 if self.info is None:
                     self.info = ray.get(worker.describe.remote())
                 yield from records
-                if queue:
-                    trial = queue.pop(0)
-                    running[worker.run.remote(trial)] = (worker, trial)
+                submit(worker)
         finally:
             for worker in pool:
                 ray.kill(worker)
