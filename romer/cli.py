@@ -199,6 +199,22 @@ def _backend(name: str = "local", address: Optional[str] = None, workers: Option
     return RayBackend(address=address, workers=workers, cpus=cpus, gpus=gpus)
 
 
+def parse_vary(items: list[str]) -> dict:
+    """`--vary FIELD=v1,v2` (given once or twice) as {field: [values]}; values read as YAML scalars."""
+    import yaml
+
+    vary = {}
+    for item in items:
+        field, eq, raw = item.partition("=")
+        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        if not eq or not field.strip() or not values:
+            raise RomerError(f"cannot read --vary '{item}'; write FIELD=v1,v2,... (e.g. adc_offset_sigma=0,1,2)")
+        if field.strip() in vary:
+            raise RomerError(f"--vary names '{field.strip()}' twice; give each field once")
+        vary[field.strip()] = values
+    return vary
+
+
 def _batch_size(text: Optional[str]):
     if text is None or text == "auto":
         return text
@@ -264,6 +280,10 @@ def sweep_command(config: Optional[str] = ConfigOpt, model: Optional[str] = type
                   noise: Optional[str] = typer.Option(None, "--noise", help="Comma list of chips; default cim-80c."),
                   strengths: Optional[str] = typer.Option(None, "--strengths", help="Comma list of noise strength "
                                                           "multipliers, e.g. 0.5,1,1.5."),
+                  vary: Optional[list[str]] = typer.Option(
+                      None, "--vary", help="FIELD=v1,v2,... : sweep one noise field (strength included) over these "
+                                           "values on every --noise chip; give it twice for a two-field map. The "
+                                           "report draws the regime map (recovery per method against the field)."),
                   seeds: Optional[str] = typer.Option(None, "--seeds"), methods: Optional[str] = MethodsOpt,
                   max_tokens: Optional[int] = MaxTokensOpt, options: Optional[str] = CalibSetOpt,
                   out_dir: str = typer.Option("runs/sweep", "--out"), force: bool = ForceOpt,
@@ -277,6 +297,7 @@ def sweep_command(config: Optional[str] = ConfigOpt, model: Optional[str] = type
     except ValueError:
         raise RomerError(f"cannot read --strengths '{strengths}'; write numbers such as 0.5,1,1.5") from None
     flags = {"model": model, "data": data, "noise": _split_list(noise), "strengths": strength_list,
+             "vary": parse_vary(vary) if vary else None,
              "seeds": parse_seeds(seeds) if seeds else None, "methods": _split_list(methods),
              "max_tokens": max_tokens, "device": device, "batch_size": _batch_size(batch_size),
              "calibration": calibration_config("none", options).model_dump(exclude={"method"}, exclude_unset=True)

@@ -117,6 +117,45 @@ def test_sweep_writes_a_noise_plot(tiny_moe_dir, texts, tmp_path):
     assert (tmp_path / "sweep.png").exists()
 
 
+def test_vary_one_field_draws_the_regime_map_and_resumes(tiny_moe_dir, texts, tmp_path):
+    spec = spec_for(tiny_moe_dir, texts, noise=["gaussian:sigma_dev=0.05"], seeds=[0, 1], methods=["none", "rc"],
+                    vary={"adc_offset_sigma": [0, 20]}, clean_cost=False)
+    results = run_campaign(spec, tmp_path, progress=False)
+    chips = results["chips"]
+    assert [c["values"] for c in chips] == [{"adc_offset_sigma": 0}, {"adc_offset_sigma": 20}]
+    assert chips[1]["noise"] == "gaussian:sigma_dev=0.05,adc_offset_sigma=20"
+    assert chips[1]["config"]["adc_offset_sigma"] == 20
+    for chip in chips:
+        assert chip["noisy_ppl_mean"] == chip["methods"]["none"]["ppl_mean"] and chip["clean_ppl"] > 0
+        assert len(chip["methods"]["rc"]["recovery"]) == 2
+    assert chips[1]["noisy_ppl_mean"] > chips[0]["noisy_ppl_mean"]  # the offsets damage the model
+    assert (tmp_path / "regime_map.png").stat().st_size > 1000
+    report = (tmp_path / "report.md").read_text()
+    assert "## Regime map" in report and "| adc_offset_sigma |" in report
+    again = []
+    run_campaign(spec, tmp_path, progress=False, on_record=again.append)
+    assert again == []
+
+
+def test_vary_two_fields_strength_included_draws_heatmaps(tiny_moe_dir, texts, tmp_path):
+    spec = spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none", "rc"], clean_cost=False,
+                    vary={"adc_offset_sigma": [0, 10], "strength": [0.5, 1.0]})
+    results = run_campaign(spec, tmp_path, progress=False)
+    assert sorted((c["values"]["adc_offset_sigma"], c["strength"]) for c in results["chips"]) == \
+        [(0, 0.5), (0, 1.0), (10, 0.5), (10, 1.0)]
+    assert (tmp_path / "regime_map.png").stat().st_size > 1000
+
+
+def test_vary_rejects_what_it_cannot_sweep():
+    for vary, message in (({"not_a_field": [1]}, "not a noise field"), ({"roles": ["router"]}, "not a noise field"),
+                          ({"adc_offset_sigma": []}, "distinct values"),
+                          ({"a": [1], "b": [2], "c": [3]}, "at most 2 fields")):
+        with pytest.raises(RomerError, match=message):
+            run_spec(vary=vary)
+    with pytest.raises(RomerError, match="use one of --vary strength"):
+        run_spec(vary={"strength": [1, 2]}, strengths=[0.5])
+
+
 def test_offline_lm_eval_task_on_the_in_memory_noisy_model(tiny_moe_dir, texts, tmp_path):
     results = run_campaign(spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none"], clean_cost=False,
                                     tasks=["romer_pycloze"], task_limit=8), tmp_path, progress=False)
@@ -133,6 +172,9 @@ def test_cli_bad_input_is_one_line(tmp_path):
                           (["run", "--methods", "romer,magic"], "unknown method 'magic'"),
                           (["run", "--seeds", "1-x"], "cannot read seeds"),
                           (["sweep", "--strengths", "a,b"], "cannot read --strengths"),
+                          (["sweep", "--vary", "adc_offset_sigma"], "cannot read --vary"),
+                          (["sweep", "--vary", "sigma_dev=1", "--vary", "sigma_dev=2"], "names 'sigma_dev' twice"),
+                          (["sweep", "--vary", "adc_offset_sigma=-1"], "greater than or equal to 0"),
                           (["run", "--tasks", "no_such_task"], "unknown task 'no_such_task'")):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, args

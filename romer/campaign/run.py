@@ -148,8 +148,8 @@ def check_spec(spec: RunSpec) -> None:
     """Fail on a bad method option, task or chip before any model loads."""
     for method in spec.methods:
         calibration_for(spec, method)
-    for noise in spec.noise:
-        parse_noise_spec(noise)
+    for chip in spec.chips():
+        parse_noise_spec(chip.noise).scaled(chip.strength)
     if spec.tasks:
         from romer.evaluation.tasks import check_tasks
 

@@ -7,15 +7,34 @@ another fingerprint is refused (unless forced), so a resumed run never mixes two
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from romer.errors import RomerError
 from romer.validation import build
+
+
+MAX_VARIED_FIELDS = 2
+
+
+@dataclass(frozen=True)
+class ChipPoint:
+    """One simulated chip of a campaign: a noise spec, a strength, and the varied fields' values there."""
+
+    noise: str
+    strength: float
+    values: dict
+
+
+def with_override(noise: str, field: str, value) -> str:
+    """`noise` with one more `field=value` override, in the syntax `parse_noise_spec` reads."""
+    return f"{noise}{',' if ':' in noise else ':'}{field}={value}"
 
 
 class RunSpec(BaseModel):
@@ -27,6 +46,9 @@ class RunSpec(BaseModel):
     calib_data: Optional[str] = Field(None, description="calibration text; default: the calib split of `data`")
     noise: list[str] = Field(["cim-80c"], description="chip specs (preset[:k=v] or file.yaml); a sweep takes several")
     strengths: list[float] = Field([1.0], description="noise strength multipliers (sweeps)")
+    vary: dict[str, list[Union[int, float, str]]] = Field(
+        default_factory=dict, description="noise fields swept over these values, one or two fields (`strength` is "
+                                          "one): every chip of `noise` at each value, for the regime map")
     seeds: list[int] = Field([0, 1, 2], description="chip instances")
     methods: list[str] = Field(["none", "romer", "best"], description="calibration methods")
     calibration: dict = Field(default_factory=dict, description="RomerConfig options for every method")
@@ -50,6 +72,20 @@ class RunSpec(BaseModel):
             raise ValueError("seeds must be distinct non-negative integers")
         return seeds
 
+    @field_validator("vary")
+    @classmethod
+    def _vary(cls, vary: dict) -> dict:
+        from romer.noise import NoiseConfig
+
+        if len(vary) > MAX_VARIED_FIELDS:
+            raise ValueError(f"vary at most {MAX_VARIED_FIELDS} fields at once, got {len(vary)}")
+        for field, values in vary.items():
+            if field not in NoiseConfig.model_fields or field in ("name", "roles", "prog_coeffs_us"):
+                raise ValueError(f"'{field}' is not a noise field that can be swept; `romer presets` lists them")
+            if not values or len(set(map(str, values))) != len(values):
+                raise ValueError(f"give distinct values for '{field}'")
+        return vary
+
     @field_validator("batch_size")
     @classmethod
     def _batch(cls, size):
@@ -67,9 +103,31 @@ class RunSpec(BaseModel):
             raise ValueError(f"unknown method {unknown[0]!r}; methods are {', '.join(method_names())}")
         return ["none"] + [m for m in methods if m != "none"]  # the noisy baseline is always measured
 
+    @model_validator(mode="after")
+    def _one_way_to_vary_strength(self) -> "RunSpec":
+        if "strength" in self.vary and self.strengths != [1.0]:
+            raise ValueError("strength is both varied and given as strengths; use one of --vary strength=... "
+                             "and --strengths")
+        return self
+
+    def chips(self) -> list[ChipPoint]:
+        """Every chip the campaign simulates, in order: each noise spec × the varied values (or × strengths)."""
+        fields = list(self.vary)
+        points = []
+        for noise in self.noise:
+            for combination in itertools.product(*(self.vary[f] for f in fields)):
+                values = dict(zip(fields, combination))
+                spec = noise
+                for field, value in values.items():
+                    if field != "strength":
+                        spec = with_override(spec, field, value)
+                strengths = [float(values["strength"])] if "strength" in values else self.strengths
+                points.extend(ChipPoint(spec, strength, values) for strength in strengths)
+        return points
+
     def fingerprint(self) -> str:
         """What the numbers depend on (not where they run)."""
-        fields = self.model_dump(exclude={"device", "seeds"})
+        fields = self.model_dump(exclude={"device", "seeds"} | ({"vary"} if not self.vary else set()))
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -42,7 +42,7 @@ def calibration_for(spec: RunSpec, method: str):
 
 
 def total_units(spec: RunSpec) -> int:
-    chips = len(spec.noise) * len(spec.strengths) * len(spec.seeds)
+    chips = len(spec.chips()) * len(spec.seeds)
     return 1 + (len(spec.methods) - 1) * spec.clean_cost + chips * len(spec.methods)
 
 
@@ -55,13 +55,12 @@ def plan_trials(spec: RunSpec, log: ResultsLog) -> list[Trial]:
         pending = tuple(m for m in spec.methods[1:] if log.done(kind="calibrated_clean", method=m) is None)
         if pending:
             trials.append(Trial("calibrated_clean", pending))
-    for noise in spec.noise:
-        for strength in spec.strengths:
-            for seed in spec.seeds:
-                pending = tuple(m for m in spec.methods
-                                if log.done(kind="chip", noise=noise, strength=strength, seed=seed, method=m) is None)
-                if pending:
-                    trials.append(Trial("chip", pending, noise, strength, seed))
+    for chip in spec.chips():
+        for seed in spec.seeds:
+            pending = tuple(m for m in spec.methods if log.done(kind="chip", noise=chip.noise, strength=chip.strength,
+                                                                seed=seed, method=m) is None)
+            if pending:
+                trials.append(Trial("chip", pending, chip.noise, chip.strength, seed))
     return trials
 
 

@@ -6,8 +6,14 @@ computes its experts with `F.linear` (transformers' eager experts) is simulated 
 
 Analog product per tile: inputs are scaled by their absolute maximum (per token) and
 quantised by the DAC; each tile of `tile_rows` inputs produces its own partial sums, in
-units of one full-scale input on one g_max device; the ADC adds Gaussian noise (σ_ADC·U),
-clips to ±U and quantises; partial sums are rescaled and added digitally.
+units of one full-scale input on one g_max device, less the IR drop along its lines; each
+column's ADC applies its fixed gain, adds Gaussian noise (σ_ADC·U) and its fixed offset, clips to
+±U and quantises; partial sums are rescaled and added digitally.
+
+Weights mode keeps the stored (noisy) weights and an ordinary `F.linear`, and adds only what the
+periphery does to it: each column's fixed offset as the ADC sees it (δ LSB, scaled by the tile's
+weight scale and the token's input scale, summed over input tiles) and the IR drop. ADC gains are
+folded into the stored weights when the chip is programmed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch.nn.functional as F
 
 from romer.noise.config import NoiseConfig
 from romer.noise.mapping import ConductanceMapping
+from romer.noise.periphery import ColumnErrors, IrDrop, lsb
 from romer.noise.streams import stream
 
 
@@ -38,6 +45,7 @@ class TileProgram:
     config: NoiseConfig
     seed: int
     scales: torch.Tensor  # [(E,) out, in_tiles], weight units per µS
+    errors: ColumnErrors | None = None  # the columns' fixed periphery errors, [(E,) out, in_tiles]
     calls: int = field(default=0)
 
     @property
@@ -89,10 +97,17 @@ def _is_slot(index) -> bool:
     return isinstance(index, int) or (isinstance(index, torch.Tensor) and index.dim() == 0)
 
 
+def input_scale(flat: torch.Tensor) -> torch.Tensor:
+    """The DAC's full scale per token [tokens, 1]: the token's largest |input| (never zero)."""
+    return flat.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+
+
 def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, program: TileProgram,
                   slot: int | None) -> torch.Tensor:
     c = program.config
     scales = program.scales if slot is None else program.scales[slot]
+    errors = None if program.errors is None else program.errors.slot(slot)
+    ir_drop = IrDrop(c.ir_drop, c.g_max_us)
     mapping = program.mapping
     out_dim, in_dim = weight.shape
     w = weight.float()
@@ -101,22 +116,36 @@ def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         rng = program.next_stream(slot, "read", weight.device)
         noise = torch.randn(w.shape, generator=rng, device=w.device) * (2 ** 0.5 * c.read_sigma * c.strength * c.g_max_us)
         w = w + noise * mapping.expand(scales, in_dim)
-    if c.mode == "weights":
-        return F.linear(x, w.to(x.dtype), bias)
+    step = lsb(c.adc_bits, c.adc_full_scale)
+    if c.mode == "weights" and not ir_drop.active:
+        y = F.linear(x, w.to(x.dtype))
+        if errors is not None and errors.offset_lsb is not None:
+            offset = (errors.offset_lsb * step * scales * c.g_max_us).sum(dim=-1)  # [out], per unit input scale
+            y = y + (input_scale(x.reshape(-1, in_dim).float()) * offset).to(x.dtype).view(*x.shape[:-1], out_dim)
+        return y + bias if bias is not None else y
 
+    flat = x.reshape(-1, in_dim).float()
+    x_max = input_scale(flat)
     tiles = scales.shape[-1]
     rows = in_dim if tiles == 1 else c.tile_rows  # a single tile needs no zero padding
     pad = tiles * rows - in_dim
-    flat = x.reshape(-1, in_dim).float()
-    x_max = flat.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-    x_q = F.pad(quantize(flat / x_max, c.dac_bits), (0, pad)).view(-1, tiles, rows)
+    x_in = F.pad(flat / x_max, (0, pad)).view(-1, tiles, rows)
+    if c.mode == "analog":
+        x_in = quantize(x_in, c.dac_bits)
     w_norm = F.pad(w, (0, pad)).view(out_dim, tiles, rows) / (scales.unsqueeze(-1) * c.g_max_us)
-    partial = torch.einsum("nkr,okr->nko", x_q, w_norm)  # per-tile outputs, in full-scale device units
-    if c.sigma_adc * c.strength > 0:
+    partial = torch.einsum("nkr,okr->nko", x_in, w_norm)  # per-tile outputs, in full-scale device units
+    if ir_drop.active:
+        partial = partial - ir_drop.loss(x_in, w_norm)
+    if c.mode == "analog" and errors is not None and errors.gain is not None:
+        partial = partial * errors.gain.t()
+    if c.mode == "analog" and c.sigma_adc * c.strength > 0:
         rng = program.next_stream(slot, "adc", x.device)
         sigma = c.sigma_adc * c.strength * c.adc_full_scale
         partial = partial + torch.randn(partial.shape, generator=rng, device=partial.device) * sigma
-    partial = quantize(partial / c.adc_full_scale, c.adc_bits) * c.adc_full_scale
+    if errors is not None and errors.offset_lsb is not None:
+        partial = partial + errors.offset_lsb.t() * step
+    if c.mode == "analog":
+        partial = quantize(partial / c.adc_full_scale, c.adc_bits) * c.adc_full_scale
     y = (partial * (scales.t() * c.g_max_us)).sum(dim=1) * x_max
     y = y.to(x.dtype).view(*x.shape[:-1], out_dim)
     return y + bias if bias is not None else y

@@ -26,6 +26,7 @@ from romer.errors import RomerError
 from romer.noise.analog import AnalogWeight, TileProgram
 from romer.noise.backup import DiskBackup, MemoryBackup
 from romer.noise.config import NoiseConfig
+from romer.noise.periphery import ColumnErrors
 from romer.noise.physics import DevicePhysics
 from romer.noise.roles import ChipTensor, on_chip_tensors
 from romer.noise.streams import stream
@@ -105,23 +106,34 @@ class ChipHandle:
         return sum(self.originals[t.name].numel() for t in self.tensors if t.name not in self.digital)
 
     # ---- programming -------------------------------------------------------------------------
+    def _program_slot(self, name: str, slot: int | None, device) -> tuple[torch.Tensor, torch.Tensor, ColumnErrors | None]:
+        """(weights as the chip holds them, scales, periphery errors) of one matrix: a tensor of its own
+        (slot None) or one expert slot of a fused tensor, each from its own streams."""
+        key = (name,) if slot is None else (name, slot)
+        target = self.clean_value(name, slot).to(device).float()
+        noisy, scales = self.physics.program(target, stream(self.seed, *key, device=device))
+        errors = self.physics.periphery.draw(target.shape[-2], scales.shape[-1],
+                                             stream(self.seed, *key, "periphery", device=device), device)
+        if errors is not None and errors.gain is not None and self.config.mode == "weights":
+            noisy = noisy * self.physics.mapping.expand(errors.gain, target.shape[-1])  # folds exactly
+            errors = ColumnErrors(None, errors.offset_lsb)
+        return noisy, scales, errors
+
     def _program_tensor(self, tensor: ChipTensor) -> None:
         param = self.originals[tensor.name]
         if param.dim() == 2:
-            noisy, scales = self.physics.program(self.clean_value(tensor.name).to(param.device).float(),
-                                                 stream(self.seed, tensor.name, device=param.device))
+            noisy, scales, errors = self._program_slot(tensor.name, None, param.device)
             param.copy_(noisy)
         else:
             per_slot = []
             for slot in range(param.shape[0]):  # one slot at a time: the scratch is one expert's size
-                target = self.clean_value(tensor.name, slot).to(param.device)
-                noisy, slot_scales = self.physics.program(target.float(),
-                                                          stream(self.seed, tensor.name, slot, device=param.device))
+                noisy, slot_scales, slot_errors = self._program_slot(tensor.name, slot, param.device)
                 param[slot].copy_(noisy)
-                per_slot.append(slot_scales)
-            scales = torch.stack(per_slot)
+                per_slot.append((slot_scales, slot_errors))
+            scales = torch.stack([s for s, _ in per_slot])
+            errors = None if per_slot[0][1] is None else ColumnErrors.stack([e for _, e in per_slot])
         if self.per_forward:  # the wrapper shares the parameter's storage: no second copy
-            self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales)
+            self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors)
             tensor.module._parameters[tensor.attribute] = AnalogWeight.wrap(param.detach(), self.programs[tensor.name])
 
     def _write_digital(self, tensor: ChipTensor) -> None:
@@ -217,13 +229,14 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     if backup == "auto":
         backup = choose_backup(tensors)
     store = MemoryBackup() if backup == "memory" else DiskBackup()
-    per_forward = config.mode == "analog" or config.read_sigma > 0
+    physics = DevicePhysics.from_config(config)
+    per_forward = config.mode == "analog" or config.read_sigma > 0 or physics.periphery.per_forward
     previous_impl = None
     if per_forward and hasattr(model, "set_experts_implementation"):
         # fused-expert kernels bypass F.linear; the eager path calls it once per expert
         previous_impl = getattr(model.config, "_experts_implementation", None) or "eager"
         model.set_experts_implementation("eager")
-    handle = ChipHandle(model, config, seed, tensors, DevicePhysics.from_config(config), store, per_forward,
+    handle = ChipHandle(model, config, seed, tensors, physics, store, per_forward,
                         previous_impl)
     for tensor in tensors:
         handle.originals[tensor.name] = tensor.param

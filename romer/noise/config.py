@@ -33,8 +33,8 @@ class NoiseConfig(BaseModel):
         "weights", description="weights: perturb stored weights once (fast); analog: also simulate DAC/ADC per tile")
     strength: float = Field(
         1.0, ge=0, le=10, description="multiplies every random spread (device-to-device, temperature, leakage, drift "
-                                      "exponent, read and ADC noise); 1.2 is 20 % stronger noise, 0 leaves only "
-                                      "the deterministic effects")
+                                      "exponent, read and ADC noise, ADC offsets and gains); 1.2 is 20 % stronger "
+                                      "noise, 0 leaves only the deterministic effects (drift means, IR drop)")
     roles: tuple[str, ...] = Field(DEFAULT_ROLES, description=f"module roles mapped onto the chip, of {', '.join(ROLES)}")
 
     # crossbar mapping
@@ -75,10 +75,22 @@ class NoiseConfig(BaseModel):
     # per-forward effects
     read_sigma: float = Field(0.0, ge=0, description="read noise std per forward, relative to g_max (0: off)")
     dac_bits: int = Field(8, ge=1, le=32, description="analog mode: input DAC resolution, bits")
-    adc_bits: int = Field(8, ge=1, le=32, description="analog mode: output ADC resolution, bits")
+    adc_bits: int = Field(8, ge=1, le=32, description="output ADC resolution, bits (analog mode quantises; "
+                                                     "both modes measure ADC offsets in its LSB)")
     adc_full_scale: float = Field(
-        8.0, gt=0, description="analog mode: ADC range ±U, in units of one full-scale input on one g_max device")
+        8.0, gt=0, description="output ADC range ±U, in units of one full-scale input on one g_max device")
     sigma_adc: float = Field(0.0, ge=0, description="analog mode: ADC noise std per output, relative to U")
+
+    # the periphery of each output column, fixed per chip instance (romer/noise/periphery.py)
+    adc_offset_sigma: float = Field(0.0, ge=0, le=1000, description="LSB of the output ADC, std of each ADC's fixed "
+                                                                    "offset left after trimming at reference_c")
+    adc_offset_per_c: float = Field(0.0, ge=0, le=10, description="LSB per °C, extra offset std per °C away from "
+                                                                  "reference_c (offsets move with heat after the trim)")
+    adc_gain_sigma: float = Field(0.0, ge=0, le=0.5, description="relative std of each output ADC's fixed gain")
+    adc_group: int = Field(1, ge=1, le=65536, description="adjacent columns of a tile that share one ADC and so "
+                                                          "share its offset and gain (1: one ADC per column)")
+    ir_drop: float = Field(0.0, ge=0, le=100, description="IR-drop strength along each tile's lines, in IBM aihwkit's "
+                                                          "form (0: off; 1: aihwkit's nominal)")
 
     @field_validator("roles")
     @classmethod

@@ -9,6 +9,7 @@ import torch
 from romer.noise.config import NoiseConfig
 from romer.noise.devices import AccumulatedReadNoise, PowerLawDrift, ProgrammingNoise, TemperatureShift
 from romer.noise.mapping import ConductanceMapping
+from romer.noise.periphery import AdcGain, AdcOffset, ColumnPeriphery, IrDrop
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class DevicePhysics:
     drift: PowerLawDrift
     read_1f: AccumulatedReadNoise
     compensation: bool
+    periphery: ColumnPeriphery
 
     @classmethod
     def from_config(cls, c: NoiseConfig) -> "DevicePhysics":
@@ -32,6 +34,10 @@ class DevicePhysics:
             drift=PowerLawDrift(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.drift_nu, c.nu_mean, k * c.nu_std),
             read_1f=AccumulatedReadNoise(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.read_1f, k),
             compensation=c.drift_compensation,
+            periphery=ColumnPeriphery(
+                offset=AdcOffset(k * c.adc_offset_sigma, k * c.adc_offset_per_c, c.temperature_c - c.reference_c),
+                gain=AdcGain(k * c.adc_gain_sigma), ir_drop=IrDrop(c.ir_drop, c.g_max_us),
+                tile_cols=c.tile_cols, adc_group=c.adc_group),
         )
 
     @property

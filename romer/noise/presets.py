@@ -72,16 +72,29 @@ _FLASH = dict(
     drift_compensation=True,
     # analog mode periphery: 8-bit DAC and ADC, ADC noise 0.2 % of full scale (assumption, ~0.5 LSB at 8 bits).
     dac_bits=8, adc_bits=8, adc_full_scale=8.0, sigma_adc=0.002,
+    # the residual periphery errors of a trimmed chip (assumptions, reasoned; romer/noise/periphery.py):
+    # - offsets are trimmed once at the test temperature (reference_c) with a 1-LSB trim step, which leaves a
+    #   residual uniform on ±½ LSB: std 1/√12 ≈ 0.29 LSB, taken as 0.3 LSB;
+    # - after the trim, comparator and sense-amplifier offsets move with heat: input-referred drifts of some
+    #   tens of µV/°C along a column's read chain, against an 8-bit LSB of a few mV over a ~1 V column range,
+    #   are ~0.01 LSB/°C (0.55 LSB at 80 °C, sqrt(0.3² + 0.55²) ≈ 0.63 LSB in all);
+    # - gain mismatch of the column ADCs' references and capacitors after trimming: 0.5 % (1σ);
+    # - one ADC per 8 adjacent columns (an 8:1 column multiplexer, common in CIM macros), sharing its errors;
+    # - IR drop off: flash cells read at sub-µA currents drop little along 256-cell lines (aihwkit's nominal
+    #   strength at 25 µS changes romer-tiny's perplexity by < 0.2 %); sweep `ir_drop` to study it.
+    adc_offset_sigma=0.3, adc_offset_per_c=0.01, adc_gain_sigma=0.005, adc_group=8, ir_drop=0.0,
 )
 
 register_preset(Preset(
-    "cim-25c", "flash-style CIM at 25 °C: cell-to-cell programming variation on tile-scaled arrays, 8-bit DAC/ADC",
-    "σ_dev, temperature coefficients and ADC noise are assumptions (see romer/noise/presets.py); "
-    "tile 256×256 and differential pairs follow common CIM macro designs",
+    "cim-25c", "flash-style CIM at 25 °C: cell-to-cell programming variation on tile-scaled arrays, 8-bit DAC/ADC, "
+               "column ADCs trimmed at 25 °C (0.3 LSB offset, 0.5 % gain residuals, 8 columns per ADC)",
+    "σ_dev, temperature coefficients, ADC noise and periphery residuals are assumptions (see "
+    "romer/noise/presets.py); tile 256×256 and differential pairs follow common CIM macro designs",
     NoiseConfig(name="cim-25c", temperature_c=25.0, **_FLASH)))
 
 register_preset(Preset(
-    "cim-80c", "the cim-25c chip read at 80 °C: compensated mean shift, wider cell spread, 45× leakage",
+    "cim-80c", "the cim-25c chip read at 80 °C: compensated mean shift, wider cell spread, 45× leakage, "
+               "ADC offsets drifted from their 25 °C trim (0.63 LSB in all)",
     "as cim-25c; 80 °C is the paper's hot regime",
     NoiseConfig(name="cim-80c", temperature_c=80.0, **_FLASH)))
 

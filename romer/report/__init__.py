@@ -18,7 +18,10 @@ def write_report(spec, records, inputs: dict, out: Path) -> dict:
     plots.perplexity_bars(results, out / names["perplexity"])
     plots.load_heatmaps(results, out / names["heatmaps"])
     plots.topk_agreement(results, out / names["topk"])
-    if len(results["chips"]) > 1:
+    if results["vary"]:
+        names["regime"] = "regime_map.png"
+        plots.regime_map(results, out / names["regime"])
+    elif len(results["chips"]) > 1:
         names["sweep"] = "sweep.png"
         plots.sweep(results, out / names["sweep"])
     write_text_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")

@@ -22,6 +22,21 @@ def method_table(results: dict, chip: dict | None = None) -> list[str]:
     return lines
 
 
+def regime_table(results: dict) -> list[str]:
+    """Per value of the varied field(s): the damage and each method's recovery of the gap (mean ± std over seeds)."""
+    fields = results["vary"]
+    methods = [m for m in results["chips"][0]["methods"] if m != "none"]
+    lines = ["| " + " | ".join(fields) + " | noisy PPL | × clean | " + " | ".join(f"{m} recovery" for m in methods) + " |",
+             "|" + "---|" * (len(fields) + 2 + len(methods))]
+    for chip in results["chips"]:
+        ms = chip["methods"]
+        lines.append("| " + " | ".join(f"{chip['values'][f]}" for f in fields)
+                     + f" | {chip['noisy_ppl_mean']:.3f} | {chip['noisy_ppl_mean'] / chip['clean_ppl']:.2f} | "
+                     + " | ".join(f"{100 * ms[m]['recovery_mean']:+.1f} ± {100 * ms[m]['recovery_std']:.1f} %"
+                                  for m in methods) + " |")
+    return lines
+
+
 def render(results: dict, plots: dict) -> str:
     data = results["dataset"]
     noise = results["noise"]
@@ -67,7 +82,11 @@ def render(results: dict, plots: dict) -> str:
               "|---|" + "---|" * len(results["methods"]["none"]["seeds"])]
     for method, m in results["methods"].items():
         lines.append(f"| {method} | " + " | ".join(f"{p:.3f}" for p in m["ppl"]) + " |")
-    if len(results["chips"]) > 1:
+    if results["vary"]:
+        lines += ["", "## Regime map", "", *regime_table(results), "", f"![regime map]({plots['regime']})", ""]
+        for chip in results["chips"]:
+            lines += ["", f"### {chip['noise']} × {chip['strength']:g}", "", *method_table(results, chip)]
+    elif len(results["chips"]) > 1:
         lines += ["", "## Sweep", "", f"![perplexity against noise]({plots['sweep']})", ""]
         for chip in results["chips"]:
             lines += ["", f"### {chip['noise']} × {chip['strength']:g}", "", *method_table(results, chip)]

@@ -87,3 +87,62 @@ def sweep(results: dict, path: Path) -> Path:
     axis.set_ylabel("perplexity")
     axis.legend(fontsize=7)
     return _save(figure, path)
+
+
+def _label(method: str) -> str:
+    return "noisy" if method == "none" else method
+
+
+def regime_map(results: dict, path: Path) -> Path:
+    """Recovery of the noise gap per method against the varied field(s): lines with ± std over seeds for
+    one field (and the noisy model's damage beside them), one heatmap per method for two."""
+    fields, chips = results["vary"], results["chips"]
+    methods = [m for m in chips[0]["methods"] if m != "none"]
+    if len(fields) == 1:
+        field = fields[0]
+        chips = sorted(chips, key=lambda c: c["values"][field])
+        x = [c["values"][field] for c in chips]
+        figure, (damage, axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+        damage.plot(x, [c["noisy_ppl_mean"] / c["clean_ppl"] for c in chips], marker="o", color="#b0b0b0")
+        damage.set_xlabel(field)
+        damage.set_ylabel("noisy PPL / clean PPL")
+        damage.set_title("damage")
+        for method in methods:
+            axis.errorbar(x, [100 * c["methods"][method]["recovery_mean"] for c in chips],
+                          yerr=[100 * c["methods"][method]["recovery_std"] for c in chips], capsize=3, marker="o",
+                          label=method)
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_xlabel(field)
+        axis.set_ylabel("recovery of the gap, % (± std over seeds)")
+        axis.set_title("where each method pays off")
+        axis.legend(fontsize=8)
+        return _save(figure, path)
+    rows_field, cols_field = fields
+    rows = sorted({c["values"][rows_field] for c in chips}, key=float)
+    cols = sorted({c["values"][cols_field] for c in chips}, key=float)
+    panels = ["none"] + methods
+    figure, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(1.2 + 3.0 * len(panels), 3.4))
+    for axis, method in zip(axes[0], panels):
+        grid = np.full((len(rows), len(cols)), np.nan)
+        for chip in chips:
+            r, c = rows.index(chip["values"][rows_field]), cols.index(chip["values"][cols_field])
+            grid[r, c] = (chip["noisy_ppl_mean"] / chip["clean_ppl"] if method == "none"
+                          else 100 * chip["methods"][method]["recovery_mean"])
+        if method == "none":
+            image = axis.imshow(grid, cmap="Greys", aspect="auto", origin="lower")
+            axis.set_title("noisy PPL / clean")
+        else:
+            bound = max(1.0, float(np.nanmax(np.abs(grid))))
+            image = axis.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto", origin="lower")
+            axis.set_title(f"{method}: recovery %")
+        for (r, c), value in np.ndenumerate(grid):
+            shade = image.norm(value)  # dark cells get white text
+            dark = shade > 0.6 if method == "none" else abs(shade - 0.5) > 0.35
+            axis.text(c, r, f"{value:.2f}" if method == "none" else f"{value:+.0f}", ha="center", va="center",
+                      fontsize=7, color="white" if dark else "black")
+        axis.set_xticks(range(len(cols)), [f"{v:g}" for v in map(float, cols)])
+        axis.set_yticks(range(len(rows)), [f"{v:g}" for v in map(float, rows)])
+        axis.set_xlabel(cols_field)
+        axis.set_ylabel(rows_field)
+        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.02)
+    return _save(figure, path)

@@ -64,12 +64,13 @@ def build_results(spec, records, dataset: dict, calib_dataset: dict, window: int
     records = list(records)
     clean = next(r for r in records if r["kind"] == "clean")
     chips = []
-    for noise in spec.noise:
-        for strength in spec.strengths:
-            rows = [r for r in records if r["kind"] == "chip" and r["noise"] == noise and r["strength"] == strength]
-            chips.append({"noise": noise, "strength": strength,
-                          "config": parse_noise_spec(noise).scaled(strength).model_dump(mode="json"),
-                          "methods": chip_summary(rows, spec.methods, clean["ppl"])})
+    for point in spec.chips():
+        rows = [r for r in records if r["kind"] == "chip" and r["noise"] == point.noise
+                and r["strength"] == point.strength]
+        methods = chip_summary(rows, spec.methods, clean["ppl"])
+        chips.append({"noise": point.noise, "strength": point.strength, "values": point.values,
+                      "config": parse_noise_spec(point.noise).scaled(point.strength).model_dump(mode="json"),
+                      "clean_ppl": clean["ppl"], "noisy_ppl_mean": methods["none"]["ppl_mean"], "methods": methods})
     calibrated_clean = {r["method"]: {"ppl": r["ppl"], "change": r["ppl"] / clean["ppl"] - 1,
                                       **({"tasks": r["tasks"]} if "tasks" in r else {})}
                         for r in records if r["kind"] == "calibrated_clean"}
@@ -88,5 +89,6 @@ def build_results(spec, records, dataset: dict, calib_dataset: dict, window: int
         "methods": primary["methods"],
         "calibrated_clean": calibrated_clean,
         "chips": chips,
+        "vary": list(spec.vary),
         "spec": spec.model_dump(mode="json"),
     }
