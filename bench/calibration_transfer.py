@@ -22,7 +22,7 @@ from romer.calibration import calibrate_, romer_config
 from romer.calibration.persist import apply_record
 from romer.campaign.run import Workbench
 from romer.campaign.spec import run_spec
-from romer.cli import parse_seeds
+from romer.campaign.spec import parse_seeds
 from romer.evaluation import perplexity
 from romer.noise import apply_noise_, parse_noise_spec
 

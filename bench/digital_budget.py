@@ -13,7 +13,7 @@ from pathlib import Path
 
 from calibration_args import calibration_bench_parser, parse_calibration_bench
 from romer.campaign import run_campaign, run_spec
-from romer.cli import parse_seeds
+from romer.campaign.spec import parse_seeds
 
 
 def main() -> None:

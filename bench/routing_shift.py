@@ -21,7 +21,7 @@ import torch
 from romer.calibration.statistics import routing_stats
 from romer.campaign.run import Workbench
 from romer.campaign.spec import run_spec
-from romer.cli import parse_seeds
+from romer.campaign.spec import parse_seeds
 from romer.moe import adapter_for
 from romer.noise import apply_noise_, parse_noise_spec
 

@@ -64,7 +64,7 @@ def throughput(seeds: str) -> None:
     import torch
 
     from romer.campaign import run_campaign, run_spec
-    from romer.cli import parse_seeds
+    from romer.campaign.spec import parse_seeds
     from romer.scale.ray_backend import RayBackend
 
     spec = run_spec(noise=["cim-80c"], seeds=parse_seeds(seeds), methods=["none", "rc", "romer"], max_tokens=8192,

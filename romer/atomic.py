@@ -20,3 +20,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def require_folder(path: str | Path, option: str) -> Path:
+    """`path` as an output folder: it may not exist yet, but it must not be a file (checked before any work)."""
+    from romer.errors import RomerError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RomerError(f"{option} {path} is a file, not a folder; choose a folder for the output")
+    return path

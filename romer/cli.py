@@ -7,12 +7,14 @@ import json
 import sys
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from romer.atomic import require_folder
+from romer.campaign.spec import parse_seeds
 from romer.errors import RomerError
+from romer.noise import parse_noise_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MoE LLMs on noisy analog compute-in-memory hardware: simulate, diagnose, calibrate.")
@@ -42,7 +44,7 @@ CalibSetOpt = typer.Option(None, "--set", help="Calibration options as key=value
 
 
 def user_errors(command):
-    """A RomerError becomes one line on stderr and exit status 2, never a traceback."""
+    """A RomerError becomes one line on stderr and exit status 2, never a traceback; Ctrl-C says how to resume."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -50,6 +52,10 @@ def user_errors(command):
         except RomerError as error:
             err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[bold yellow]interrupted:[/] every finished unit is kept (results.jsonl in the --out folder of "
+                      "run, sweep and demo); run the same command again to resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     return wrapper
 
 
@@ -60,71 +66,12 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def parse_seeds(text: str) -> list[int]:
-    """`0,1,2` or `0-4` (inclusive) or a mix: `0-2,7`."""
-    seeds: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        first, dash, last = part.partition("-")
-        try:
-            seeds.extend(range(int(first), int(last) + 1) if dash else [int(first)])
-        except ValueError:
-            raise RomerError(f"cannot read seeds '{text}'; write them as 0,1,2 or 0-4") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise RomerError(f"seeds '{text}' must be distinct non-negative integers, e.g. 0,1,2 or 0-4")
-    return seeds
+def _spec(**fields):
+    """The work bench's spec from command-line flags (None: the default)."""
+    from romer.campaign import run_spec
 
-
-def load_inputs(model_spec: str, data: str, split: Optional[str], max_tokens: Optional[int], device: str,
-                dtype: str, trust_remote_code: bool):
-    """(corpus, model, token ids): the data first, so that a bad --data fails before a big model loads."""
-    from romer.data import load_corpus
-    from romer.evaluation import tokenize_stream
-    from romer.models import load_model
-
-    if max_tokens is not None and max_tokens < 2:
-        raise RomerError(f"--max-tokens must be at least 2, got {max_tokens}")
     _quiet_transformers()
-    corpus = load_corpus(data, split)
-    model, tokenizer = load_model(model_spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    ids = tokenize_stream(tokenizer, corpus.text)
-    return corpus, model, ids[:max_tokens] if max_tokens is not None else ids
-
-
-def evaluate(model_spec: str, data: str, split: Optional[str], window: Optional[int], stride: Optional[int],
-             batch_size: int, max_tokens: Optional[int], device: str, dtype: str, trust_remote_code: bool,
-             noise: Optional[str] = None, seeds: str = "0", with_load: bool = False) -> dict:
-    """Load, tokenize, score clean and (with `noise`) on each chip seed: what `eval --json` prints."""
-    from romer.evaluation import default_window, expert_load, perplexity
-    from romer.noise import apply_noise_, parse_noise_spec
-
-    config = parse_noise_spec(noise) if noise else None
-    chip_seeds = parse_seeds(seeds) if noise else []
-    corpus, model, ids = load_inputs(model_spec, data, split, max_tokens, device, dtype, trust_remote_code)
-    window = window or default_window(model)
-    result = perplexity(model, ids, window, stride, batch_size=batch_size, progress=True, label="clean")
-    record = {
-        "model": model_spec, "model_path": str(model.name_or_path),
-        "dataset": {**corpus.describe(), "tokens": int(ids.numel())},
-        "window": result.window, "stride": result.stride, "ppl": result.ppl,
-        "nll_mean": result.nll / result.scored_tokens, "scored_tokens": result.scored_tokens,
-        "device": device, "dtype": dtype,
-    }
-    if with_load:
-        record["layers"] = [m.as_dict() for m in expert_load(model, ids, window, batch_size, progress=True)]
-    if config is not None:
-        noisy = []
-        for seed in chip_seeds:
-            with apply_noise_(model, config, seed):
-                run = perplexity(model, ids, window, stride, batch_size=batch_size, progress=True,
-                                 label=f"{config.name} seed {seed}")
-                noisy.append({"seed": seed, "ppl": run.ppl})
-                if with_load:
-                    noisy[-1]["layers"] = [m.as_dict() for m in expert_load(model, ids, window, batch_size, progress=True)]
-        values = torch.tensor([n["ppl"] for n in noisy], dtype=torch.float64)
-        record |= {"noise": config.model_dump(mode="json"), "seeds": chip_seeds, "noisy": noisy,
-                   "noisy_ppl_mean": float(values.mean()),
-                   "noisy_ppl_std": float(values.std()) if len(values) > 1 else 0.0}
-    return record
+    return run_spec(**fields)
 
 
 @app.command("eval")
@@ -135,8 +82,13 @@ def eval_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[str
                  device: str = DeviceOpt, dtype: str = DtypeOpt, trust_remote_code: bool = TrustOpt,
                  as_json: bool = JsonOpt) -> None:
     """Perplexity of a model on a corpus split, clean and (with --noise) on simulated chips."""
-    record = evaluate(model, data, split, window, stride, batch_size, max_tokens, device, dtype, trust_remote_code,
-                      noise=noise, seeds=seeds)
+    from romer.campaign.inspect import evaluate
+
+    config = parse_noise_spec(noise) if noise else None
+    chip_seeds = parse_seeds(seeds) if noise else []
+    spec = _spec(model=model, data=data, split=split, window=window, stride=stride, batch_size=batch_size,
+                 max_tokens=max_tokens, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    record = evaluate(spec, config, chip_seeds)
     if as_json:
         print(json.dumps(record))
         return
@@ -158,10 +110,6 @@ def _campaign_table(results: dict) -> Table:
                       f"{100 * m['recovery_mean']:+.1f} %", f"{m['load_cv_mean']:.3f}", f"{m['topk_agreement_mean']:.3f}",
                       "—" if p is None else f"{p:.3g}", "—" if cost is None else f"{100 * cost['change']:+.2f} %")
     return table
-
-
-RUN_KEYS = ("model", "data", "split", "calib_data", "noise", "strengths", "seeds", "methods", "tasks", "task_limit",
-            "max_tokens", "window", "stride", "routing_tokens", "batch_size", "device", "dtype", "trust_remote_code")
 
 
 def _campaign(config: Optional[str], flags: dict, out_dir: str, force: bool, as_json: bool,
@@ -346,20 +294,16 @@ def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[
                     as_json: bool = JsonOpt) -> None:
     """Expert load per MoE layer, clean and (with --noise) on one chip instance, with routing fidelity."""
     from romer.atomic import write_text_atomic
-    from romer.evaluation import default_window, profile_routing
-    from romer.noise import apply_noise_, parse_noise_spec
+    from romer.campaign.inspect import profile
 
     if seed < 0:
         raise RomerError(f"--seed must be a non-negative integer, got {seed}")
+    if out_dir:
+        require_folder(out_dir, "--out")
     config = parse_noise_spec(noise) if noise else None
-    corpus, loaded, ids = load_inputs(model, data, split, max_tokens, device, dtype, trust_remote_code)
-    window = window or default_window(loaded)
-    chip = (lambda: apply_noise_(loaded, config, seed)) if config else None
-    record = {"model": model, "model_path": str(loaded.name_or_path),
-              "dataset": {**corpus.describe(), "tokens": int(ids.numel())}, "window": window,
-              **profile_routing(loaded, ids, window, batch_size, chip=chip, progress=True)}
-    if config:
-        record |= {"noise": config.model_dump(mode="json"), "seed": seed}
+    spec = _spec(model=model, data=data, split=split, window=window, batch_size=batch_size, max_tokens=max_tokens,
+                 device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    record = profile(spec, config, seed)
     if out_dir:
         from pathlib import Path
 
@@ -373,7 +317,8 @@ def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[
     if as_json:
         print(json.dumps(record))
         return
-    table = Table(title=f"Routing profile: {model} on {corpus.name}/{corpus.split} ({ids.numel():,} tokens)")
+    dataset = record["dataset"]
+    table = Table(title=f"Routing profile: {model} on {dataset['name']}/{dataset['split']} ({dataset['tokens']:,} tokens)")
     columns = ["layer", "CV clean", "starved clean", "entropy clean"]
     if config:
         columns += [f"CV {config.name}", "starved noisy", "top-k agreement", "Jaccard", "KL"]
@@ -390,6 +335,66 @@ def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[
     out.print(table)
     if out_dir:
         out.print(f"wrote {out_dir}/profile.json and {out_dir}/heatmap.png", highlight=False)
+
+
+@app.command("diagnose")
+@user_errors
+def diagnose_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Optional[str] = CalibDataOpt,
+                     noise: str = typer.Option("cim-80c", "--noise", help="Chip: preset[:k=v,...] or .yaml."),
+                     seeds: str = typer.Option("0-2", "--seeds", help="Chip instances: 0,1,2 or 0-4."),
+                     tokens: int = typer.Option(16384, "--tokens", help="Calibration tokens measured (whole windows)."),
+                     window: Optional[int] = WindowOpt, batch_size: int = BatchOpt,
+                     out_dir: Optional[str] = typer.Option(None, "--out", help="Folder for diagnosis.json and "
+                                                                                "role_gaps.png."),
+                     device: str = DeviceOpt, dtype: str = DtypeOpt, trust_remote_code: bool = TrustOpt,
+                     as_json: bool = JsonOpt) -> None:
+    """Before calibrating: where the chip's damage sits (per layer and by role) and how much of it router
+    calibration can reach at most. Measured on calibration text, never the evaluation split."""
+    from romer.campaign.inspect import diagnose
+
+    if tokens < 2:
+        raise RomerError(f"--tokens must be at least 2, got {tokens}")
+    if out_dir:
+        require_folder(out_dir, "--out")
+    config = parse_noise_spec(noise)
+    spec = _spec(model=model, data=data, calib_data=calib_data, window=window, batch_size=batch_size, device=device,
+                 dtype=dtype, trust_remote_code=trust_remote_code)
+    record = diagnose(spec, config, parse_seeds(seeds), tokens)
+    if out_dir:
+        from pathlib import Path
+
+        from romer.atomic import write_text_atomic
+        from romer.report.plots import role_gaps
+
+        folder = Path(out_dir)
+        write_text_atomic(folder / "diagnosis.json", json.dumps(record, indent=1) + "\n")
+        role_gaps(record, folder / "role_gaps.png")
+    if as_json:
+        print(json.dumps(record))
+        return
+    layers = Table(title=f"{model} on {config.name}, seeds {record['seeds']}: {record['tokens']:,} calibration tokens")
+    for column in ("layer", "load CV", "starved", "top-k agr.", "systematic", "shift", "input outliers"):
+        layers.add_column(column, justify="right")
+    for layer in record["layers"]:
+        layers.add_row(str(layer["layer"]), f"{layer['load_cv_clean']:.3f} → {layer['load_cv_noisy']:.3f}",
+                       f"{layer['starved_clean']} → {layer['starved_noisy']:.1f}", f"{layer['topk_agreement']:.3f}",
+                       f"{layer['systematic_share']:.3f}", f"{layer['shift_size']:.3f}",
+                       f"{layer['router_input_outlier_ratio']:.1f}×")
+    out.print(layers)
+    out.print("load CV and starved experts: clean → noisy; systematic: share of the router-logit shift that is a "
+              "per-expert offset; shift: its RMS over the clean logits' spread; input outliers: largest over median "
+              "per-dimension RMS of the router input", highlight=False)
+    gaps = Table(title=f"perplexity gap: clean {record['clean_ppl']:.3f} → noisy {record['noisy_ppl']:.3f}; "
+                       f"with perfect routing {record['oracle_routing_ppl']:.3f}")
+    for column in ("noise on", "gap (PPL)", "share of the role gaps"):
+        gaps.add_column(column, justify="right")
+    for role, gap in record["role_gap"].items():
+        gaps.add_row(f"{role} only", f"{gap:+.3f}", f"{100 * record['role_share'][role]:.0f} %")
+    gaps.add_row("whole chip", f"{record['gap']:+.3f}", f"(role gaps sum to {100 * record['role_sum_over_gap']:.0f} %)")
+    out.print(gaps)
+    out.print(f"[bold]{record['verdict']}[/]", highlight=False)
+    if out_dir:
+        out.print(f"wrote {out_dir}/diagnosis.json and {out_dir}/role_gaps.png", highlight=False)
 
 
 def calibration_config(method: str, options: Optional[str]):
@@ -440,6 +445,10 @@ def calibrate_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Op
 
     if seed < 0:
         raise RomerError(f"--seed must be a non-negative integer, got {seed}")
+    if max_tokens is not None and max_tokens < 0:
+        raise RomerError(f"--max-tokens must be at least 0 (0 skips the evaluation), got {max_tokens}")
+    if save:
+        require_folder(save, "--save")
     config = calibration_config(method, options)
     chip_config = parse_noise_spec(noise)
     _quiet_transformers()
@@ -507,6 +516,12 @@ def estimate_command(model: str = ModelOpt, dtype: str = typer.Option("bfloat16"
     """The memory a noisy run needs, from the model's config alone (no weights are read)."""
     from romer.scale.memory import estimate_memory, free_device_bytes
 
+    if memory_gib is not None and memory_gib <= 0:
+        raise RomerError(f"--memory-gib must be positive, got {memory_gib}")
+    if window is not None and window < 2:
+        raise RomerError(f"--window must be at least 2, got {window}")
+    if batch_size is not None and batch_size < 1:
+        raise RomerError(f"--batch-size must be at least 1, got {batch_size}")
     _quiet_transformers()
     on_accelerator = device != "cpu"
     estimate = estimate_memory(model, dtype, window, trust_remote_code, on_accelerator)

@@ -11,10 +11,12 @@ real checkpoint take the same path. Code shipped with a checkpoint, and pickle w
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from romer.errors import RomerError
@@ -106,12 +108,18 @@ def load_config(folder: Path, trust_remote_code: bool = False):
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+    if folder.is_file():
+        raise RomerError(f"{folder} is a file, not a model folder; pass the folder that holds config.json")
     if not (folder / "config.json").is_file():
         raise RomerError(f"{folder} is not a Hugging Face model folder (no config.json); "
                          "pass a folder written by save_pretrained, romer-tiny, or a hub id")
     try:
+        json.loads((folder / "config.json").read_text())
+    except (ValueError, OSError):
+        raise RomerError(f"{folder}/config.json is not valid JSON; restore the file from the model's source") from None
+    try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    except ValueError as error:
+    except (ValueError, OSError, KeyError) as error:
         if "trust_remote_code" in str(error):
             raise RomerError(f"{folder} ships its own model code; rerun with --trust-remote-code "
                              "if you have read it and trust it") from None
@@ -126,7 +134,7 @@ def load_config(folder: Path, trust_remote_code: bool = False):
 def load_model(spec: str = "romer-tiny", *, device: str = "cpu", dtype: str = "float32",
                trust_remote_code: bool = False) -> tuple[nn.Module, object]:
     """Model (in eval mode, on `device`) and tokenizer. The folder loaded is `model.name_or_path`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise RomerError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
@@ -134,17 +142,39 @@ def load_model(spec: str = "romer-tiny", *, device: str = "cpu", dtype: str = "f
     folder = resolve_model_path(spec, trust_remote_code)
     config = load_config(folder, trust_remote_code)
     _check_weights(folder, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-        use_safetensors=None if trust_remote_code else True,
-        device_map=_device_map(device, target))
+    tokenizer = load_tokenizer(folder, trust_remote_code)  # before the weights: a broken folder fails fast
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+            use_safetensors=None if trust_remote_code else True,
+            device_map=_device_map(device, target))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise RomerError(f"the weights of {folder} cannot be read ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:80] if str(error) else 'corrupt'}); the file is truncated or "
+                         "corrupt: download or save the model again") from None
     if target.type != "cuda":  # on CUDA, device_map has placed the weights already
         model.to(target)
     model.eval()
     require_moe(model, spec)
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     _reapply_calibration(model, folder)
     return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tokenizer_config.json",
+                   "spiece.model", "tiktoken.model")
+
+
+def load_tokenizer(folder: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
+        raise RomerError(f"{folder} has no tokenizer (tokenizer.json, tokenizer.model, ...); save the tokenizer "
+                         "beside the weights (tokenizer.save_pretrained)")
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as error:  # tokenizers raises plain Exceptions on a corrupt file
+        raise RomerError(f"the tokenizer of {folder} cannot be read ({type(error).__name__}); restore its tokenizer "
+                         "files from the model's source") from None
 
 
 def _reapply_calibration(model: nn.Module, folder: Path) -> None:
@@ -154,4 +184,4 @@ def _reapply_calibration(model: nn.Module, folder: Path) -> None:
 
     record = read_record(folder)
     if record is not None:
-        apply_record(model, record, with_replacements=False)
+        apply_record(model, record, with_replacements=False, folder=folder)

@@ -150,7 +150,7 @@ def test_tuning_scores_on_holdout_and_records_trials():
     with apply_noise_(model, NOISE, seed=0):
         calibration = calibrate_(model, RomerConfig(method="best", digital_budget=0.0), calib_ids(tokens=64 * 12))
         trials = calibration.report["tuning"]
-        assert len(trials) == 11 and all(t["holdout_ppl"] > 1 for t in trials)
+        assert len(trials) == 12 and all(t["holdout_ppl"] > 1 for t in trials)
         assert calibration.report["tokens"]["holdout"] == 3 * 64
         calibration.remove()
 

@@ -1,6 +1,6 @@
 """`RomerConfig`: one validated description of a calibration; every free parameter of the method.
 
-    RomerConfig()                                  # ROMER as published, our best-measured variants
+    RomerConfig()                                  # ROMER as published, our best-measured readings of it
     RomerConfig(method="er", tau=0.25)             # expert replacement only, a lower threshold
     RomerConfig(method="best", digital_budget=0.02)
 """
@@ -28,11 +28,17 @@ class RomerConfig(BaseModel):
                                "clone: weights and router row; replica: weights, and the hot expert's traffic is "
                                "split between the two copies by the digital dispatcher (as DeepSeek's EPLB)")
 
+    order: Literal["er-rc", "rc-er"] = Field(
+        "er-rc", description="er-rc: replace, then calibrate the router (as published); rc-er: calibrate the router "
+                             "first, then replace only the experts still under-activated")
+
     # router calibration (SPEC §2.2)
-    router: Literal["none", "clamp", "renorm"] = Field(
-        "clamp", description="clamp: logits clamped to the fences [Q_low − λ·IQR, Q_high + λ·IQR] of the noisy "
-                             "calibration logits, per expert; renorm: each expert's noisy median and IQR mapped "
-                             "onto the clean model's")
+    router: Literal["none", "clamp", "renorm", "equalize", "token"] = Field(
+        "renorm", description="reading of the percentile step (romer/calibration/router.py). clamp: logits clamped "
+                             "to the fences [Q_low − λ·IQR, Q_high + λ·IQR] of the noisy calibration logits, per "
+                             "expert; renorm: each expert's noisy median and IQR mapped onto the clean model's; "
+                             "equalize: onto the layer's pooled median and IQR (no clean twin needed); token: per "
+                             "token, logits above its Q_high raised and below its Q_low lowered by λ·IQR")
     q_low: float = Field(25.0, gt=0, lt=50, description="lower percentile (the paper's Q1)")
     q_high: float = Field(75.0, gt=50, lt=100, description="upper percentile (the paper's Q3)")
     lam: float = Field(1.5, ge=0, le=10, description="λ, fence distance in IQRs")
@@ -46,6 +52,19 @@ class RomerConfig(BaseModel):
                                                                "digital periphery, most noise-sensitive first")
     tune: bool = Field(False, description="choose pairing, τ, router calibration and load bias on held-out "
                                           "calibration tokens")
+
+    # per-chip digital re-tuning against the clean twin (romer/calibration/retune.py)
+    retune: bool = Field(False, description="fit the chip's digital parameters to the clean twin (method retune; "
+                                            "a candidate in best, kept only if held-out perplexity improves)")
+    retune_budget: float = Field(0.01, ge=0, le=0.2, description="digital parameters the re-tuning may add, as a "
+                                                                 "fraction of the on-chip weights")
+    retune_rank: int = Field(8, ge=0, le=256, description="largest rank of a low-rank digital adapter (0: none)")
+    retune_norms: bool = Field(True, description="re-tune the norm gains (existing digital parameters)")
+    retune_columns: bool = Field(True, description="per-column digital gain and offset after the ADCs")
+    retune_router_bias: bool = Field(True, description="per-expert router-logit bias")
+    retune_steps: int = Field(200, ge=1, le=100000, description="Adam steps, one calibration batch each")
+    retune_lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
+    retune_eval_every: int = Field(25, ge=1, description="steps between held-out checks (the best step is kept)")
 
     # calibration data
     calib_tokens: int = Field(32768, ge=64, description="calibration tokens used (the start of the calibration split)")

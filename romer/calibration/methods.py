@@ -18,6 +18,7 @@ class Method:
     replace: bool = False          # expert replacement
     router: bool = False           # percentile router calibration
     beyond: bool = False           # our additions: load bias, digital offload, tuning
+    retune: bool = False           # per-chip digital re-tuning, always (best may try it as a candidate)
     defaults: dict = field(default_factory=dict)
 
 
@@ -46,6 +47,9 @@ register_method(Method("rc", "router calibration only: percentile (IQR) statisti
                        router=True))
 register_method(Method("romer", "ROMER as published: expert replacement, then percentile router calibration",
                        replace=True, router=True))
+register_method(Method("retune", "ours: each chip's digital periphery (norm gains, router biases, per-column gain "
+                                 "and offset, low-rank adapters within 1 % of the on-chip weights) fitted to the "
+                                 "clean twin on calibration tokens", retune=True))
 register_method(Method("best", "ours: ROMER's steps tuned on held-out calibration tokens, a load-balancing "
                                "logit bias, and the most noise-sensitive 2 % of on-chip weights in the digital periphery",
                        replace=True, router=True, beyond=True,

@@ -14,13 +14,15 @@ from romer.calibration.statistics import sequence_perplexity
 from romer.noise.chip import ChipHandle
 
 
-def tensor_sensitivity(chip: ChipHandle, holdout: torch.Tensor, batch_size: int, max_size: int) -> list[dict]:
-    """Per on-chip tensor no larger than `max_size` weights: the held-out perplexity it alone gives back."""
+def tensor_sensitivity(chip: ChipHandle, holdout: torch.Tensor, batch_size: int, max_size: float,
+                       names: list[str] | None = None) -> list[dict]:
+    """Per on-chip tensor (of `names`, default all) no larger than `max_size` weights: the held-out perplexity
+    it alone gives back when it runs digitally, most per weight first."""
     base = sequence_perplexity(chip.model, holdout, batch_size)
     results = []
     for tensor in chip.tensors:
         size = chip.originals[tensor.name].numel()
-        if tensor.name in chip.digital or size > max_size:
+        if tensor.name in chip.digital or size > max_size or (names is not None and tensor.name not in names):
             continue
         chip.make_digital(tensor.name)
         ppl = sequence_perplexity(chip.model, holdout, batch_size)

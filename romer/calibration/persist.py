@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from romer.calibration.replacement import Replacement
@@ -25,6 +27,7 @@ from romer.errors import RomerError
 from romer.noise.chip import ChipHandle
 
 RECORD = "romer_calibration.json"
+DIGITAL = "romer_retune.safetensors"  # a re-tuned chip's digital parameters: corrections and norm gains
 FORMAT = 1
 
 
@@ -40,14 +43,17 @@ def save_calibrated(model: nn.Module, tokenizer, calibration: Calibration, direc
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        if calibration.chip is not None and not calibration.chip.restored:
-            with calibration.chip.suspended():  # clean weights, replacements included
+        with calibration.original_norms():  # the checkpoint keeps the clean model's norm gains
+            if calibration.chip is not None and not calibration.chip.restored:
+                with calibration.chip.suspended():  # clean weights, replacements included
+                    model.save_pretrained(staging)
+            else:
                 model.save_pretrained(staging)
-        else:
-            model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         record = {"format": FORMAT, **calibration.as_dict(), "weights_include_replacements": True}
+        if calibration.corrections or calibration.norms:
+            save_file(digital_tensors(calibration), str(staging / DIGITAL))
         (staging / RECORD).write_text(json.dumps(record, indent=1))
         if target.exists():
             shutil.rmtree(target)
@@ -56,6 +62,45 @@ def save_calibrated(model: nn.Module, tokenizer, calibration: Calibration, direc
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def digital_tensors(calibration: Calibration) -> dict[str, torch.Tensor]:
+    """The re-tuned digital parameters, by name: `correction/<tensor>/<part>` and `norm/<parameter>`."""
+    tensors = {f"correction/{name}/{part}": value.detach().cpu().contiguous()
+               for name, correction in calibration.corrections.items()
+               for part, value in correction.named_parameters()}
+    tensors |= {f"norm/{name}": param.detach().cpu().contiguous() for name, (param, _) in calibration.norms.items()}
+    return tensors
+
+
+def _install_digital(calibration: Calibration, record: dict, folder: Path) -> None:
+    """Re-install a re-tuned chip's corrections (on its chip now, or when the model is next put on one) and
+    norm gains, from the record and the tensors beside it."""
+    from romer.calibration.retune import norm_gains
+    from romer.noise.digital import ColumnCorrection
+
+    path = folder / DIGITAL
+    if not record.get("corrections") and not record.get("norms"):
+        return
+    if not path.is_file():
+        raise RomerError(f"{folder} has a re-tuned calibration but no {DIGITAL}; save it again with romer calibrate")
+    tensors = load_file(str(path))
+    device = next(calibration.model.parameters()).device
+    for name, shape in record.get("corrections", {}).items():
+        correction = ColumnCorrection(shape["out"], shape["in"], shape["slots"], columns=shape["columns"],
+                                      rank=shape["rank"], device=device)
+        correction.load_state_dict({part: tensors[f"correction/{name}/{part}"] for part, _ in
+                                    correction.named_parameters()})
+        correction.requires_grad_(False)
+        if calibration.chip is not None:
+            calibration.attach_correction(name, correction)
+        else:
+            calibration.pending_correction(name, correction)
+    gains = norm_gains(calibration.model)
+    for name in record.get("norms", []):
+        calibration.retune_norm(name, gains[name])
+        with torch.no_grad():
+            gains[name].copy_(tensors[f"norm/{name}"])
 
 
 def read_record(folder: Path) -> dict | None:
@@ -72,7 +117,7 @@ def read_record(folder: Path) -> dict | None:
 
 
 def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
-                 with_replacements: bool = True) -> Calibration:
+                 with_replacements: bool = True, folder: Path | None = None) -> Calibration:
     """Install a recorded calibration: its replacements (unless the weights hold them already), its router
     transforms, and, on a chip, its digital tensors. Statistics are not re-measured."""
     calibration = Calibration(model, romer_config(**record["config"]), chip)
@@ -91,5 +136,7 @@ def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
     else:
         calibration.digital = list(record["digital"])  # applied when the model is put on a chip
     calibration.report = record.get("report", {})
+    if folder is not None:
+        _install_digital(calibration, record, folder)
     model._romer_calibration = calibration
     return calibration

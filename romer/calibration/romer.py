@@ -8,8 +8,8 @@
 1. Expert replacement (Zhou, Feng et al. 2026, §2.1). Count each expert's selections per layer on
    calibration tokens under noise; an expert below τ × the uniform share is under-activated and its
    slot is re-programmed with a hot expert (pairing rule: `RomerConfig.pairing`).
-2. Router calibration (§2.2). From the router logits on calibration tokens, per expert, either clamp
-   to the fences [Q1 − λ·IQR, Q3 + λ·IQR] or map the noisy median and IQR onto the clean model's.
+2. Router calibration (§2.2), "percentile-based normalisation": one of the readings in router.py,
+   from the router logits on calibration tokens (`RomerConfig.router`).
 3. Ours, in `best`: a per-expert logit bias that brings each expert's noisy load back to its clean
    load, and the most noise-sensitive tensors moved to the digital periphery within a weight budget;
    the free parameters chosen on held-out calibration tokens (`tune.py`).
@@ -25,9 +25,9 @@ from romer.calibration.config import RomerConfig, romer_config
 from romer.calibration.methods import Method, get_method
 from romer.calibration.offload import choose_digital
 from romer.calibration.replacement import plan_replacements
-from romer.calibration.router import fences, robust_map
+from romer.calibration.router import equalize_map, fences, robust_map
 from romer.calibration.state import Calibration
-from romer.calibration.statistics import RoutingStats, routing_stats
+from romer.calibration.statistics import RoutingStats, routing_stats, sequence_perplexity
 from romer.calibration.tokens import CalibrationTokens
 from romer.errors import RomerError
 from romer.evaluation.perplexity import default_window
@@ -52,7 +52,7 @@ def calibrate_(model: nn.Module, config: RomerConfig, calib_ids: torch.Tensor,
     method = get_method(config.method)
     config = with_method_defaults(config, method)
     window = config.window or default_window(model)
-    needs_holdout = config.tune or (config.digital_budget > 0 and chip is not None)
+    needs_holdout = config.tune or ((config.digital_budget > 0 or config.retune) and chip is not None)
     tokens = CalibrationTokens.split(calib_ids, window, config.calib_tokens, config.holdout if needs_holdout else 0.0)
     trials = []
     if config.tune:
@@ -75,6 +75,10 @@ def with_method_defaults(config: RomerConfig, method: Method) -> RomerConfig:
             fields[key] = value
     if not method.beyond:
         fields |= {"load_bias": False, "digital_budget": 0.0, "tune": False}
+    if method.retune:
+        fields["retune"] = True
+    elif not method.beyond:
+        fields["retune"] = False
     return romer_config(**fields)
 
 
@@ -87,28 +91,12 @@ def run_steps(model: nn.Module, config: RomerConfig, method: Method, tokens: Cal
     if (use_router and config.router == "renorm") or (method.beyond and config.load_bias):
         clean = clean_reference(model, tokens.fit, batch, chip)
 
-    # 1. expert replacement, from the noisy model's activation frequencies
-    if method.replace and config.max_replaced > 0:
-        noisy = routing_stats(model, tokens.fit, batch)
-        calibration.report["noisy_shares"] = [noisy.shares(i).tolist() for i in range(len(noisy.counts))]
-        for layer in range(len(noisy.counts)):
-            for replacement in plan_replacements(layer, noisy.shares(layer), config.tau, config.max_replaced,
-                                                 config.pairing):
-                calibration.replace(replacement)
-                if config.pairing == "replica":
-                    calibration.transform(layer).replicas.append((replacement.hot, replacement.cold))
-
-    # 2. router calibration, from the logits of the model as it now is
-    if use_router:
-        noisy = routing_stats(model, tokens.fit, batch, logits=True)
-        for layer, logits in enumerate(noisy.logits):
-            transform = calibration.transform(layer)
-            if config.router == "clamp":
-                transform.low, transform.high = fences(logits, config.q_low, config.q_high, config.lam)
-            else:
-                (transform.noisy_median, transform.noisy_iqr,
-                 transform.clean_median, transform.clean_iqr) = robust_map(logits, clean.logits[layer],
-                                                                           config.q_low, config.q_high)
+    # 1. expert replacement and 2. router calibration, in the configured order
+    steps = {"er": lambda: replace_cold_experts(calibration, config, tokens.fit),
+             "rc": lambda: calibrate_router(calibration, config, tokens.fit, clean)}
+    for step in config.order.split("-"):
+        if (step == "er" and method.replace and config.max_replaced > 0) or (step == "rc" and use_router):
+            steps[step]()
 
     # 3. ours: load bias towards the clean load, then digital offload of the most sensitive tensors
     if method.beyond and config.load_bias:
@@ -121,7 +109,57 @@ def run_steps(model: nn.Module, config: RomerConfig, method: Method, tokens: Cal
         calibration.report["digital"] = {"budget": config.digital_budget, "on_chip_weights": chip.on_chip_parameters,
                                          "chosen_weights": sum(r["weights"] for r in measured if r["tensor"] in chosen),
                                          "sensitivity": measured[:20]}
+
+    # 4. ours: re-tune the chip's digital periphery against its clean twin (retune.py); in best, a candidate
+    if config.retune and chip is not None:
+        retune_step(calibration, config, tokens, keep_only_if_better=not method.retune)
     return calibration
+
+
+def retune_step(calibration: Calibration, config: RomerConfig, tokens: CalibrationTokens,
+                keep_only_if_better: bool) -> None:
+    from romer.calibration.retune import retune
+
+    holdout = tokens.require_holdout("retune")
+    before = sequence_perplexity(calibration.model, holdout, config.batch_size) if keep_only_if_better else None
+    mark = calibration.mark()
+    retune(calibration, config, tokens)
+    if before is not None:
+        after = sequence_perplexity(calibration.model, holdout, config.batch_size)
+        calibration.report["retune"] |= {"holdout_ppl_before": before, "holdout_ppl_after": after,
+                                         "kept": after < before}
+        if after >= before:
+            calibration.rollback(mark)
+
+
+def replace_cold_experts(calibration: Calibration, config: RomerConfig, sequences: torch.Tensor) -> None:
+    """Expert replacement, from the activation frequencies of the model as it now is on the chip."""
+    noisy = routing_stats(calibration.model, sequences, config.batch_size)
+    calibration.report["noisy_shares"] = [noisy.shares(i).tolist() for i in range(len(noisy.counts))]
+    for layer in range(len(noisy.counts)):
+        for replacement in plan_replacements(layer, noisy.shares(layer), config.tau, config.max_replaced,
+                                             config.pairing):
+            calibration.replace(replacement)
+            if config.pairing == "replica":
+                calibration.transform(layer).replicas.append((replacement.hot, replacement.cold))
+
+
+def calibrate_router(calibration: Calibration, config: RomerConfig, sequences: torch.Tensor,
+                     clean: RoutingStats | None) -> None:
+    """Router calibration, from the logits of the model as it now is (router.py: the readings)."""
+    if config.router == "token":
+        for layer in range(len(calibration.layers)):
+            calibration.transform(layer).token = (config.q_low, config.q_high, config.lam)
+        return
+    noisy = routing_stats(calibration.model, sequences, config.batch_size, logits=True)
+    for layer, logits in enumerate(noisy.logits):
+        transform = calibration.transform(layer)
+        if config.router == "clamp":
+            transform.low, transform.high = fences(logits, config.q_low, config.q_high, config.lam)
+        else:
+            (transform.noisy_median, transform.noisy_iqr, transform.target_median, transform.target_iqr) = (
+                robust_map(logits, clean.logits[layer], config.q_low, config.q_high) if config.router == "renorm"
+                else equalize_map(logits, config.q_low, config.q_high))
 
 
 def clean_reference(model: nn.Module, sequences: torch.Tensor, batch_size: int, chip: ChipHandle | None) -> RoutingStats:

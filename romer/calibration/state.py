@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +25,8 @@ class Calibration:
     replacements: list[Replacement] = field(default_factory=list)
     transforms: dict[int, LayerTransform] = field(default_factory=dict)
     digital: list[str] = field(default_factory=list)
+    corrections: dict = field(default_factory=dict)  # tensor name → ColumnCorrection (retune)
+    norms: dict = field(default_factory=dict)        # parameter name → (norm gain, its value before) (retune)
     report: dict = field(default_factory=dict)  # statistics and choices, for the record
     _undo: list[Callable[[], None]] = field(default_factory=list)
     removed: bool = False
@@ -41,8 +44,75 @@ class Calibration:
         """This layer's routing transform, installed the first time it is asked for; edit it in place."""
         if layer not in self.transforms:
             transform = self.transforms[layer] = LayerTransform()
-            self._undo.append(self.adapter.install_routing(self.layers[layer], transform))
+            remove = self.adapter.install_routing(self.layers[layer], transform)
+
+            def undo() -> None:
+                remove()
+                self.transforms.pop(layer, None)
+
+            self._undo.append(undo)
         return self.transforms[layer]
+
+    def attach_correction(self, name: str, correction) -> None:
+        """Digital corrections after one tensor's ADCs (retune); the conductances stay as programmed."""
+        self.chip.attach_correction(name, correction)
+        self.corrections[name] = correction
+
+        def undo() -> None:
+            self.chip.attach_correction(name, None)
+            self.corrections.pop(name, None)
+
+        self._undo.append(undo)
+
+    def pending_correction(self, name: str, correction) -> None:
+        """A correction of a loaded calibration, attached when the model is put on a chip (`apply_noise_`)."""
+        self.corrections[name] = correction
+
+        def undo() -> None:
+            if self.chip is not None and not self.chip.restored:
+                self.chip.attach_correction(name, None)
+            self.corrections.pop(name, None)
+
+        self._undo.append(undo)
+
+    def assign(self, target, attribute: str, value) -> None:
+        """`setattr(target, attribute, value)`, undone by putting the previous value back."""
+        previous = getattr(target, attribute)
+        setattr(target, attribute, value)
+        self._undo.append(lambda: setattr(target, attribute, previous))
+
+    def retune_norm(self, name: str, param: torch.nn.Parameter) -> None:
+        """A norm gain (a digital parameter) that this calibration re-sets; its value before is kept for undo."""
+        self.norms[name] = (param, param.detach().clone())
+
+        def undo() -> None:
+            param.data.copy_(self.norms.pop(name)[1])
+
+        self._undo.append(undo)
+
+    @contextmanager
+    def original_norms(self) -> Iterator[None]:
+        """The norm gains as they were before this calibration, for the duration of the block (saving the clean
+        weights of a checkpoint)."""
+        tuned = {name: param.detach().clone() for name, (param, _) in self.norms.items()}
+        with torch.no_grad():
+            for param, original in self.norms.values():
+                param.copy_(original)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, (param, _) in self.norms.items():
+                    param.copy_(tuned[name])
+
+    def mark(self) -> int:
+        """A point to roll back to: everything changed after it can be undone alone (`rollback`)."""
+        return len(self._undo)
+
+    def rollback(self, mark: int) -> None:
+        with torch.no_grad():
+            while len(self._undo) > mark:
+                self._undo.pop()()
 
     def make_digital(self, name: str) -> None:
         self.chip.make_digital(name)
@@ -75,6 +145,9 @@ class Calibration:
             "replacements": [r.as_dict() for r in self.replacements],
             "router": {str(layer): t.as_dict() for layer, t in sorted(self.transforms.items()) if t.active},
             "digital": list(self.digital),
+            "corrections": {name: {"slots": c.slots, "out": c.out_dim, "in": c.in_dim, "columns": c.gain is not None,
+                                   "rank": c.rank} for name, c in self.corrections.items()},
+            "norms": list(self.norms),
             "chip": None if self.chip is None else {"seed": self.chip.seed,
                                                      "noise": self.chip.config.model_dump(mode="json")},
             "report": self.report,

@@ -1,7 +1,8 @@
 """Choose ROMER's free parameters on held-out calibration tokens, within a bounded number of trials.
 
 Coordinate search: the replacement rule first (off, or pairing × τ), then the router calibration
-(off, fence clamping at two λ, robust renormalisation), then the load bias (off, on); each stage
+(off, fence clamping at two λ, renormalisation onto the clean twin, equalisation across the layer),
+then the load bias (off, on); each stage
 keeps the best so far. Every trial calibrates on the fit tokens, scores perplexity on the held-out
 tokens, and is undone. The evaluation split is never seen.
 """
@@ -17,7 +18,8 @@ from romer.noise.chip import ChipHandle
 STAGES: list[list[dict]] = [
     [{"max_replaced": 0.0}, {"pairing": "replica", "tau": 0.5}, {"pairing": "replica", "tau": 0.25},
      {"pairing": "weights", "tau": 0.5}, {"pairing": "clone", "tau": 0.5}],
-    [{"router": "none"}, {"router": "clamp", "lam": 1.5}, {"router": "clamp", "lam": 3.0}, {"router": "renorm"}],
+    [{"router": "none"}, {"router": "clamp", "lam": 1.5}, {"router": "clamp", "lam": 3.0}, {"router": "renorm"},
+     {"router": "equalize"}],
     [{"load_bias": False}, {"load_bias": True, "bias_rate": 0.5}],
 ]
 

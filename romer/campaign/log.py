@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from romer.atomic import write_text_atomic
@@ -17,6 +18,7 @@ from romer.campaign.spec import RunSpec
 from romer.errors import RomerError
 
 
+MID_WRITE_PAUSE = "ROMER_TEST_PAUSE_MID_WRITE"  # seconds; set only by tests/test_kill_resume.py
 OUTPUTS = ("results.jsonl", "run.json", "results.json", "report.md", "perplexity.png", "expert_load.png",
            "topk_agreement.png", "sweep.png", "regime_map.png")
 
@@ -32,7 +34,15 @@ class ResultsLog:
         meta = self.folder / "run.json"
         previous: dict = {}
         if meta.exists():
-            previous = json.loads(meta.read_text())
+            try:
+                previous = json.loads(meta.read_text())
+            except (ValueError, OSError):
+                if not force:
+                    raise RomerError(f"{meta} is not valid JSON (an interrupted copy?); pass --force to start "
+                                     "this folder afresh, or choose another --out") from None
+                previous = {}
+            if not isinstance(previous, dict):
+                previous = {}
             if previous.get("fingerprint") != spec.fingerprint():
                 if not force:
                     raise RomerError(f"{self.folder} holds results of a different configuration; choose another "
@@ -82,8 +92,15 @@ class ResultsLog:
         """Keep a finished unit; a unit already kept is never counted twice (False)."""
         if unit_key(record) in self.records:
             return False
+        line = json.dumps(record) + "\n"
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            pause = float(os.environ.get(MID_WRITE_PAUSE, 0) or 0)
+            if pause:  # test-only: half a line on disk, then wait, so a test can kill the process mid-write
+                handle.write(line[: len(line) // 2])
+                handle.flush()
+                time.sleep(pause)
+                line = line[len(line) // 2:]
+            handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
         self.records[unit_key(record)] = record

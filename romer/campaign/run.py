@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+from romer.campaign.lock import folder_lock
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
 from romer.campaign.trials import Trial, calibration_for, plan_trials, run_trial, total_units
@@ -46,23 +47,31 @@ class Workbench:
     clean_routing: object = None
 
     @classmethod
-    def load(cls, spec: RunSpec) -> "Workbench":
+    def load(cls, spec: RunSpec, calibration: bool = True) -> "Workbench":
+        """Model, tokenizer and token streams; `calibration=False` skips the calibration text (eval, profile)."""
         from romer.models import load_model
 
         corpus = load_corpus(spec.data, spec.split)  # data first: a bad --data fails before a big model loads
-        calib = load_corpus(spec.calib_data) if spec.calib_data else load_corpus(spec.data, "calib")
+        calib = None
+        if calibration:
+            calib = load_corpus(spec.calib_data) if spec.calib_data else load_corpus(spec.data, "calib")
+            if corpus.describe()["sha256"] == calib.describe()["sha256"]:
+                raise RomerError("the calibration text is the evaluation text; pass a different --calib-data")
         model, tokenizer = load_model(spec.model, device=spec.device, dtype=spec.dtype,
                                       trust_remote_code=spec.trust_remote_code)
         ids = tokenize_stream(tokenizer, corpus.text)
         if spec.max_tokens:
             ids = ids[: spec.max_tokens]
         window = spec.window or default_window(model)
-        bench = cls(spec, model, tokenizer, ids, tokenize_stream(tokenizer, calib.text), window,
-                    spec.stride or window, {**corpus.describe(), "tokens": int(ids.numel())}, calib.describe(),
-                    fitting_batch_size(spec, window) if spec.batch_size == "auto" else spec.batch_size)
-        if bench.dataset["sha256"] == bench.calib_dataset["sha256"]:
-            raise RomerError("the calibration text is the evaluation text; pass a different --calib-data")
-        return bench
+        calib_ids = tokenize_stream(tokenizer, calib.text) if calib else torch.empty(0, dtype=torch.long)
+        if calib and calib_ids.numel() < window:
+            raise RomerError(f"the calibration data has {calib_ids.numel()} tokens, fewer than one sequence of {window}; "
+                             "give more calibration text or a smaller window")
+        return cls(spec, model, tokenizer, ids,
+                   calib_ids, window,
+                   spec.stride or window, {**corpus.describe(), "tokens": int(ids.numel())},
+                   calib.describe() if calib else {},
+                   fitting_batch_size(spec, window) if spec.batch_size == "auto" else spec.batch_size)
 
     def routing_ids(self) -> torch.Tensor:
         tokens = min(self.spec.routing_tokens, self.ids.numel()) // self.window * self.window
@@ -162,19 +171,20 @@ def run_campaign(spec: RunSpec, out: str | Path, force: bool = False, progress: 
     from romer.report import write_report
 
     check_spec(spec)
-    log = ResultsLog(out, spec, force)
-    backend = backend or LocalBackend()
-    trials = plan_trials(spec, log)
-    total = total_units(spec)
-    with progress_bar("campaign", total=total, enabled=progress) as advance:
-        advance(total - sum(t.units for t in trials))
-        for record in backend.run(spec, trials):
-            if log.append(record):
-                advance(1)
-                if on_record is not None:
-                    on_record(record)
-    inputs = backend.describe() or log.inputs
-    if inputs is None:  # every unit was done before run.json kept the inputs
-        inputs = LocalBackend().workbench(spec).describe()
-    log.keep_inputs(inputs)
-    return write_report(spec, log.records.values(), inputs, Path(out))
+    with folder_lock(out):  # one writer per folder, for the whole run (the Ray driver included)
+        log = ResultsLog(out, spec, force)
+        backend = backend or LocalBackend()
+        trials = plan_trials(spec, log)
+        total = total_units(spec)
+        with progress_bar("campaign", total=total, enabled=progress) as advance:
+            advance(total - sum(t.units for t in trials))
+            for record in backend.run(spec, trials):
+                if log.append(record):
+                    advance(1)
+                    if on_record is not None:
+                        on_record(record)
+        inputs = backend.describe() or log.inputs
+        if inputs is None:  # every unit was done before run.json kept the inputs
+            inputs = LocalBackend().workbench(spec).describe()
+        log.keep_inputs(inputs)
+        return write_report(spec, log.records.values(), inputs, Path(out))

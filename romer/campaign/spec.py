@@ -15,12 +15,16 @@ from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticKnownError
 
 from romer.errors import RomerError
 from romer.validation import build
 
 
 MAX_VARIED_FIELDS = 2
+MAX_SEEDS = 10_000       # chip instances in one campaign
+MAX_WINDOW = 131_072     # tokens per window
+MAX_BATCH = 4096         # windows per forward pass
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,9 @@ class RunSpec(BaseModel):
     tasks: list[str] = Field(default_factory=list, description="lm-eval task names (zero-shot)")
     task_limit: Optional[int] = Field(None, ge=1, description="documents per task (None: all)")
     max_tokens: Optional[int] = Field(None, ge=2, description="evaluate the first N tokens of the split")
-    window: Optional[int] = Field(None, ge=2, description="tokens per window; default: model context ≤ 2048")
-    stride: Optional[int] = Field(None, ge=1, description="default: the window (disjoint windows)")
+    window: Optional[int] = Field(None, ge=2, le=MAX_WINDOW, description="tokens per window; default: model context "
+                                                                        "≤ 2048")
+    stride: Optional[int] = Field(None, ge=1, le=MAX_WINDOW, description="default: the window (disjoint windows)")
     routing_tokens: int = Field(16384, ge=0, description="evaluation tokens used for load and top-k agreement")
     clean_cost: bool = Field(True, description="also apply each method to the clean model")
     batch_size: Union[Literal["auto"], int] = Field(8, description="windows per forward pass, or auto: the "
@@ -70,7 +75,21 @@ class RunSpec(BaseModel):
     def _seeds(cls, seeds: list[int]) -> list[int]:
         if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be distinct non-negative integers")
+        if len(seeds) > MAX_SEEDS:
+            raise ValueError(f"{len(seeds):,} seeds: at most {MAX_SEEDS:,} chip instances in one campaign")
         return seeds
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch(cls, size):
+        if size == "auto":
+            return size
+        if isinstance(size, int) and not isinstance(size, bool):
+            if size < 1:
+                raise PydanticKnownError("greater_than_equal", {"ge": 1})
+            if size > MAX_BATCH:
+                raise PydanticKnownError("less_than_equal", {"le": MAX_BATCH})
+        return size
 
     @field_validator("vary")
     @classmethod
@@ -85,13 +104,6 @@ class RunSpec(BaseModel):
             if not values or len(set(map(str, values))) != len(values):
                 raise ValueError(f"give distinct values for '{field}'")
         return vary
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, size):
-        if size != "auto" and size < 1:
-            raise ValueError("batch_size must be a positive integer or auto")
-        return size
 
     @field_validator("methods")
     @classmethod
@@ -131,10 +143,28 @@ class RunSpec(BaseModel):
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` or `0-4` (inclusive) or a mix: `0-2,7`."""
+    seeds: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, dash, last = part.partition("-")
+        try:
+            span = range(int(first), int(last) + 1) if dash else [int(first)]
+        except ValueError:
+            raise RomerError(f"cannot read seeds '{text}'; write them as 0,1,2 or 0-4") from None
+        if len(seeds) + len(span) > MAX_SEEDS:
+            raise RomerError(f"--seeds {text} names {len(seeds) + len(span):,} chip instances; at most "
+                             f"{MAX_SEEDS:,} fit one campaign")
+        seeds.extend(span)
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise RomerError(f"seeds '{text}' must be distinct non-negative integers, e.g. 0,1,2 or 0-4")
+    return seeds
+
+
 def run_spec(**fields) -> RunSpec:
     """A RunSpec from the fields given (None: the default), or a one-line RomerError naming the first bad one."""
     return build(RunSpec, {k: v for k, v in fields.items() if v is not None}, "run option",
-                 "see `romer run --help` for the keys a config may hold")
+                 "see `romer run --help` for the keys a config may hold", flags=True)
 
 
 def load_run_file(path: str) -> dict:

@@ -65,6 +65,9 @@ def load_corpus(data: str, split: str | None = None) -> Corpus:
 
 
 def _load_file(path: Path, split: str | None) -> Corpus:
+    if path.is_dir():
+        raise RomerError(f"data path {path} is a folder; pass a .txt or .jsonl file or a dataset name "
+                         f"({', '.join(corpus_names())})")
     if not path.is_file():
         raise RomerError(f"data file {path} does not exist; pass an existing .txt or .jsonl file or a dataset name "
                          f"({', '.join(corpus_names())})")
@@ -73,7 +76,10 @@ def _load_file(path: Path, split: str | None) -> Corpus:
     if path.suffix == ".jsonl":
         documents = _read_jsonl(path)
     elif path.suffix == ".txt":
-        documents = [path.read_text(encoding="utf-8", errors="replace")]
+        try:
+            documents = [path.read_text(encoding="utf-8", errors="replace")]
+        except OSError as error:
+            raise RomerError(f"cannot read data file {path}: {error.strerror}") from None
     else:
         raise RomerError(f"cannot read {path}: romer reads .txt (plain text) and .jsonl (one {{\"text\": ...}} per line)")
     if not any(doc.strip() for doc in documents):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from romer.noise.config import NoiseConfig
+from romer.noise.digital import ColumnCorrection
 from romer.noise.mapping import ConductanceMapping
 from romer.noise.periphery import ColumnErrors, IrDrop, lsb
 from romer.noise.streams import stream
@@ -46,6 +47,7 @@ class TileProgram:
     seed: int
     scales: torch.Tensor  # [(E,) out, in_tiles], weight units per µS
     errors: ColumnErrors | None = None  # the columns' fixed periphery errors, [(E,) out, in_tiles]
+    correction: ColumnCorrection | None = None  # digital corrections after the ADCs, set per chip (retune)
     calls: int = field(default=0)
 
     @property
@@ -104,6 +106,15 @@ def input_scale(flat: torch.Tensor) -> torch.Tensor:
 
 def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, program: TileProgram,
                   slot: int | None) -> torch.Tensor:
+    """The chip's product of one on-chip matrix (or expert slot), with the digital corrections after its ADCs."""
+    y = chip_linear(x, weight, program, slot)
+    if program.correction is not None:
+        y = program.correction(y, x, lambda: x.abs().amax(dim=-1, keepdim=True).float()
+                               .clamp(min=torch.finfo(torch.float32).tiny), slot)
+    return y + bias if bias is not None else y
+
+
+def chip_linear(x: torch.Tensor, weight: torch.Tensor, program: TileProgram, slot: int | None) -> torch.Tensor:
     c = program.config
     scales = program.scales if slot is None else program.scales[slot]
     errors = None if program.errors is None else program.errors.slot(slot)
@@ -122,7 +133,7 @@ def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         if errors is not None and errors.offset_lsb is not None:
             offset = (errors.offset_lsb * step * scales * c.g_max_us).sum(dim=-1)  # [out], per unit input scale
             y = y + (input_scale(x.reshape(-1, in_dim).float()) * offset).to(x.dtype).view(*x.shape[:-1], out_dim)
-        return y + bias if bias is not None else y
+        return y
 
     flat = x.reshape(-1, in_dim).float()
     x_max = input_scale(flat)
@@ -147,5 +158,4 @@ def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if c.mode == "analog":
         partial = quantize(partial / c.adc_full_scale, c.adc_bits) * c.adc_full_scale
     y = (partial * (scales.t() * c.g_max_us)).sum(dim=1) * x_max
-    y = y.to(x.dtype).view(*x.shape[:-1], out_dim)
-    return y + bias if bias is not None else y
+    return y.to(x.dtype).view(*x.shape[:-1], out_dim)

@@ -26,6 +26,7 @@ from romer.errors import RomerError
 from romer.noise.analog import AnalogWeight, TileProgram
 from romer.noise.backup import DiskBackup, MemoryBackup
 from romer.noise.config import NoiseConfig
+from romer.noise.digital import ColumnCorrection
 from romer.noise.periphery import ColumnErrors
 from romer.noise.physics import DevicePhysics
 from romer.noise.roles import ChipTensor, on_chip_tensors
@@ -55,8 +56,9 @@ class ChipHandle:
 
     Calibration may re-program single expert slots (`reprogram_slot`: the slot's arrays take new
     target weights and, being programmed again, that slot's own fresh noise from the stream
-    (seed, tensor, slot)), move whole tensors to the digital periphery (`make_digital`), or look at
-    the clean model for a moment (`suspended`). Every change is undone exactly.
+    (seed, tensor, slot)), move whole tensors to the digital periphery (`make_digital`), set the
+    digital corrections after a tensor's ADCs (`attach_correction`), or look at the clean model for a
+    moment (`suspended`). Every change is undone exactly.
     """
 
     model: nn.Module
@@ -71,6 +73,7 @@ class ChipHandle:
     originals: dict[str, nn.Parameter] = field(default_factory=dict)
     targets: dict[tuple[str, int | None], torch.Tensor] = field(default_factory=dict)
     digital: set[str] = field(default_factory=set)
+    corrections: dict[str, ColumnCorrection] = field(default_factory=dict)
     restored: bool = field(default=False)
 
     # ---- lookup ------------------------------------------------------------------------------
@@ -132,9 +135,30 @@ class ChipHandle:
                 per_slot.append((slot_scales, slot_errors))
             scales = torch.stack([s for s, _ in per_slot])
             errors = None if per_slot[0][1] is None else ColumnErrors.stack([e for _, e in per_slot])
-        if self.per_forward:  # the wrapper shares the parameter's storage: no second copy
-            self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors)
+        self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors,
+                                                 self.corrections.get(tensor.name))
+        self._wrap(tensor)
+
+    def _wrap(self, tensor: ChipTensor) -> None:
+        """Route the tensor's products through `analog_linear` when a forward pass must see the chip (analog mode,
+        read noise, periphery offsets) or a digital correction; otherwise it is an ordinary weight."""
+        param = self.originals[tensor.name]
+        if self.per_forward or tensor.name in self.corrections:  # the wrapper shares the parameter's storage
             tensor.module._parameters[tensor.attribute] = AnalogWeight.wrap(param.detach(), self.programs[tensor.name])
+        else:
+            tensor.module._parameters[tensor.attribute] = param
+
+    def attach_correction(self, name: str, correction: ColumnCorrection | None) -> None:
+        """Set (or, with None, remove) the digital corrections after one tensor's ADCs; no conductance changes."""
+        tensor = self.tensor(name)
+        if correction is None:
+            self.corrections.pop(name, None)
+        else:
+            self.corrections[name] = correction
+        if name in self.programs:
+            self.programs[name].correction = correction
+        if name not in self.digital:
+            self._wrap(tensor)
 
     def _write_digital(self, tensor: ChipTensor) -> None:
         original = self.originals[tensor.name]
@@ -201,6 +225,7 @@ class ChipHandle:
             return
         self.targets.clear()
         self.digital.clear()
+        self.corrections.clear()
         self._uninstall()
         if self.experts_implementation is not None:
             self.model.set_experts_implementation(self.experts_implementation)
@@ -245,6 +270,7 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     if calibration is not None and not calibration.removed and (calibration.chip is None or calibration.chip.restored):
         # a loaded calibration names tensors that its chip keeps in the digital periphery
         handle.digital |= set(calibration.digital) & set(handle.originals)
+        handle.corrections |= {n: c for n, c in calibration.corrections.items() if n in handle.originals}
         calibration.chip = handle
     handle._install()
     model._romer_chip = handle

@@ -146,3 +146,25 @@ def regime_map(results: dict, path: Path) -> Path:
         axis.set_ylabel(rows_field)
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.02)
     return _save(figure, path)
+
+
+def role_gaps(diagnosis: dict, path: Path) -> Path:
+    """`romer diagnose`: the perplexity gap with noise on one role at a time, per chip seed, beside the whole
+    chip's gap and the part of it that perfect routing closes."""
+    seeds = diagnosis["per_seed"]
+    roles = list(diagnosis["role_gap"])
+    width = 0.8 / (len(roles) + 2)
+    figure, axis = plt.subplots(figsize=(2.0 + 1.4 * len(seeds), 3.8))
+    x = np.arange(len(seeds))
+    bars = [("whole chip", [s["gap"] for s in seeds], "#404040"),
+            ("perfect routing recovers", [s["noisy_ppl"] - s["oracle_routing_ppl"] for s in seeds], "#2a9d2a")]
+    bars += [(f"{role} only", [s["role_gap"][role] for s in seeds], None) for role in roles]
+    for i, (label, values, color) in enumerate(bars):
+        axis.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=label, color=color)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(x, [f"seed {s['seed']}" for s in seeds])
+    axis.set_ylabel("perplexity gap over clean")
+    axis.set_title(f"where the gap sits ({diagnosis['noise']['name']}); router-calibration ceiling "
+                   f"≈ {100 * max(diagnosis['ceiling'], 0):.0f} %", fontsize=9)
+    axis.legend(fontsize=7, ncol=2)
+    return _save(figure, path)

@@ -38,6 +38,7 @@ def chip_summary(records: list[dict], methods: list[str], clean_ppl: float) -> d
             "reduction": [reduction(p, n) for p, n in zip(ppl, noisy)],
             "recovery": [recovery(p, n, clean_ppl) for p, n in zip(ppl, noisy)],
             "load_cv": _mean([r["load_cv"] for r in rows if "load_cv" in r]),
+            "starved": _mean([r["starved"] for r in rows if "starved" in r]),
             "topk_agreement": _mean([r["topk_agreement"] for r in rows if "topk_agreement" in r]),
             "frequency": _mean([r["frequency"] for r in rows if "frequency" in r]) if rows and "frequency" in rows[0] else [],
             "calib_seconds_mean": float(np.mean([r.get("calib_seconds", 0.0) for r in rows])) if rows else math.nan,

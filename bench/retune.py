@@ -1,0 +1,141 @@
+"""Issue-16 benchmark: `retune` against `romer` and `best`, its budget and calibration-token curves, and what
+transfers to another chip or another noise strength. romer-tiny, paired over chip seeds.
+
+    python bench/retune.py --part table       # cim-25c, cim-80c, gaussian ×1, ×2: none / romer / best / retune
+    python bench/retune.py --part budget      # cim-80c: retune_budget 0, 0.1, 0.5, 1, 2 % of the on-chip weights
+    python bench/retune.py --part tokens      # cim-80c: 2,048 / 8,192 / 32,768 calibration tokens
+    python bench/retune.py --part transfer    # cim-80c: fitted on chip s, used on chip s+1, and at 0.8× / 1.2×
+
+Test split: the first --max-tokens tokens of stdlib/test, disjoint 256-token windows. Calibration:
+the first --calib-tokens of stdlib/calib (a quarter held out for the fit's choices). Every part is
+resumable (campaign folders under --out), except `transfer`, which refits.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calibration_args import calibration_bench_parser, parse_calibration_bench
+from romer.campaign import run_campaign, run_spec
+from romer.campaign.run import Workbench
+from romer.campaign.spec import parse_seeds
+from romer.evaluation.statistics import paired_test
+from romer.noise import apply_noise_, parse_noise_spec
+
+CHIPS = ("cim-25c", "cim-80c", "gaussian", "gaussian@2")
+BUDGETS = (0.0, 0.001, 0.005, 0.01, 0.02)
+TOKENS = (2048, 8192, 32768)
+
+
+def chip(text: str) -> tuple[str, float]:
+    noise, _, strength = text.partition("@")
+    return noise, float(strength or 1.0)
+
+
+def campaign(args, folder: str, noise: str, strength: float, methods: list[str], **calibration) -> dict:
+    spec = run_spec(noise=[noise], strengths=[strength], seeds=parse_seeds(args.seeds), methods=methods,
+                    max_tokens=args.max_tokens, routing_tokens=4096,
+                    calibration={"calib_tokens": args.calib_tokens} | calibration)
+    return run_campaign(spec, Path(args.out) / folder, progress=False)
+
+
+def line(name: str, m: dict, extra: str = "") -> str:
+    return (f"  {name:8s} ppl {m['ppl_mean']:.3f} ± {m['ppl_std']:.3f}  reduction {100 * m['reduction_mean']:+.1f} %  "
+            f"recovery {100 * m['recovery_mean']:+.1f} ± {100 * m['recovery_std']:.1f} %  "
+            f"fit {m['calib_seconds_mean']:.0f} s{extra}")
+
+
+def table(args) -> None:
+    for text in args.noise.split(","):
+        noise, strength = chip(text)
+        results = campaign(args, f"table/{text.replace(':', '_')}", noise, strength, ["none", "romer", "best", "retune"])
+        m = results["methods"]
+        print(f"\n{text} (clean {results['clean']['ppl']:.3f}, seeds {m['none']['seeds']}, "
+              f"{args.calib_tokens} calibration tokens)")
+        for method, values in m.items():
+            extra = ""
+            if method == "retune":
+                extra = (f"  p vs best {paired_test(values['ppl'], m['best']['ppl'])['t_pvalue']:.2g}"
+                         f"  p vs romer {paired_test(values['ppl'], m['romer']['ppl'])['t_pvalue']:.2g}")
+            print(line(method, values, extra))
+        print("  on the clean model:", {k: f"{100 * v['change']:+.2f} %" for k, v in results["calibrated_clean"].items()})
+
+
+def curve(args, part: str, values, field: str) -> None:
+    rows = []
+    for value in values:
+        overrides = {field: value}
+        results = campaign(args, f"{part}/{value}", "cim-80c", 1.0, ["none", "retune"], **overrides) \
+            if field != "calib_tokens" else \
+            campaign(args.__class__(**(vars(args) | {"calib_tokens": value})), f"{part}/{value}", "cim-80c", 1.0,
+                     ["none", "retune"])
+        m = results["methods"]["retune"]
+        rows.append((value, m))
+        print(line(f"{value:g}", m))
+    print(f"cim-80c, {part}: " + ", ".join(f"{v:g} → {100 * m['recovery_mean']:+.1f} %" for v, m in rows))
+
+
+@torch.no_grad()
+def transfer(args) -> None:
+    """Fit on chip s; score the same fitted calibration on chip s+1 and at 0.8× / 1.2× strength of chip s."""
+    import romer
+    from romer.calibration.persist import save_calibrated
+    from romer.evaluation import perplexity
+
+    bench = Workbench.load(run_spec(max_tokens=args.max_tokens))
+    base = parse_noise_spec("cim-80c")
+    ids, window = bench.ids, bench.window
+    score = lambda model: perplexity(model, ids, window, window).ppl  # noqa: E731
+    clean = score(bench.model)
+    rows = []
+    for seed in parse_seeds(args.seeds):
+        with apply_noise_(bench.model, base, seed) as handle:
+            started = time.perf_counter()
+            with torch.enable_grad():
+                calibration = romer.calibrate_(bench.model, romer.RomerConfig(method="retune",
+                                                                              calib_tokens=args.calib_tokens),
+                                               bench.calib_ids, chip=handle)
+            fitted_seconds = time.perf_counter() - started
+            folder = Path(tempfile.mkdtemp(prefix="romer-retune-")) / "fitted"
+            save_calibrated(bench.model, bench.tokenizer, calibration, folder)
+            calibration.remove()
+        loaded, _ = romer.load_model(str(folder))
+        row = {"seed": seed, "fit_s": fitted_seconds}
+        for label, config, target in (("same chip", base, seed), ("next chip", base, seed + 1),
+                                      ("0.8×", base.scaled(0.8), seed), ("1.2×", base.scaled(1.2), seed)):
+            with apply_noise_(bench.model, config, target):
+                noisy = score(bench.model)
+            with apply_noise_(loaded, config, target):
+                tuned = score(loaded)
+            row[label] = (noisy - tuned) / (noisy - clean)
+        rows.append(row)
+        print(f"  seed {seed}: " + ", ".join(f"{k} {100 * v:+.1f} %" for k, v in row.items() if k not in ("seed", "fit_s"))
+              + f" (fit {fitted_seconds:.0f} s)")
+    for label in ("same chip", "next chip", "0.8×", "1.2×"):
+        values = [100 * r[label] for r in rows]
+        print(f"cim-80c retune fitted on chip s, used on {label}: recovery {np.mean(values):+.1f} ± "
+              f"{np.std(values, ddof=1) if len(values) > 1 else 0:.1f} %")
+
+
+def main() -> None:
+    parser = calibration_bench_parser(__doc__, "runs/bench-retune", ",".join(CHIPS))
+    parser.add_argument("--part", choices=("table", "budget", "tokens", "transfer"), default="table")
+    parser.set_defaults(calib_tokens=32768)
+    args = parse_calibration_bench(parser)
+    if args.part == "table":
+        table(args)
+    elif args.part == "budget":
+        curve(args, "budget", BUDGETS, "retune_budget")
+    elif args.part == "tokens":
+        curve(args, "tokens", TOKENS, "calib_tokens")
+    else:
+        transfer(args)
+
+
+if __name__ == "__main__":
+    main()

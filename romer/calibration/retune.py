@@ -1,0 +1,223 @@
+"""`retune`: fit each chip's digital periphery against its clean twin (SPEC §3 d).
+
+Every programmed chip comes with a free, exact teacher: the clean model in software. After
+programming, without touching a conductance, we set only digital parameters of that chip:
+
+- the norm gains (digital already; re-set per chip, counted apart from the budget);
+- a per-expert router-logit bias in each MoE layer;
+- each on-chip matrix's per-column digital gain and offset after its ADCs (`ColumnCorrection`);
+- low-rank digital adapters U·V on the most noise-sensitive matrices (sensitivity measured on
+  this chip, on held-out calibration tokens), the rank of each chosen by what the budget leaves.
+
+Everything added is counted against `retune_budget` × the on-chip weights. The fit minimises
+KL(clean ‖ chip) of the next-token distributions on unlabeled calibration tokens, with Adam;
+the held-out calibration tokens pick the best step. No gradient reaches an on-chip weight (the
+chip's weights are detached inside `analog_linear`), and `Calibration.remove()` undoes it all.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from romer.calibration.config import RomerConfig
+from romer.calibration.offload import tensor_sensitivity
+from romer.calibration.state import Calibration
+from romer.calibration.tokens import CalibrationTokens
+from romer.noise.chip import ChipHandle
+from romer.noise.digital import ColumnCorrection
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What is re-tuned on one chip: correction shapes per tensor, and the parameter counts."""
+
+    columns: tuple[str, ...]     # tensors with per-column gain and offset
+    ranks: dict                  # tensor → adapter rank
+    router_bias: bool
+    norms: tuple[str, ...]       # parameter names of the tuned norm gains
+    added: int                   # digital parameters added (counted against the budget)
+    budget: int
+    norm_parameters: int         # existing digital parameters re-set (norm gains)
+
+
+def norm_gains(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The 1-D gains of every normalisation layer (RMSNorm, LayerNorm, q/k norms), by parameter name."""
+    gains = {}
+    for prefix, module in model.named_modules():
+        weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+        if isinstance(weight, nn.Parameter) and weight.dim() == 1 and "norm" in type(module).__name__.lower():
+            gains[f"{prefix}.weight" if prefix else "weight"] = weight
+    return gains
+
+
+def _shape(chip: ChipHandle, name: str) -> tuple[int | None, int, int]:
+    param = chip.originals[name]
+    return (None, *param.shape) if param.dim() == 2 else tuple(param.shape)
+
+
+def _column_cost(chip: ChipHandle, name: str) -> int:
+    slots, out_dim, _ = _shape(chip, name)
+    return 2 * out_dim * (slots or 1)
+
+
+def _rank_cost(chip: ChipHandle, name: str) -> int:
+    slots, out_dim, in_dim = _shape(chip, name)
+    return (out_dim + in_dim) * (slots or 1)
+
+
+def plan(calibration: Calibration, config: RomerConfig, holdout: torch.Tensor) -> Plan:
+    """Spend the budget, cheapest and most general first: router biases; per-column gain and offset of every
+    on-chip matrix that is not a fused expert tensor; adapters on the matrices that noise hurts most per
+    weight (measured on this chip, held-out tokens), each at the largest rank ≤ retune_rank that still fits;
+    then per-column corrections of fused expert tensors while the budget lasts."""
+    chip = calibration.chip
+    budget = int(config.retune_budget * chip.on_chip_parameters)
+    used = 0
+    experts = sum(layer.num_experts for layer in calibration.layers)
+    bias = config.retune_router_bias and experts <= budget
+    used += experts if bias else 0
+    on_chip = [t.name for t in chip.tensors if t.name not in chip.digital]
+    matrices = [n for n in on_chip if chip.originals[n].dim() == 2]
+    fused = [n for n in on_chip if chip.originals[n].dim() > 2]
+    columns = []
+
+    def add_columns(names):
+        nonlocal used
+        for name in names:
+            if config.retune_columns and used + _column_cost(chip, name) <= budget:
+                columns.append(name)
+                used += _column_cost(chip, name)
+
+    add_columns(matrices)
+    ranks = {}
+    if config.retune_rank > 0:
+        for record in tensor_sensitivity(chip, holdout, config.batch_size, max_size=math.inf, names=matrices):
+            if record["ppl_gain"] <= 0:
+                break
+            rank = min(config.retune_rank, (budget - used) // _rank_cost(chip, record["tensor"]))
+            if rank >= 1:
+                ranks[record["tensor"]] = int(rank)
+                used += int(rank) * _rank_cost(chip, record["tensor"])
+    add_columns(fused)
+    norms = tuple(norm_gains(calibration.model)) if config.retune_norms else ()
+    norm_count = sum(p.numel() for n, p in norm_gains(calibration.model).items() if n in norms)
+    return Plan(tuple(columns), ranks, bias, norms, used, budget, norm_count)
+
+
+@torch.no_grad()
+def _teacher(chip: ChipHandle, sequences: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """The clean twin's next-token log-probabilities, per batch (float16 on the host to bound memory)."""
+    model = chip.model
+    device = next(model.parameters()).device
+    out = []
+    with chip.suspended():
+        for start in range(0, len(sequences), batch_size):
+            logits = model(input_ids=sequences[start:start + batch_size].to(device)).logits.float()
+            out.append(logits.log_softmax(-1).to("cpu", torch.float16))
+    return out
+
+
+def _kl(model: nn.Module, batch: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(teacher ‖ model)."""
+    device = next(model.parameters()).device
+    log_q = model(input_ids=batch.to(device)).logits.float().log_softmax(-1)
+    log_p = teacher.to(device, torch.float32)
+    return F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean()
+
+
+@torch.no_grad()
+def _holdout_kl(model: nn.Module, sequences: torch.Tensor, teachers: list[torch.Tensor], batch_size: int) -> float:
+    total = 0.0
+    for i, teacher in enumerate(teachers):
+        total += float(_kl(model, sequences[i * batch_size:(i + 1) * batch_size], teacher)) * len(teacher)
+    return total / len(sequences)
+
+
+def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTokens) -> None:
+    """Install and fit the digital corrections of `calibration.chip`; the fit's record goes to the report."""
+    chip, model = calibration.chip, calibration.model
+    started = time.perf_counter()
+    holdout = tokens.require_holdout("retune")
+    chosen = plan(calibration, config, holdout)
+    device = next(model.parameters()).device
+    teacher_fit = _teacher(chip, tokens.fit, config.batch_size)
+    teacher_holdout = _teacher(chip, holdout, config.batch_size)
+
+    trainable: list[nn.Parameter] = []
+    for name in sorted(set(chosen.columns) | set(chosen.ranks)):
+        slots, out_dim, in_dim = _shape(chip, name)
+        correction = ColumnCorrection(out_dim, in_dim, slots, columns=name in chosen.columns,
+                                      rank=chosen.ranks.get(name, 0), seed=chip.seed, device=device)
+        calibration.attach_correction(name, correction)
+        trainable += list(correction.parameters())
+    if chosen.router_bias:
+        for index in range(len(calibration.layers)):
+            transform = calibration.transform(index)
+            start = transform.bias if transform.bias is not None else torch.zeros(calibration.layers[index].num_experts)
+            calibration.assign(transform, "bias", nn.Parameter(start.detach().clone().float().to(device)))
+            trainable.append(transform.bias)
+    gains = norm_gains(model)
+    for name in chosen.norms:
+        calibration.retune_norm(name, gains[name])
+        trainable.append(gains[name])
+
+    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not t for t in trainable)]
+    for param in frozen:
+        param.requires_grad_(False)
+    for param in trainable:
+        param.requires_grad_(True)
+    try:
+        with torch.enable_grad():  # callers may evaluate under no_grad; the fit needs gradients of the digital part
+            history = _fit(model, trainable, tokens.fit, teacher_fit, holdout, teacher_holdout, config)
+    finally:
+        for param in frozen:
+            param.requires_grad_(True)
+    for param in trainable:
+        param.requires_grad_(False)
+    calibration.report["retune"] = {
+        "columns": list(chosen.columns), "ranks": chosen.ranks, "router_bias": chosen.router_bias,
+        "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
+        "budget_fraction_used": chosen.added / chip.on_chip_parameters, "norm_parameters": chosen.norm_parameters,
+        "on_chip_weights": chip.on_chip_parameters, "seconds": time.perf_counter() - started, **history}
+
+
+def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teacher_fit: list[torch.Tensor],
+         holdout: torch.Tensor, teacher_holdout: list[torch.Tensor], config: RomerConfig) -> dict:
+    """Adam on the KL over the fit batches (a seeded order); every `retune_eval_every` steps the held-out KL is
+    measured and the parameters of the best step are kept."""
+    batch = config.batch_size
+    optimizer = torch.optim.Adam(params, lr=config.retune_lr)
+    order = torch.Generator().manual_seed(0)
+    batches = len(teacher_fit)
+    start_kl = best_kl = _holdout_kl(model, holdout, teacher_holdout, batch)
+    best_state, best_step = [p.detach().clone() for p in params], 0
+    fit_losses = []
+    permutation: list[int] = []
+    for step in range(1, config.retune_steps + 1):
+        if not permutation:
+            permutation = torch.randperm(batches, generator=order).tolist()
+        index = permutation.pop()
+        loss = _kl(model, fit[index * batch:(index + 1) * batch], teacher_fit[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        fit_losses.append(float(loss.detach()))
+        if step % config.retune_eval_every == 0 or step == config.retune_steps:
+            held = _holdout_kl(model, holdout, teacher_holdout, batch)
+            if held < best_kl:
+                best_kl, best_step = held, step
+                best_state = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for param, value in zip(params, best_state):
+            param.copy_(value)
+    first = fit_losses[: max(1, batches)]
+    last = fit_losses[-max(1, batches):]
+    return {"steps": config.retune_steps, "best_step": best_step, "holdout_kl_before": start_kl,
+            "holdout_kl_after": best_kl, "fit_kl_first_epoch": sum(first) / len(first),
+            "fit_kl_last_epoch": sum(last) / len(last)}

@@ -1,0 +1,104 @@
+"""How noise moves router logits, on the same calibration sequences clean and on a chip.
+
+Δ = noisy logit − clean logit, per token and expert. Its *systematic* share, Σ_e mean_e(Δ)² /
+Σ_e mean_e(Δ²), is the part a per-expert offset explains: what percentile statistics of the logits
+can undo. The rest is token-to-token jitter, which they cannot. Router inputs with large outlier
+dimensions (trained LLMs have them) turn random router-weight noise into systematic shifts; the
+outlier ratio is the largest per-dimension RMS over the median one.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from romer.moe.adapter import adapter_for
+
+
+@contextmanager
+def recording_router_logits(model: nn.Module) -> Iterator[list[list[torch.Tensor]]]:
+    """Every MoE layer routes exactly as it would, and its raw logits are kept, per layer, in call order."""
+    adapter = adapter_for(model)
+    kept: list[list[torch.Tensor]] = []
+    removers = []
+    for layer in adapter.layers(model):
+        kept.append([])
+
+        def keep(logits: torch.Tensor, into=kept[-1]) -> torch.Tensor:
+            into.append(logits.detach().float().cpu())
+            return logits
+
+        removers.append(adapter.install_routing(layer, keep))
+    try:
+        yield kept
+    finally:
+        for remove in removers:
+            remove()
+
+
+@contextmanager
+def replaying_routing(model: nn.Module, logits: list[list[torch.Tensor]]) -> Iterator[None]:
+    """Every MoE layer routes from the given logits (one tensor per call, in order) instead of its own: the
+    clean twin's routing decisions on a chip, the oracle no router calibration can beat."""
+    adapter = adapter_for(model)
+    queues = [list(per_layer) for per_layer in logits]
+    removers = []
+    for layer, queue in zip(adapter.layers(model), queues):
+        def replay(own: torch.Tensor, queue=queue) -> torch.Tensor:
+            recorded = queue.pop(0)
+            if recorded.shape != own.shape:
+                raise ValueError("replaying_routing needs the same sequences in the same batches as the recording")
+            return recorded.to(own.device, own.dtype)
+
+        removers.append(adapter.install_routing(layer, replay))
+    try:
+        yield
+    finally:
+        for remove in removers:
+            remove()
+
+
+def systematic_share(clean: torch.Tensor, noisy: torch.Tensor) -> float:
+    """Σ_e mean(Δ_e)² / Σ_e mean(Δ_e²) for logits [tokens, E] of the same tokens."""
+    delta = (noisy - clean).double()
+    total = (delta ** 2).mean(0).sum()
+    return float((delta.mean(0) ** 2).sum() / total) if total > 0 else 0.0
+
+
+def shift_size(clean: torch.Tensor, noisy: torch.Tensor) -> float:
+    """RMS of Δ relative to the clean logits' mean per-expert spread."""
+    delta = (noisy - clean).double()
+    return float(delta.pow(2).mean().sqrt() / clean.double().std(0).mean())
+
+
+@contextmanager
+def router_input_rms(model: nn.Module) -> Iterator[list[torch.Tensor | None]]:
+    """Sums of squares of each MoE layer's router input per dimension, while the block runs."""
+    layers = adapter_for(model).layers(model)
+    sums: list[torch.Tensor | None] = [None] * len(layers)
+    counts = [0] * len(layers)
+
+    def hook(index):
+        def record(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            sums[index] = (x ** 2).sum(0).cpu() + (0 if sums[index] is None else sums[index])
+            counts[index] += x.shape[0]
+        return record
+
+    handles = [layer.router.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    result: list[torch.Tensor | None] = [None] * len(layers)
+    try:
+        yield result
+    finally:
+        for handle in handles:
+            handle.remove()
+        for i, (s, n) in enumerate(zip(sums, counts)):
+            result[i] = None if s is None else (s / max(n, 1)).sqrt()
+
+
+def outlier_ratio(rms: torch.Tensor) -> float:
+    """Largest per-dimension RMS over the median one (≈ 3 for romer-tiny; ≫ 10 where outlier dimensions live)."""
+    return float(rms.max() / rms.median().clamp(min=torch.finfo(torch.float64).tiny))

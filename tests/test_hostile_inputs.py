@@ -1,0 +1,161 @@
+"""Every command and option, tried as a hostile user would: each case ends in one line on stderr naming the
+problem and the fix, exit status 2, no traceback, and nothing of the user's modified."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from romer.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_moe_dir, tokenizer_dir):
+    """A folder of hostile things, built once: broken models, files, configs and measurements."""
+    root = tmp_path_factory.mktemp("hostile")
+
+    def model_copy(name: str) -> Path:
+        return Path(shutil.copytree(tiny_moe_dir, root / name))
+
+    truncated = model_copy("truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    garbage = model_copy("garbage-weights")
+    (garbage / "model.safetensors").write_bytes(b"\x00" * 64)
+    no_tokenizer = model_copy("no-tokenizer")
+    for file in no_tokenizer.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            file.unlink()
+    bad_config = model_copy("bad-config")
+    (bad_config / "config.json").write_text("{not json")
+    empty_config = model_copy("empty-config")
+    (empty_config / "config.json").write_text("")
+    bad_tokenizer = model_copy("bad-tokenizer")
+    (bad_tokenizer / "tokenizer.json").write_text("{\"truncated\": ")
+    text = root / "text.txt"
+    text.write_text("\n\n".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(300)))
+    (root / "empty.txt").write_text("")
+    (root / "short.txt").write_text("def f(): pass\n")
+    (root / "a-file").write_text("mine")
+    (root / "not-yaml.yaml").write_text("seeds: [0, 1\n")
+    (root / "a-list.yaml").write_text("- 1\n- 2\n")
+    (root / "noise-list.yaml").write_text("- sigma_dev\n")
+    (root / "empty.csv").write_text("")
+    (root / "wrong-columns.csv").write_text("a,b\n1,2\n")
+    (root / "not-numbers.csv").write_text("target_us,measured_us\nten,eleven\n" * 3)
+    (root / "few-rows.csv").write_text("target_us,measured_us\n1.0,1.1\n")
+    corrupt_run = root / "corrupt-run"
+    corrupt_run.mkdir()
+    (corrupt_run / "run.json").write_text("{broken")
+    (corrupt_run / "results.jsonl").write_text("{}\n")
+    folder = root / "a-folder"
+    folder.mkdir()
+    return root
+
+
+def fingerprint(root: Path) -> dict:
+    """Every file under root with its content hash: what 'nothing modified' compares."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+M, D = "{root}/truncated", "{root}/text.txt"
+TINY = "{tiny}"
+CASES = [
+    # files: weights, tokenizer, config
+    (["eval", "--model", "{root}/truncated", "--data", D], "weights of {root}/truncated cannot be read"),
+    (["eval", "--model", "{root}/garbage-weights", "--data", D], "weights of {root}/garbage-weights cannot be read"),
+    (["eval", "--model", "{root}/no-tokenizer", "--data", D], "has no tokenizer"),
+    (["eval", "--model", "{root}/bad-tokenizer", "--data", D], "tokenizer of {root}/bad-tokenizer cannot be read"),
+    (["eval", "--model", "{root}/bad-config", "--data", D], "config.json is not valid JSON"),
+    (["eval", "--model", "{root}/empty-config", "--data", D], "config.json is not valid JSON"),
+    (["eval", "--model", "{root}/a-file", "--data", D], "is a file, not a model folder"),
+    (["eval", "--model", "{root}/a-folder", "--data", D], "no config.json"),
+    # files: data
+    (["eval", "--model", TINY, "--data", "{root}/empty.txt"], "holds no text"),
+    (["eval", "--model", TINY, "--data", "{root}/missing.txt"], "does not exist"),
+    (["eval", "--model", TINY, "--data", "{root}/a-folder"], "is a folder"),
+    (["eval", "--model", TINY, "--data", "{root}/short.txt", "--window", "64"], "fewer than one window of 64"),
+    (["run", "--model", TINY, "--data", D, "--calib-data", "{root}/short.txt", "--window", "64",
+      "--out", "{root}/out-short"], "fewer than one sequence of 64"),
+    # files: configs, noise files, measurements, results folders
+    (["run", "--config", "{root}/missing.yaml"], "cannot read config"),
+    (["run", "--config", "{root}/not-yaml.yaml"], "is not valid YAML"),
+    (["run", "--config", "{root}/a-list.yaml"], "must be a mapping"),
+    (["run", "--config", "{root}/a-folder"], "cannot read config"),
+    (["eval", "--model", TINY, "--data", D, "--noise", "{root}/not-yaml.yaml"], "is not valid YAML"),
+    (["eval", "--model", TINY, "--data", D, "--noise", "{root}/noise-list.yaml"], "must be a mapping"),
+    (["noise", "fit", "{root}/missing.csv", "--out", "{root}/chip.yaml"], "cannot read measurement file"),
+    (["noise", "fit", "{root}/empty.csv", "--out", "{root}/chip.yaml"], "empty.csv"),
+    (["noise", "fit", "{root}/wrong-columns.csv", "--out", "{root}/chip.yaml"], "target_us"),
+    (["noise", "fit", "{root}/not-numbers.csv", "--out", "{root}/chip.yaml"], "not-numbers.csv"),
+    (["noise", "fit", "{root}/few-rows.csv", "--out", "{root}/chip.yaml"], "few-rows.csv"),
+    (["noise", "fit", "{root}/wrong-columns.csv", "--out", "{root}/a-file"], "must end in .yaml"),
+    (["run", "--model", TINY, "--data", D, "--out", "{root}/a-file"], "is a file, not a folder"),
+    (["run", "--model", TINY, "--data", D, "--out", "{root}/a-file/sub"], "cannot create"),
+    (["run", "--model", TINY, "--data", D, "--out", "{root}/corrupt-run"], "run.json is not valid JSON"),
+    (["calibrate", "--model", TINY, "--data", D, "--save", "{root}/a-file", "--max-tokens", "0"], "is a file"),
+    (["profile", "--model", TINY, "--data", D, "--out", "{root}/a-file"], "is a file, not a folder"),
+    (["diagnose", "--model", TINY, "--data", D, "--calib-data", D, "--out", "{root}/a-file"], "is a file, not a folder"),
+    # numbers: out of range and absurd
+    (["eval", "--model", TINY, "--data", D, "--window", "0"], "--window must be at least 2"),
+    (["eval", "--model", TINY, "--data", D, "--window", "1"], "--window must be at least 2"),
+    (["eval", "--model", TINY, "--data", D, "--window", "100000000"], "--window must be at most 131072"),
+    (["eval", "--model", TINY, "--data", D, "--stride", "0"], "--stride must be at least 1"),
+    (["eval", "--model", TINY, "--data", D, "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["eval", "--model", TINY, "--data", D, "--batch-size", "1000000"], "--batch-size must be at most 4096"),
+    (["eval", "--model", TINY, "--data", D, "--max-tokens", "-5"], "--max-tokens must be at least 2"),
+    (["eval", "--model", TINY, "--data", D, "--noise", "gaussian", "--seeds", "0-100000000"], "at most 10,000"),
+    (["eval", "--model", TINY, "--data", D, "--noise", "gaussian", "--seeds", "-1"], "cannot read seeds"),
+    (["eval", "--model", TINY, "--data", D, "--noise", "gaussian:strength=1e9"], "noise field 'strength'"),
+    (["eval", "--model", TINY, "--data", D, "--noise", "gaussian:sigma_dev=abc"], "noise field 'sigma_dev'"),
+    (["eval", "--model", TINY, "--data", D, "--noise", "gaussian:roles=brain"], "unknown role 'brain'"),
+    (["eval", "--model", TINY, "--data", D, "--noise", "nope"], "unknown noise preset 'nope'"),
+    (["eval", "--model", TINY, "--data", D, "--device", "tpu"], "unknown device 'tpu'"),
+    (["eval", "--model", TINY, "--data", D, "--dtype", "int3"], "unknown dtype 'int3'"),
+    (["run", "--model", TINY, "--data", D, "--seeds", "0-20000", "--out", "{root}/o1"], "at most 10,000"),
+    (["run", "--model", TINY, "--data", D, "--methods", "magic", "--out", "{root}/o2"], "unknown method 'magic'"),
+    (["run", "--model", TINY, "--data", D, "--set", "q_low=80,q_high=20", "--out", "{root}/o3"], "calibration option 'q_low'"),
+    (["run", "--model", TINY, "--data", D, "--set", "lam=abc", "--out", "{root}/o4"], "calibration option 'lam'"),
+    (["run", "--model", TINY, "--data", D, "--set", "tau=7", "--out", "{root}/o5"], "calibration option 'tau'"),
+    (["run", "--model", TINY, "--data", D, "--set", "flavour=1", "--out", "{root}/o6"], "unknown calibration option"),
+    (["run", "--model", TINY, "--data", D, "--set", "router=magic", "--out", "{root}/o7"], "calibration option 'router'"),
+    (["run", "--model", TINY, "--data", D, "--set", "tau", "--out", "{root}/o8"], "cannot read 'tau' in --set"),
+    (["run", "--model", TINY, "--data", D, "--task-limit", "0", "--out", "{root}/o9"], "--task-limit must be at least 1"),
+    (["run", "--model", TINY, "--data", D, "--max-tokens", "0", "--out", "{root}/o10"], "--max-tokens must be at least 2"),
+    (["run", "--model", TINY, "--data", D, "--window", "0", "--out", "{root}/o11"], "--window must be at least 2"),
+    (["sweep", "--model", TINY, "--data", D, "--strengths", "-1", "--out", "{root}/o12"], "noise field 'strength'"),
+    (["sweep", "--model", TINY, "--data", D, "--vary", "sigma_dev=a,b", "--out", "{root}/o13"], "noise field 'sigma_dev'"),
+    (["sweep", "--model", TINY, "--data", D, "--vary", "mode=digital", "--out", "{root}/o14"], "noise field 'mode'"),
+    (["sweep", "--model", TINY, "--data", D, "--vary", "adc_group=0", "--out", "{root}/o15"], "noise field 'adc_group'"),
+    (["sweep", "--model", TINY, "--data", D, "--vary", "brain=1", "--out", "{root}/o16"], "not a noise field"),
+    (["calibrate", "--model", TINY, "--data", D, "--seed", "-1"], "--seed must be a non-negative integer"),
+    (["calibrate", "--model", TINY, "--data", D, "--method", "magic"], "unknown method 'magic'"),
+    (["calibrate", "--model", TINY, "--data", D, "--max-tokens", "-1"], "--max-tokens must be at least 0"),
+    (["profile", "--model", TINY, "--data", D, "--seed", "-3"], "--seed must be a non-negative integer"),
+    (["diagnose", "--model", TINY, "--data", D, "--tokens", "0"], "--tokens must be at least 2"),
+    (["diagnose", "--model", TINY, "--data", D, "--seeds", "0-99999"], "at most 10,000"),
+    (["estimate", "--model", TINY, "--memory-gib", "-1"], "--memory-gib must be positive"),
+    (["estimate", "--model", TINY, "--window", "0"], "--window must be at least 2"),
+    (["estimate", "--model", TINY, "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["estimate", "--model", "{root}/a-file"], "is a file, not a model folder"),
+]
+
+
+@pytest.mark.parametrize("args, message", CASES, ids=[f"{c[0][0]}-{i}" for i, c in enumerate(CASES)])
+def test_hostile_input_is_one_line_exit_2_and_changes_nothing(world, tiny_moe_dir, args, message):
+    fill = lambda text: text.replace("{root}", str(world)).replace("{tiny}", str(tiny_moe_dir))  # noqa: E731
+    before = fingerprint(world)
+    result = runner.invoke(app, [fill(a) for a in args])
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    stderr = result.stderr.strip()
+    assert fill(message) in stderr, stderr
+    assert len(stderr.splitlines()) == 1 and "Traceback" not in result.output, result.output
+    after = fingerprint(world)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing of the user's changed

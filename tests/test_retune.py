@@ -1,0 +1,109 @@
+"""`retune`: only digital parameters move, within the budget; the fit lowers the loss; undo and save/load are exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import romer
+from romer import NoiseConfig, RomerConfig, apply_noise_, calibrate_
+from romer.calibration.persist import save_calibrated
+from romer.calibration.retune import norm_gains
+from tests.families import build
+
+NOISE = NoiseConfig.preset("cim-80c", adc_offset_sigma=2.0)
+FAST = dict(method="retune", calib_tokens=64 * 12, window=64, retune_steps=24, retune_eval_every=6, retune_lr=5e-3,
+            retune_budget=0.05)
+
+
+def ids(seed: int = 1, tokens: int = 64 * 12) -> torch.Tensor:
+    return torch.randint(1, 128, (tokens,), generator=torch.Generator().manual_seed(seed))
+
+
+def outputs(model, tokens=None) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=(ids(7, 64 * 4) if tokens is None else tokens).view(-1, 64)).logits
+
+
+@pytest.mark.parametrize("family", ["olmoe", "qwen2_moe", "deepseek_v3"])
+def test_retune_moves_only_digital_parameters_and_undoes_exactly(family):
+    model = build(family)
+    with apply_noise_(model, NOISE, seed=2) as chip:
+        on_chip = {name: chip.originals[name].detach().clone() for name in chip.originals}
+        norms = {name: p.detach().clone() for name, p in norm_gains(model).items()}
+        noisy = outputs(model)
+        calibration = calibrate_(model, RomerConfig(**FAST), ids())
+        for name, weight in on_chip.items():
+            assert torch.equal(chip.originals[name], weight), name  # no conductance changed
+            assert chip.originals[name].grad is None
+        assert any(not torch.equal(p, norms[n]) for n, p in norm_gains(model).items())  # norm gains were fitted
+        assert calibration.corrections and not torch.equal(outputs(model), noisy)
+        calibration.remove()
+        assert torch.equal(outputs(model), noisy)
+        assert all(torch.equal(p, norms[n]) for n, p in norm_gains(model).items())
+        assert all(not p.requires_grad or p.grad is None for p in model.parameters())
+    clean_params = dict(build(family).named_parameters())
+    assert all(torch.equal(p, clean_params[n]) for n, p in model.named_parameters())
+
+
+def test_fit_lowers_the_loss_and_the_count_stays_within_the_budget():
+    model = build("olmoe")
+    with apply_noise_(model, NOISE, seed=0) as chip:
+        calibration = calibrate_(model, RomerConfig(**FAST), ids())
+        report = calibration.report["retune"]
+        assert report["holdout_kl_after"] < report["holdout_kl_before"]
+        assert report["fit_kl_last_epoch"] < report["fit_kl_first_epoch"]
+        added = sum(p.numel() for c in calibration.corrections.values() for p in c.parameters())
+        added += sum(t.bias.numel() for t in calibration.transforms.values() if t.bias is not None)
+        assert added == report["parameters_added"] <= report["budget_parameters"]
+        assert report["budget_parameters"] == int(0.05 * chip.on_chip_parameters)
+        assert report["norm_parameters"] == sum(p.numel() for p in norm_gains(model).values())
+        assert report["ranks"]  # adapters on the most sensitive matrices
+        calibration.remove()
+
+
+def test_a_zero_budget_retunes_only_the_norm_gains():
+    model = build("olmoe")
+    with apply_noise_(model, NOISE, seed=0):
+        calibration = calibrate_(model, RomerConfig(**(FAST | {"retune_budget": 0.0})), ids())
+        report = calibration.report["retune"]
+        assert report["parameters_added"] == 0 and not calibration.corrections and report["norm_gains"] > 0
+        calibration.remove()
+
+
+def test_on_the_clean_model_retune_changes_nothing():
+    model = build("olmoe")
+    clean = outputs(model)
+    calibration = calibrate_(model, RomerConfig(**FAST), ids())
+    assert torch.equal(outputs(model), clean) and "retune" not in calibration.report
+    calibration.remove()
+
+
+def test_save_and_load_reproduce_the_retuned_chip_bit_for_bit(tmp_path, tiny_moe_dir):
+    model, tokenizer = romer.load_model(str(tiny_moe_dir))
+    tokens = (torch.arange(64 * 12).remainder(299) + 1)
+    with apply_noise_(model, NOISE, seed=3) as chip:
+        calibration = calibrate_(model, RomerConfig(**FAST), tokens, chip=chip)
+        tuned = outputs(model, tokens[:256])
+        save_calibrated(model, tokenizer, calibration, tmp_path / "saved")
+        calibration.remove()
+    assert (tmp_path / "saved" / "romer_retune.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "saved" / "model.safetensors"))
+    clean = dict(romer.load_model(str(tiny_moe_dir))[0].named_parameters())
+    assert all(torch.equal(stored[n], clean[n]) for n in stored if "norm" in n)  # the checkpoint keeps clean gains
+    reloaded, _ = romer.load_model(str(tmp_path / "saved"))
+    with apply_noise_(reloaded, NOISE, seed=3):
+        assert torch.equal(outputs(reloaded, tokens[:256]), tuned)
+
+
+def test_best_keeps_retune_only_when_it_helps_on_held_out_tokens():
+    model = build("olmoe")
+    with apply_noise_(model, NOISE, seed=1):
+        calibration = calibrate_(model, RomerConfig(method="best", retune=True, digital_budget=0.0,
+                                                    **{k: v for k, v in FAST.items() if k != "method"}), ids())
+        report = calibration.report["retune"]
+        assert report["kept"] == (report["holdout_ppl_after"] < report["holdout_ppl_before"])
+        assert bool(calibration.corrections) == report["kept"]
+        calibration.remove()
