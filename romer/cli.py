@@ -9,12 +9,12 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from romer.atomic import require_folder
 from romer.campaign.spec import parse_seeds
 from romer.errors import RomerError
 from romer.noise import parse_noise_spec
+from romer.report import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MoE LLMs on noisy analog compute-in-memory hardware: simulate, diagnose, calibrate.")
@@ -92,24 +92,7 @@ def eval_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[str
     if as_json:
         print(json.dumps(record))
         return
-    _print_summary(record)
-
-
-def _campaign_table(results: dict) -> Table:
-    table = Table(title=f"{results['model']} on {results['noise']['name']} (× {results['strength']:g}), "
-                        f"{results['dataset']['name']}/{results['dataset']['split']} {results['dataset']['tokens']:,} "
-                        f"tokens, seeds {results['methods']['none']['seeds']}: clean PPL {results['clean']['ppl']:.3f}")
-    for column in ("method", "PPL mean ± std", "95 % CI", "reduction", "recovery", "load CV", "top-k agr.",
-                   "p vs noisy", "clean-model cost"):
-        table.add_column(column, justify="right")
-    for method, m in results["methods"].items():
-        cost = results["calibrated_clean"].get(method)
-        p = m.get("vs_none", {}).get("t_pvalue")
-        table.add_row("noisy (none)" if method == "none" else method, f"{m['ppl_mean']:.3f} ± {m['ppl_std']:.3f}",
-                      f"[{m['ppl_ci95'][0]:.2f}, {m['ppl_ci95'][1]:.2f}]", f"{100 * m['reduction_mean']:+.1f} %",
-                      f"{100 * m['recovery_mean']:+.1f} %", f"{m['load_cv_mean']:.3f}", f"{m['topk_agreement_mean']:.3f}",
-                      "—" if p is None else f"{p:.3g}", "—" if cost is None else f"{100 * cost['change']:+.2f} %")
-    return table
+    out.print(console.eval_table(record))
 
 
 def _campaign(config: Optional[str], flags: dict, out_dir: str, force: bool, as_json: bool,
@@ -126,7 +109,7 @@ def _campaign(config: Optional[str], flags: dict, out_dir: str, force: bool, as_
     if as_json:
         print(json.dumps({k: v for k, v in results.items() if k != "spec"}))
         return
-    out.print(_campaign_table(results))
+    out.print(console.campaign_table(results))
     out.print(f"report: {results['paths']['report']}", highlight=False)
 
 
@@ -267,22 +250,6 @@ def demo_command(out_dir: str = typer.Option("runs/demo", "--out"), force: bool 
     _campaign(None, DEMO | {"device": device}, out_dir, force, as_json)
 
 
-def _print_summary(record: dict) -> None:
-    data = record["dataset"]
-    table = Table(title="Perplexity", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("model", f"{record['model']} ({record['model_path']})")
-    table.add_row("data", f"{data['name']}/{data['split']}: {data['tokens']:,} tokens, sha256 {data['sha256'][:12]}…")
-    table.add_row("window / stride", f"{record['window']} / {record['stride']}")
-    table.add_row("perplexity (clean)", f"{record['ppl']:.3f}")
-    if "noisy" in record:
-        per_seed = ", ".join(f"{n['ppl']:.3f}" for n in record["noisy"])
-        table.add_row(f"perplexity ({record['noise']['name']})",
-                      f"{record['noisy_ppl_mean']:.3f} ± {record['noisy_ppl_std']:.3f} (seeds {record['seeds']}: {per_seed})")
-    out.print(table)
-
-
 @app.command("profile")
 @user_errors
 def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[str] = SplitOpt,
@@ -293,8 +260,7 @@ def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[
                     device: str = DeviceOpt, dtype: str = DtypeOpt, trust_remote_code: bool = TrustOpt,
                     as_json: bool = JsonOpt) -> None:
     """Expert load per MoE layer, clean and (with --noise) on one chip instance, with routing fidelity."""
-    from romer.atomic import write_text_atomic
-    from romer.campaign.inspect import profile
+    from romer.campaign.inspect import profile, write_profile
 
     if seed < 0:
         raise RomerError(f"--seed must be a non-negative integer, got {seed}")
@@ -305,34 +271,11 @@ def profile_command(model: str = ModelOpt, data: str = DataOpt, split: Optional[
                  device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     record = profile(spec, config, seed)
     if out_dir:
-        from pathlib import Path
-
-        from romer.report.heatmap import load_heatmap
-
-        folder = Path(out_dir)
-        write_text_atomic(folder / "profile.json", json.dumps(record, indent=2) + "\n")
-        noisy = [layer["frequency"] for layer in record["noisy_layers"]] if config else None
-        title = f"{model}: expert share per layer" + (f", {config.name} seed {seed}" if config else "")
-        load_heatmap([layer["frequency"] for layer in record["layers"]], noisy, folder / "heatmap.png", title)
+        write_profile(record, out_dir)
     if as_json:
         print(json.dumps(record))
         return
-    dataset = record["dataset"]
-    table = Table(title=f"Routing profile: {model} on {dataset['name']}/{dataset['split']} ({dataset['tokens']:,} tokens)")
-    columns = ["layer", "CV clean", "starved clean", "entropy clean"]
-    if config:
-        columns += [f"CV {config.name}", "starved noisy", "top-k agreement", "Jaccard", "KL"]
-    for column in columns:
-        table.add_column(column, justify="right")
-    for index, layer in enumerate(record["layers"]):
-        row = [str(index), f"{layer['cv']:.3f}", str(layer["starved"]), f"{layer['entropy']:.3f}"]
-        if config:
-            noisy_layer = record["noisy_layers"][index]
-            kl = record["kl"][index]
-            row += [f"{noisy_layer['cv']:.3f}", str(noisy_layer["starved"]), f"{record['topk_agreement'][index]:.3f}",
-                    f"{record['jaccard'][index]:.3f}", "—" if kl is None else f"{kl:.4f}"]
-        table.add_row(*row)
-    out.print(table)
+    out.print(console.profile_table(record))
     if out_dir:
         out.print(f"wrote {out_dir}/profile.json and {out_dir}/heatmap.png", highlight=False)
 
@@ -350,7 +293,7 @@ def diagnose_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Opt
                      as_json: bool = JsonOpt) -> None:
     """Before calibrating: where the chip's damage sits (per layer and by role) and how much of it router
     calibration can reach at most. Measured on calibration text, never the evaluation split."""
-    from romer.campaign.inspect import diagnose
+    from romer.campaign.inspect import diagnose, write_diagnosis
 
     if tokens < 2:
         raise RomerError(f"--tokens must be at least 2, got {tokens}")
@@ -361,37 +304,13 @@ def diagnose_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Opt
                  dtype=dtype, trust_remote_code=trust_remote_code)
     record = diagnose(spec, config, parse_seeds(seeds), tokens)
     if out_dir:
-        from pathlib import Path
-
-        from romer.atomic import write_text_atomic
-        from romer.report.plots import role_gaps
-
-        folder = Path(out_dir)
-        write_text_atomic(folder / "diagnosis.json", json.dumps(record, indent=1) + "\n")
-        role_gaps(record, folder / "role_gaps.png")
+        write_diagnosis(record, out_dir)
     if as_json:
         print(json.dumps(record))
         return
-    layers = Table(title=f"{model} on {config.name}, seeds {record['seeds']}: {record['tokens']:,} calibration tokens")
-    for column in ("layer", "load CV", "starved", "top-k agr.", "systematic", "shift", "input outliers"):
-        layers.add_column(column, justify="right")
-    for layer in record["layers"]:
-        layers.add_row(str(layer["layer"]), f"{layer['load_cv_clean']:.3f} → {layer['load_cv_noisy']:.3f}",
-                       f"{layer['starved_clean']} → {layer['starved_noisy']:.1f}", f"{layer['topk_agreement']:.3f}",
-                       f"{layer['systematic_share']:.3f}", f"{layer['shift_size']:.3f}",
-                       f"{layer['router_input_outlier_ratio']:.1f}×")
-    out.print(layers)
-    out.print("load CV and starved experts: clean → noisy; systematic: share of the router-logit shift that is a "
-              "per-expert offset; shift: its RMS over the clean logits' spread; input outliers: largest over median "
-              "per-dimension RMS of the router input", highlight=False)
-    gaps = Table(title=f"perplexity gap: clean {record['clean_ppl']:.3f} → noisy {record['noisy_ppl']:.3f}; "
-                       f"with perfect routing {record['oracle_routing_ppl']:.3f}")
-    for column in ("noise on", "gap (PPL)", "share of the role gaps"):
-        gaps.add_column(column, justify="right")
-    for role, gap in record["role_gap"].items():
-        gaps.add_row(f"{role} only", f"{gap:+.3f}", f"{100 * record['role_share'][role]:.0f} %")
-    gaps.add_row("whole chip", f"{record['gap']:+.3f}", f"(role gaps sum to {100 * record['role_sum_over_gap']:.0f} %)")
-    out.print(gaps)
+    for table in console.diagnose_tables(record):
+        out.print(table)
+    out.print(console.DIAGNOSE_LEGEND, highlight=False)
     out.print(f"[bold]{record['verdict']}[/]", highlight=False)
     if out_dir:
         out.print(f"wrote {out_dir}/diagnosis.json and {out_dir}/role_gaps.png", highlight=False)
@@ -411,15 +330,6 @@ def calibration_config(method: str, options: Optional[str]):
     return romer_config(**fields)
 
 
-def calibration_tokens(tokenizer, data: str, calib_data: Optional[str]):
-    """The calibration stream: --calib-data, or the `calib` split of --data; never the evaluation split."""
-    from romer.data import load_corpus
-    from romer.evaluation import tokenize_stream
-
-    corpus = load_corpus(calib_data) if calib_data else load_corpus(data, "calib")
-    return corpus, tokenize_stream(tokenizer, corpus.text)
-
-
 @app.command("calibrate")
 @user_errors
 def calibrate_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Optional[str] = CalibDataOpt,
@@ -434,14 +344,7 @@ def calibrate_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Op
                       device: str = DeviceOpt, dtype: str = DtypeOpt, trust_remote_code: bool = TrustOpt,
                       as_json: bool = JsonOpt) -> None:
     """Calibrate a model on one simulated chip; report test perplexity clean / noisy / calibrated; save it."""
-    import time
-
-    from romer.calibration import calibrate_
-    from romer.calibration.persist import save_calibrated
-    from romer.data import load_corpus
-    from romer.evaluation import default_window, perplexity, tokenize_stream
-    from romer.models import load_model
-    from romer.noise import apply_noise_, parse_noise_spec
+    from romer.campaign.inspect import calibrate_chip
 
     if seed < 0:
         raise RomerError(f"--seed must be a non-negative integer, got {seed}")
@@ -451,57 +354,19 @@ def calibrate_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Op
         require_folder(save, "--save")
     config = calibration_config(method, options)
     chip_config = parse_noise_spec(noise)
-    _quiet_transformers()
-    test = load_corpus(data, None) if max_tokens else None
-    loaded, tokenizer = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    calib_corpus, calib_ids = calibration_tokens(tokenizer, data, calib_data)
-    window = default_window(loaded)
-    record = {"model": model, "method": method, "noise": chip_config.name, "seed": seed,
-              "calib_data": calib_corpus.describe()}
-    ids = tokenize_stream(tokenizer, test.text)[:max_tokens] if test else None
-    score = lambda label: perplexity(loaded, ids, window, window, progress=True, label=label).ppl
-    if ids is not None:
-        record["clean_ppl"] = score("clean")
-    with apply_noise_(loaded, chip_config, seed) as chip:
-        if ids is not None:
-            record["noisy_ppl"] = score(f"{chip_config.name} seed {seed}")
-        started = time.perf_counter()
-        with err.status(f"calibrating ({method})"):
-            calibration = calibrate_(loaded, config, calib_ids, chip=chip)
-        record["calibration_seconds"] = time.perf_counter() - started
-        if ids is not None:
-            record["calibrated_ppl"] = score(method)
-            record["test"] = {**test.describe(), "tokens": int(ids.numel()), "window": window, "stride": window}
-        record["calibration"] = {k: v for k, v in calibration.as_dict().items() if k != "report"}
-        if save:
-            record["saved"] = str(save_calibrated(loaded, tokenizer, calibration, save, force=force))
-        calibration.remove()
+    spec = _spec(model=model, data=data, calib_data=calib_data, device=device, dtype=dtype,
+                 trust_remote_code=trust_remote_code)
+    record = calibrate_chip(spec, config, chip_config, seed, max_tokens or 0, save, force, status=err.status)
     if as_json:
         print(json.dumps(record))
         return
-    table = Table(title=f"{model} on {chip_config.name} seed {seed}, method {method}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, label in (("clean_ppl", "perplexity clean"), ("noisy_ppl", "perplexity noisy"),
-                       ("calibrated_ppl", f"perplexity {method}")):
-        if key in record:
-            table.add_row(label, f"{record[key]:.3f}")
-    cal = record["calibration"]
-    table.add_row("replacements", ", ".join(f"L{r['layer']}: {r['hot']}→{r['cold']}" for r in cal["replacements"]) or "none")
-    table.add_row("router transforms", f"{len(cal['router'])} layers")
-    table.add_row("digital tensors", ", ".join(cal["digital"]) or "none")
-    table.add_row("calibration time", f"{record['calibration_seconds']:.1f} s")
-    out.print(table)
+    out.print(console.calibrate_table(record))
     if save:
         out.print(f"saved to {record['saved']}", highlight=False)
 
 
 noise_app = typer.Typer(help="Chip noise models: fit your own from measurements.", no_args_is_help=True)
 app.add_typer(noise_app, name="noise")
-
-
-def _gib(value: int) -> str:
-    return f"{value / 2**30:.2f} GiB"
 
 
 @app.command("estimate")
@@ -514,7 +379,7 @@ def estimate_command(model: str = ModelOpt, dtype: str = typer.Option("bfloat16"
                                                                 "default: what is free on --device now (80 on a machine without it)."),
                      trust_remote_code: bool = TrustOpt, as_json: bool = JsonOpt) -> None:
     """The memory a noisy run needs, from the model's config alone (no weights are read)."""
-    from romer.scale.memory import estimate_memory, free_device_bytes
+    from romer.campaign.inspect import estimate
 
     if memory_gib is not None and memory_gib <= 0:
         raise RomerError(f"--memory-gib must be positive, got {memory_gib}")
@@ -523,59 +388,26 @@ def estimate_command(model: str = ModelOpt, dtype: str = typer.Option("bfloat16"
     if batch_size is not None and batch_size < 1:
         raise RomerError(f"--batch-size must be at least 1, got {batch_size}")
     _quiet_transformers()
-    on_accelerator = device != "cpu"
-    estimate = estimate_memory(model, dtype, window, trust_remote_code, on_accelerator)
-    if memory_gib is not None:
-        available = int(memory_gib * 2**30)
-    elif on_accelerator and not __import__("torch").cuda.is_available():
-        available = 80 * 2**30
-    else:
-        available = free_device_bytes(device)
-    fitted = estimate.fit_batch_size(available)
-    batch = batch_size or max(fitted, 1)
-    peak = estimate.device_bytes(batch)
+    record = estimate(model, dtype, window, batch_size, device, memory_gib, trust_remote_code)
     if as_json:
-        print(json.dumps(estimate.as_dict() | {"available_bytes": available, "batch_size": batch, "peak_bytes": peak,
-                                               "fits": peak <= available}))
+        print(json.dumps(record))
         return
-    count = f"{estimate.parameters / 1e9:.2f} B" if estimate.parameters >= 1e9 else f"{estimate.parameters / 1e6:.1f} M"
-    table = Table(title=f"{model}: {count} parameters, {dtype}, window {estimate.window}")
-    table.add_column("what")
-    table.add_column("memory", justify="right")
-    table.add_row("weights", _gib(estimate.weights_bytes))
-    table.add_row("programming scratch (largest on-chip slot)", _gib(estimate.programming_bytes))
-    table.add_row("routing telemetry (bounded sample)", _gib(estimate.telemetry_bytes))
-    table.add_row(f"activations and logits, {batch} × {estimate.window} tokens", _gib(batch * estimate.per_sequence_bytes))
-    table.add_row("[bold]peak on the device", f"[bold]{_gib(peak)}")
-    table.add_row(f"clean copy for restore() ({estimate.backup})", _gib(estimate.backup_bytes))
-    out.print(table)
-    verdict = "fits" if peak <= available else "does NOT fit"
-    out.print(f"{verdict} in {_gib(available)}; largest batch that fits: {fitted} (use --batch-size auto in romer run)",
-              highlight=False)
+    out.print(console.estimate_table(record))
+    out.print(console.estimate_verdict(record), highlight=False)
 
 
 @app.command("presets")
 @user_errors
 def presets_command(as_json: bool = JsonOpt) -> None:
     """List the noise presets with their parameters, and every noise field with its unit."""
-    from romer.noise import NoiseConfig, get_preset, preset_names
+    from romer.noise import get_preset, preset_names
 
-    defaults = NoiseConfig()
     if as_json:
         print(json.dumps({name: get_preset(name).config.model_dump(mode="json") for name in preset_names()}))
         return
-    for name in preset_names():
-        preset = get_preset(name)
-        changed = {k: v for k, v in preset.config.model_dump().items() if k != "name" and v != getattr(defaults, k)}
-        out.print(f"[bold]{name}[/]: {preset.summary}")
-        out.print(f"  sets: {', '.join(f'{k}={v}' for k, v in changed.items()) or '(defaults)'}", highlight=False)
-        out.print(f"  sources: {preset.sources}", highlight=False)
-    table = Table(title="Noise fields (override with --noise NAME:field=value,...)")
-    for column in ("field", "default", "meaning"):
-        table.add_column(column)
-    for field, info in NoiseConfig.model_fields.items():
-        table.add_row(field, str(getattr(defaults, field)), info.description or "")
-    out.print(table)
+    for line in console.preset_lines():
+        out.print(line, highlight=False)
+    out.print(console.noise_fields_table())
 
 
 @noise_app.command("fit")

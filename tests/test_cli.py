@@ -122,3 +122,29 @@ def test_profile_clean_only_and_dense_model(tiny_moe_dir, dense_dir, sample_txt)
     assert code == 0 and "noisy_layers" not in json.loads(stdout)
     code, _, stderr = run("profile", "--model", str(dense_dir), "--data", str(sample_txt))
     assert code == 2 and "has no MoE layers" in stderr
+
+
+def test_calibrate_command_reports_and_saves(tiny_moe_dir, texts, tmp_path):
+    evaluation, calibration = texts
+    code, stdout, stderr = run("calibrate", "--model", str(tiny_moe_dir), "--data", str(evaluation), "--calib-data",
+                               str(calibration), "--noise", "gaussian:sigma_dev=0.1", "--seed", "2", "--method", "rc",
+                               "--max-tokens", "256", "--save", str(tmp_path / "saved"), "--json")
+    assert code == 0, stderr
+    record = json.loads(stdout)
+    assert record["noisy_ppl"] != record["clean_ppl"] and record["calibrated_ppl"] > 1
+    assert record["calibration"]["method"] == "rc" and len(record["calibration"]["router"]) == 2
+    assert record["calib_data"]["name"] == str(calibration)
+    assert (tmp_path / "saved" / "romer_calibration.json").is_file()
+    code, stdout, _ = run("calibrate", "--model", str(tiny_moe_dir), "--data", str(evaluation), "--calib-data",
+                          str(calibration), "--noise", "gaussian:sigma_dev=0.1", "--method", "rc", "--max-tokens", "0")
+    assert code == 0 and "router transforms" in stdout and "perplexity clean" not in stdout
+
+
+def test_estimate_json_includes_the_retune_fit(tiny_moe_dir):
+    code, stdout, _ = run("estimate", "--model", str(tiny_moe_dir), "--window", "64", "--memory-gib", "1", "--json")
+    assert code == 0
+    record = json.loads(stdout)
+    assert record["retune_peak_bytes"] <= record["retune_peak_bytes_unchecked"]
+    assert record["retune_peak_bytes"] > record["weights_bytes"] and record["fits"] is True
+    code, stdout, _ = run("estimate", "--model", str(tiny_moe_dir), "--window", "64", "--memory-gib", "1")
+    assert code == 0 and "retune fit" in stdout and "fits in 1.00 GiB" in stdout

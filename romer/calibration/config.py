@@ -65,6 +65,9 @@ class RomerConfig(BaseModel):
     retune_steps: int = Field(200, ge=1, le=100000, description="Adam steps, one calibration batch each")
     retune_lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
     retune_eval_every: int = Field(25, ge=1, description="steps between held-out checks (the best step is kept)")
+    retune_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="gradient checkpointing per decoder layer during the fit (auto: on an accelerator), "
+                            "for models whose activations would not fit (romer estimate shows both)")
 
     # calibration data
     calib_tokens: int = Field(32768, ge=64, description="calibration tokens used (the start of the calibration split)")

@@ -172,16 +172,24 @@ def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTok
         param.requires_grad_(False)
     for param in trainable:
         param.requires_grad_(True)
+    checkpointing = config.retune_checkpointing == "on" or (config.retune_checkpointing == "auto"
+                                                             and device.type != "cpu")
+    if checkpointing:  # recompute each decoder layer in the backward pass instead of keeping its activations
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     try:
         with torch.enable_grad():  # callers may evaluate under no_grad; the fit needs gradients of the digital part
             history = _fit(model, trainable, tokens.fit, teacher_fit, holdout, teacher_holdout, config)
     finally:
+        if checkpointing:
+            model.gradient_checkpointing_disable()
+            model.eval()
         for param in frozen:
             param.requires_grad_(True)
     for param in trainable:
         param.requires_grad_(False)
     calibration.report["retune"] = {
-        "columns": list(chosen.columns), "ranks": chosen.ranks, "router_bias": chosen.router_bias,
+        "checkpointing": checkpointing, "columns": list(chosen.columns), "ranks": chosen.ranks, "router_bias": chosen.router_bias,
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
         "budget_fraction_used": chosen.added / chip.on_chip_parameters, "norm_parameters": chosen.norm_parameters,
         "on_chip_weights": chip.on_chip_parameters, "seconds": time.perf_counter() - started, **history}

@@ -1,11 +1,19 @@
-"""One-shot measurements on the work bench: `eval` (perplexity clean and per chip seed), `profile` (expert
-load and routing fidelity) and `diagnose` (where the damage sits, what router calibration can reach).
-Each returns the JSON record its command prints; the command line only parses and prints."""
+"""One-shot work on the work bench: `eval` (perplexity clean and per chip seed), `profile` (expert load and
+routing fidelity), `diagnose` (where the damage sits, what router calibration can reach), `calibrate` (one
+chip, optionally saved) and `estimate` (memory). Each returns the JSON record its command prints; the
+command line only parses and prints."""
 
 from __future__ import annotations
 
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
 import torch
 
+from romer.atomic import write_text_atomic
+from romer.calibration import RomerConfig
 from romer.campaign.run import Workbench
 from romer.campaign.spec import RunSpec
 from romer.evaluation import expert_load, perplexity, profile_routing
@@ -68,3 +76,81 @@ def diagnose(spec: RunSpec, noise: NoiseConfig, seeds: list[int], tokens: int, p
     record = run_diagnosis(bench.model, sequences, noise, seeds, bench.batch_size, progress)
     return {"model": spec.model, "model_path": str(bench.model.name_or_path), "calib_dataset": bench.calib_dataset,
             "tokens": int(sequences.numel()), "window": bench.window, **record}
+
+
+def write_profile(record: dict, folder: str | Path) -> None:
+    """`profile.json` and `heatmap.png` (clean, noisy and their difference) in `folder`."""
+    from romer.report.heatmap import load_heatmap
+
+    folder = Path(folder)
+    write_text_atomic(folder / "profile.json", json.dumps(record, indent=2) + "\n")
+    noisy = [layer["frequency"] for layer in record["noisy_layers"]] if "noisy_layers" in record else None
+    title = f"{record['model']}: expert share per layer" + (
+        f", {record['noise']['name']} seed {record['seed']}" if noisy else "")
+    load_heatmap([layer["frequency"] for layer in record["layers"]], noisy, folder / "heatmap.png", title)
+
+
+def write_diagnosis(record: dict, folder: str | Path) -> None:
+    """`diagnosis.json` and `role_gaps.png` in `folder`."""
+    from romer.report.plots import role_gaps
+
+    folder = Path(folder)
+    write_text_atomic(folder / "diagnosis.json", json.dumps(record, indent=1) + "\n")
+    role_gaps(record, folder / "role_gaps.png")
+
+
+def calibrate_chip(spec: RunSpec, config: RomerConfig, noise: NoiseConfig, seed: int, eval_tokens: int,
+                   save: str | None = None, force: bool = False, status=None) -> dict:
+    """Calibrate `spec.model` on chip (`noise`, `seed`) with the calibration split; test perplexity clean, noisy and
+    calibrated on the first `eval_tokens` of the evaluation split (0: skip); optionally save the calibrated model."""
+    from romer.calibration import calibrate_
+    from romer.calibration.persist import save_calibrated
+
+    bench = Workbench.load(spec)
+    model = bench.model
+    ids = bench.ids[:eval_tokens] if eval_tokens else None
+    score = lambda label: perplexity(model, ids, bench.window, bench.window, bench.batch_size,  # noqa: E731
+                                     progress=True, label=label).ppl
+    record = {"model": spec.model, "method": config.method, "noise": noise.name, "seed": seed,
+              "calib_data": bench.calib_dataset}
+    if ids is not None:
+        record["clean_ppl"] = score("clean")
+    with apply_noise_(model, noise, seed) as chip:
+        if ids is not None:
+            record["noisy_ppl"] = score(f"{noise.name} seed {seed}")
+        started = time.perf_counter()
+        with status(f"calibrating ({config.method})") if status else nullcontext():
+            calibration = calibrate_(model, config, bench.calib_ids, chip=chip)
+        record["calibration_seconds"] = time.perf_counter() - started
+        if ids is not None:
+            record["calibrated_ppl"] = score(config.method)
+            record["test"] = {**bench.dataset, "tokens": int(ids.numel()), "window": bench.window,
+                              "stride": bench.window}
+        record["calibration"] = {k: v for k, v in calibration.as_dict().items() if k != "report"}
+        if save:
+            record["saved"] = str(save_calibrated(model, bench.tokenizer, calibration, save, force=force))
+        calibration.remove()
+    return record
+
+
+def estimate(model: str, dtype: str, window: int | None, batch_size: int | None, device: str,
+             memory_gib: float | None, trust_remote_code: bool) -> dict:
+    """`romer estimate`'s record: the memory of a noisy run and of a retune fit, and what fits where."""
+    from romer.scale.memory import estimate_memory, free_device_bytes
+
+    on_accelerator = device != "cpu"
+    found = estimate_memory(model, dtype, window, trust_remote_code, on_accelerator)
+    if memory_gib is not None:
+        available = int(memory_gib * 2**30)
+    elif on_accelerator and not torch.cuda.is_available():
+        available = 80 * 2**30
+    else:
+        available = free_device_bytes(device)
+    fitted = found.fit_batch_size(available)
+    batch = batch_size or max(fitted, 1)
+    retune_batch = min(batch, 8)
+    peak = found.device_bytes(batch)
+    return found.as_dict() | {"available_bytes": available, "batch_size": batch, "fitted_batch_size": fitted,
+                              "peak_bytes": peak, "fits": peak <= available, "retune_batch_size": retune_batch,
+                              "retune_peak_bytes": found.retune_bytes(retune_batch),
+                              "retune_peak_bytes_unchecked": found.retune_bytes(retune_batch, checkpointing=False)}

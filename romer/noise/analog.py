@@ -49,11 +49,21 @@ class TileProgram:
     errors: ColumnErrors | None = None  # the columns' fixed periphery errors, [(E,) out, in_tiles]
     correction: ColumnCorrection | None = None  # digital corrections after the ADCs, set per chip (retune)
     calls: int = field(default=0)
+    _column_offset: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def mapping(self) -> ConductanceMapping:
         c = self.config
         return ConductanceMapping(c.tile_rows, c.tile_cols, c.g_max_us, per_column=c.scaling == "column")
+
+    def column_offset(self, slot: int | None) -> torch.Tensor:
+        """Each output column's fixed ADC offset in weight units per unit input scale, summed over input tiles
+        (weights mode adds it to every product); computed once per chip instance."""
+        if self._column_offset is None:
+            c = self.config
+            self._column_offset = (self.errors.offset_lsb * lsb(c.adc_bits, c.adc_full_scale) * self.scales
+                                   * c.g_max_us).sum(dim=-1)
+        return self._column_offset if slot is None else self._column_offset[slot]
 
     def next_stream(self, slot: int | None, purpose: str, device) -> torch.Generator:
         self.calls += 1
@@ -99,9 +109,9 @@ def _is_slot(index) -> bool:
     return isinstance(index, int) or (isinstance(index, torch.Tensor) and index.dim() == 0)
 
 
-def input_scale(flat: torch.Tensor) -> torch.Tensor:
-    """The DAC's full scale per token [tokens, 1]: the token's largest |input| (never zero)."""
-    return flat.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+def input_scale(x: torch.Tensor) -> torch.Tensor:
+    """The DAC's full scale per token [..., 1]: the token's largest |input| (never zero)."""
+    return x.abs().amax(dim=-1, keepdim=True).float().clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, program: TileProgram,
@@ -109,8 +119,7 @@ def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """The chip's product of one on-chip matrix (or expert slot), with the digital corrections after its ADCs."""
     y = chip_linear(x, weight, program, slot)
     if program.correction is not None:
-        y = program.correction(y, x, lambda: x.abs().amax(dim=-1, keepdim=True).float()
-                               .clamp(min=torch.finfo(torch.float32).tiny), slot)
+        y = program.correction(y, x, lambda: input_scale(x), slot)
     return y + bias if bias is not None else y
 
 
@@ -131,8 +140,8 @@ def chip_linear(x: torch.Tensor, weight: torch.Tensor, program: TileProgram, slo
     if c.mode == "weights" and not ir_drop.active:
         y = F.linear(x, w.to(x.dtype))
         if errors is not None and errors.offset_lsb is not None:
-            offset = (errors.offset_lsb * step * scales * c.g_max_us).sum(dim=-1)  # [out], per unit input scale
-            y = y + (input_scale(x.reshape(-1, in_dim).float()) * offset).to(x.dtype).view(*x.shape[:-1], out_dim)
+            offset = program.column_offset(slot)  # [out]: Σ over input tiles of δ·LSB·scale·g_max
+            return torch.addcmul(y, input_scale(x).to(y.dtype), offset.to(y.dtype))
         return y
 
     flat = x.reshape(-1, in_dim).float()

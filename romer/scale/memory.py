@@ -10,7 +10,13 @@ transformers can build. What a noisy run holds, on the device that runs the mode
                  hidden and expert activations, and eager attention scores (an upper bound: SDPA
                  kernels keep less).
 The clean copy that `restore()` needs never takes device memory: host memory when it fits, else
-disk (`romer.noise.chip.choose_backup`). Estimates, not measurements: `bench/scale.py` measures.
+disk (`romer.noise.chip.choose_backup`).
+
+`retune` fits digital parameters by backpropagation, so per sequence it also keeps what the backward
+pass needs: every decoder layer's activations (or, with gradient checkpointing, only each layer's
+input and one layer's activations at a time), the float32 logits, their log-softmax and its gradient,
+and the clean twin's log-probabilities of that batch (float16). Estimates, not measurements:
+`bench/scale.py` measures.
 """
 
 from __future__ import annotations
@@ -47,9 +53,16 @@ class MemoryEstimate:
     per_sequence_bytes: int
     backup: str          # where the clean copy lives: host memory or disk
     backup_bytes: int
+    retune_per_sequence_bytes: int = 0              # all activations kept for the backward pass
+    retune_checkpointed_per_sequence_bytes: int = 0  # with gradient checkpointing per decoder layer
 
     def device_bytes(self, batch_size: int) -> int:
         return self.weights_bytes + self.programming_bytes + self.telemetry_bytes + batch_size * self.per_sequence_bytes
+
+    def retune_bytes(self, batch_size: int, checkpointing: bool = True) -> int:
+        """Peak of a `retune` fit with `batch_size` sequences per step."""
+        per = self.retune_checkpointed_per_sequence_bytes if checkpointing else self.retune_per_sequence_bytes
+        return self.weights_bytes + self.programming_bytes + batch_size * per
 
     def fit_batch_size(self, free_bytes: int) -> int:
         """The largest batch (≤ 64 windows) whose peak fits in `HEADROOM` × `free_bytes`; 0 if none does."""
@@ -108,12 +121,17 @@ def estimate_memory(spec: str, dtype: str = "float32", window: int | None = None
                     + window * hidden * element * 8                    # residual, norms, q/k/v/o
                     + window * top_k * intermediate * element * 3      # expert gate/up/act
                     + heads * window * window * FLOAT32)              # eager attention scores
+    logits = window * vocab * (element + 3 * FLOAT32 + 2)  # dtype, float32, log-softmax, its gradient, teacher fp16
+    layer_activations = per_sequence - window * vocab * (2 * FLOAT32 + element)
+    retune_all = logits + layers * layer_activations
+    retune_checkpointed = logits + layers * window * hidden * element + layer_activations
     backup_bytes = on_chip * element
     backup = "host memory" if on_accelerator or backup_bytes <= SMALL_BACKUP_BYTES else "disk"
     return MemoryEstimate(model=spec, dtype=dtype, window=window, parameters=parameters, on_chip_parameters=on_chip,
                           weights_bytes=parameters * element, programming_bytes=largest_slot * FLOAT32 * PROGRAMMING_COPIES,
                           telemetry_bytes=MAX_LOGIT_ROWS * max(experts, 1) * FLOAT32 * layers,
-                          per_sequence_bytes=per_sequence, backup=backup, backup_bytes=backup_bytes)
+                          per_sequence_bytes=per_sequence, backup=backup, backup_bytes=backup_bytes,
+                          retune_per_sequence_bytes=retune_all, retune_checkpointed_per_sequence_bytes=retune_checkpointed)
 
 
 def free_device_bytes(device: str) -> int:

@@ -1,0 +1,165 @@
+"""The tables the command line prints, built from the JSON records its commands return (`--json` prints
+those records as they are)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def _pairs(title: str) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    return table
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.2f} GiB"
+
+
+def eval_table(record: dict) -> Table:
+    data = record["dataset"]
+    table = _pairs("Perplexity")
+    table.add_row("model", f"{record['model']} ({record['model_path']})")
+    table.add_row("data", f"{data['name']}/{data['split']}: {data['tokens']:,} tokens, sha256 {data['sha256'][:12]}…")
+    table.add_row("window / stride", f"{record['window']} / {record['stride']}")
+    table.add_row("perplexity (clean)", f"{record['ppl']:.3f}")
+    if "noisy" in record:
+        per_seed = ", ".join(f"{n['ppl']:.3f}" for n in record["noisy"])
+        table.add_row(f"perplexity ({record['noise']['name']})",
+                      f"{record['noisy_ppl_mean']:.3f} ± {record['noisy_ppl_std']:.3f} (seeds {record['seeds']}: {per_seed})")
+    return table
+
+
+def campaign_table(results: dict) -> Table:
+    table = Table(title=f"{results['model']} on {results['noise']['name']} (× {results['strength']:g}), "
+                        f"{results['dataset']['name']}/{results['dataset']['split']} {results['dataset']['tokens']:,} "
+                        f"tokens, seeds {results['methods']['none']['seeds']}: clean PPL {results['clean']['ppl']:.3f}")
+    for column in ("method", "PPL mean ± std", "95 % CI", "reduction", "recovery", "load CV", "top-k agr.",
+                   "p vs noisy", "clean-model cost"):
+        table.add_column(column, justify="right")
+    for method, m in results["methods"].items():
+        cost = results["calibrated_clean"].get(method)
+        p = m.get("vs_none", {}).get("t_pvalue")
+        table.add_row("noisy (none)" if method == "none" else method, f"{m['ppl_mean']:.3f} ± {m['ppl_std']:.3f}",
+                      f"[{m['ppl_ci95'][0]:.2f}, {m['ppl_ci95'][1]:.2f}]", f"{100 * m['reduction_mean']:+.1f} %",
+                      f"{100 * m['recovery_mean']:+.1f} %", f"{m['load_cv_mean']:.3f}", f"{m['topk_agreement_mean']:.3f}",
+                      "—" if p is None else f"{p:.3g}", "—" if cost is None else f"{100 * cost['change']:+.2f} %")
+    return table
+
+
+def profile_table(record: dict) -> Table:
+    dataset = record["dataset"]
+    noisy = "noisy_layers" in record
+    table = Table(title=f"Routing profile: {record['model']} on {dataset['name']}/{dataset['split']} "
+                        f"({dataset['tokens']:,} tokens)")
+    columns = ["layer", "CV clean", "starved clean", "entropy clean"]
+    if noisy:
+        columns += [f"CV {record['noise']['name']}", "starved noisy", "top-k agreement", "Jaccard", "KL"]
+    for column in columns:
+        table.add_column(column, justify="right")
+    for index, layer in enumerate(record["layers"]):
+        row = [str(index), f"{layer['cv']:.3f}", str(layer["starved"]), f"{layer['entropy']:.3f}"]
+        if noisy:
+            noisy_layer = record["noisy_layers"][index]
+            kl = record["kl"][index]
+            row += [f"{noisy_layer['cv']:.3f}", str(noisy_layer["starved"]), f"{record['topk_agreement'][index]:.3f}",
+                    f"{record['jaccard'][index]:.3f}", "—" if kl is None else f"{kl:.4f}"]
+        table.add_row(*row)
+    return table
+
+
+DIAGNOSE_LEGEND = ("load CV and starved experts: clean → noisy; systematic: share of the router-logit shift that is a "
+                   "per-expert offset; shift: its RMS over the clean logits' spread; input outliers: largest over "
+                   "median per-dimension RMS of the router input")
+
+
+def diagnose_tables(record: dict) -> tuple[Table, Table]:
+    layers = Table(title=f"{record['model']} on {record['noise']['name']}, seeds {record['seeds']}: "
+                         f"{record['tokens']:,} calibration tokens")
+    for column in ("layer", "load CV", "starved", "top-k agr.", "systematic", "shift", "input outliers"):
+        layers.add_column(column, justify="right")
+    for layer in record["layers"]:
+        layers.add_row(str(layer["layer"]), f"{layer['load_cv_clean']:.3f} → {layer['load_cv_noisy']:.3f}",
+                       f"{layer['starved_clean']} → {layer['starved_noisy']:.1f}", f"{layer['topk_agreement']:.3f}",
+                       f"{layer['systematic_share']:.3f}", f"{layer['shift_size']:.3f}",
+                       f"{layer['router_input_outlier_ratio']:.1f}×")
+    gaps = Table(title=f"perplexity gap: clean {record['clean_ppl']:.3f} → noisy {record['noisy_ppl']:.3f}; "
+                       f"with perfect routing {record['oracle_routing_ppl']:.3f}")
+    for column in ("noise on", "gap (PPL)", "share of the role gaps"):
+        gaps.add_column(column, justify="right")
+    for role, gap in record["role_gap"].items():
+        gaps.add_row(f"{role} only", f"{gap:+.3f}", f"{100 * record['role_share'][role]:.0f} %")
+    gaps.add_row("whole chip", f"{record['gap']:+.3f}", f"(role gaps sum to {100 * record['role_sum_over_gap']:.0f} %)")
+    return layers, gaps
+
+
+def calibrate_table(record: dict) -> Table:
+    method = record["method"]
+    table = _pairs(f"{record['model']} on {record['noise']} seed {record['seed']}, method {method}")
+    for key, label in (("clean_ppl", "perplexity clean"), ("noisy_ppl", "perplexity noisy"),
+                       ("calibrated_ppl", f"perplexity {method}")):
+        if key in record:
+            table.add_row(label, f"{record[key]:.3f}")
+    cal = record["calibration"]
+    table.add_row("replacements", ", ".join(f"L{r['layer']}: {r['hot']}→{r['cold']}" for r in cal["replacements"])
+                  or "none")
+    table.add_row("router transforms", f"{len(cal['router'])} layers")
+    table.add_row("digital tensors", ", ".join(cal["digital"]) or "none")
+    if cal.get("corrections") or cal.get("norms"):
+        table.add_row("re-tuned digital periphery", f"{len(cal['corrections'])} tensors corrected, "
+                                                    f"{len(cal['norms'])} norm gains")
+    table.add_row("calibration time", f"{record['calibration_seconds']:.1f} s")
+    return table
+
+
+def estimate_table(record: dict) -> Table:
+    parameters = record["parameters"]
+    count = f"{parameters / 1e9:.2f} B" if parameters >= 1e9 else f"{parameters / 1e6:.1f} M"
+    table = Table(title=f"{record['model']}: {count} parameters, {record['dtype']}, window {record['window']}")
+    table.add_column("what")
+    table.add_column("memory", justify="right")
+    table.add_row("weights", _gib(record["weights_bytes"]))
+    table.add_row("programming scratch (largest on-chip slot)", _gib(record["programming_bytes"]))
+    table.add_row("routing telemetry (bounded sample)", _gib(record["telemetry_bytes"]))
+    table.add_row(f"activations and logits, {record['batch_size']} × {record['window']} tokens",
+                  _gib(record["batch_size"] * record["per_sequence_bytes"]))
+    table.add_row("[bold]peak on the device", f"[bold]{_gib(record['peak_bytes'])}")
+    table.add_row(f"retune fit, {record['retune_batch_size']} × {record['window']} tokens per step, with gradient "
+                  "checkpointing (without)",
+                  f"{_gib(record['retune_peak_bytes'])} ({_gib(record['retune_peak_bytes_unchecked'])})")
+    table.add_row(f"clean copy for restore() ({record['backup']})", _gib(record["backup_bytes"]))
+    return table
+
+
+def estimate_verdict(record: dict) -> str:
+    verdict = "fits" if record["fits"] else "does NOT fit"
+    return (f"{verdict} in {_gib(record['available_bytes'])}; largest batch that fits: {record['fitted_batch_size']} "
+            "(use --batch-size auto in romer run)")
+
+
+def preset_lines() -> list[str]:
+    """Each preset: its summary, the fields it sets, and where its numbers come from."""
+    from romer.noise import NoiseConfig, get_preset, preset_names
+
+    defaults = NoiseConfig()
+    lines = []
+    for name in preset_names():
+        preset = get_preset(name)
+        changed = {k: v for k, v in preset.config.model_dump().items() if k != "name" and v != getattr(defaults, k)}
+        lines += [f"[bold]{name}[/]: {preset.summary}",
+                  f"  sets: {', '.join(f'{k}={v}' for k, v in changed.items()) or '(defaults)'}",
+                  f"  sources: {preset.sources}"]
+    return lines
+
+
+def noise_fields_table() -> Table:
+    from romer.noise import NoiseConfig
+
+    defaults = NoiseConfig()
+    table = Table(title="Noise fields (override with --noise NAME:field=value,...)")
+    for column in ("field", "default", "meaning"):
+        table.add_column(column)
+    for field, info in NoiseConfig.model_fields.items():
+        table.add_row(field, str(getattr(defaults, field)), info.description or "")
+    return table
