@@ -5,6 +5,7 @@ transfers to another chip or another noise strength. romer-tiny, paired over chi
     python bench/retune.py --part budget      # cim-80c: retune_budget 0, 0.1, 0.5, 1, 2 % of the on-chip weights
     python bench/retune.py --part tokens      # cim-80c: 2,048 / 8,192 / 32,768 calibration tokens
     python bench/retune.py --part transfer    # cim-80c: fitted on chip s, used on chip s+1, and at 0.8× / 1.2×
+    python bench/retune.py --part roles       # cim-80c with noise on one role at a time: what retune recovers of each
 
 Test split: the first --max-tokens tokens of stdlib/test, disjoint 256-token windows. Calibration:
 the first --calib-tokens of stdlib/calib (a quarter held out for the fit's choices). Every part is
@@ -78,6 +79,29 @@ def curve(args, part: str, values, field: str) -> None:
         rows.append((value, m))
         print(line(f"{value:g}", m))
     print(f"cim-80c, {part}: " + ", ".join(f"{v:g} → {100 * m['recovery_mean']:+.1f} %" for v, m in rows))
+    plot_curve(rows, part, Path(args.plot_dir) / f"retune-{part}.png")
+
+
+def plot_curve(rows, part: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [100 * v if part == "budget" else v for v, _ in rows]
+    figure, axis = plt.subplots(figsize=(5, 3.6))
+    axis.errorbar(x, [100 * m["recovery_mean"] for _, m in rows], yerr=[100 * m["recovery_std"] for _, m in rows],
+                  marker="o", capsize=3)
+    if part == "tokens":
+        axis.set_xscale("log", base=2)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xlabel("digital additions, % of on-chip weights" if part == "budget" else "calibration tokens")
+    axis.set_ylabel("recovery of the gap, % (± std)")
+    axis.set_title(f"retune on romer-tiny, cim-80c, seeds {rows[0][1]['seeds']}", fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 @torch.no_grad()
@@ -105,26 +129,43 @@ def transfer(args) -> None:
             save_calibrated(bench.model, bench.tokenizer, calibration, folder)
             calibration.remove()
         loaded, _ = romer.load_model(str(folder))
+        fitted = loaded._romer_calibration
+        corrections = dict(fitted.corrections)
         row = {"seed": seed, "fit_s": fitted_seconds}
         for label, config, target in (("same chip", base, seed), ("next chip", base, seed + 1),
+                                      ("next chip, norm gains and router biases only", base, seed + 1),
                                       ("0.8×", base.scaled(0.8), seed), ("1.2×", base.scaled(1.2), seed)):
+            if "only" in label:  # the chip-specific corrections (columns, adapters) left out
+                fitted.corrections.clear()
             with apply_noise_(bench.model, config, target):
                 noisy = score(bench.model)
             with apply_noise_(loaded, config, target):
                 tuned = score(loaded)
+            fitted.corrections.update(corrections)
             row[label] = (noisy - tuned) / (noisy - clean)
         rows.append(row)
         print(f"  seed {seed}: " + ", ".join(f"{k} {100 * v:+.1f} %" for k, v in row.items() if k not in ("seed", "fit_s"))
               + f" (fit {fitted_seconds:.0f} s)")
-    for label in ("same chip", "next chip", "0.8×", "1.2×"):
+    for label in ("same chip", "next chip", "next chip, norm gains and router biases only", "0.8×", "1.2×"):
         values = [100 * r[label] for r in rows]
         print(f"cim-80c retune fitted on chip s, used on {label}: recovery {np.mean(values):+.1f} ± "
               f"{np.std(values, ddof=1) if len(values) > 1 else 0:.1f} %")
 
 
+def roles(args) -> None:
+    """Where the gap retune leaves sits: the chip with noise on attention, experts or routers alone."""
+    for role in ("attention", "experts", "router"):
+        noise = f"cim-80c:roles={role}"
+        results = campaign(args, f"roles/{role}", noise, 1.0, ["none", "retune"])
+        m = results["methods"]
+        print(f"\n{noise}: clean {results['clean']['ppl']:.3f}, noisy {m['none']['ppl_mean']:.3f}")
+        print(line("retune", m["retune"]))
+
+
 def main() -> None:
     parser = calibration_bench_parser(__doc__, "runs/bench-retune", ",".join(CHIPS))
-    parser.add_argument("--part", choices=("table", "budget", "tokens", "transfer"), default="table")
+    parser.add_argument("--part", choices=("table", "budget", "tokens", "transfer", "roles"), default="table")
+    parser.add_argument("--plot-dir", default="docs", help="where the budget and token curves are drawn")
     parser.set_defaults(calib_tokens=32768)
     args = parse_calibration_bench(parser)
     if args.part == "table":
@@ -133,6 +174,8 @@ def main() -> None:
         curve(args, "budget", BUDGETS, "retune_budget")
     elif args.part == "tokens":
         curve(args, "tokens", TOKENS, "calib_tokens")
+    elif args.part == "roles":
+        roles(args)
     else:
         transfer(args)
 

@@ -22,40 +22,19 @@ from romer.calibration.statistics import routing_stats
 from romer.campaign.run import Workbench
 from romer.campaign.spec import run_spec
 from romer.campaign.spec import parse_seeds
-from romer.moe import adapter_for
+from romer.diagnosis.routing_shift import outlier_ratio, router_input_rms, shift_size, systematic_share
 from romer.noise import apply_noise_, parse_noise_spec
 
 WINDOW = 256
 
 
-def systematic_share(clean: list[torch.Tensor], noisy: list[torch.Tensor]) -> list[tuple[float, float]]:
-    """Per layer: (systematic share of E[Δ²], RMS of Δ relative to the clean logits' per-expert spread)."""
-    rows = []
-    for c, n in zip(clean, noisy):
-        delta = (n - c).double()
-        share = float((delta.mean(0) ** 2).sum() / (delta ** 2).mean(0).sum())
-        rows.append((share, float(delta.pow(2).mean().sqrt() / c.double().std(0).mean())))
-    return rows
-
-
 @torch.no_grad()
 def router_input_profile(bench: Workbench, ids: torch.Tensor) -> list[float]:
     """Per layer: max over dimensions of the router input's RMS, over its median."""
-    layers = adapter_for(bench.model).layers(bench.model)
-    sums = [None] * len(layers)
-
-    def hook(i):
-        def record(module, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
-            sums[i] = (x ** 2).sum(0) + (0 if sums[i] is None else sums[i])
-        return record
-
-    handles = [layer.router.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
-    for batch in ids.split(8):
-        bench.model(input_ids=batch)
-    for handle in handles:
-        handle.remove()
-    return [float(s.sqrt().max() / s.sqrt().median()) for s in sums]
+    with router_input_rms(bench.model) as rms:
+        for batch in ids.split(8):
+            bench.model(input_ids=batch)
+    return [outlier_ratio(r) for r in rms]
 
 
 def main() -> None:
@@ -77,9 +56,9 @@ def main() -> None:
             shares, sizes = [], []
             for seed in parse_seeds(args.seeds):
                 with apply_noise_(bench.model, config, seed):
-                    rows = systematic_share(clean, routing_stats(bench.model, ids, 8, logits=True).logits)
-                shares.append([r[0] for r in rows])
-                sizes.append([r[1] for r in rows])
+                    noisy = routing_stats(bench.model, ids, 8, logits=True).logits
+                shares.append([systematic_share(c, n) for c, n in zip(clean, noisy)])
+                sizes.append([shift_size(c, n) for c, n in zip(clean, noisy)])
             shares, sizes = np.array(shares), np.array(sizes)
             print(f"{noise:8s} {label:15s} systematic share per layer "
                   f"{' '.join(f'{v:.3f}' for v in shares.mean(0))} (mean {shares.mean():.3f} ± {shares.std(ddof=1):.3f} "

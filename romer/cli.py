@@ -34,7 +34,7 @@ TrustOpt = typer.Option(False, "--trust-remote-code", help="Allow code and pickl
 NoiseOpt = typer.Option(None, "--noise", help="Chip: a preset (romer presets), NAME:key=value,..., or a .yaml file.")
 SeedsOpt = typer.Option("0", "--seeds", help="Chip instances to simulate: 0,1,2 or 0-4.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table.")
-MethodOpt = typer.Option("romer", "--method", help="Calibration method: none, er, rc, romer, best.")
+MethodOpt = typer.Option("romer", "--method", help="Calibration method: none, er, rc, romer, retune, best.")
 CalibDataOpt = typer.Option(None, "--calib-data", help="Calibration text (corpus name or .txt/.jsonl); default: "
                                                        "the calibration split of --data.")
 CalibSetOpt = typer.Option(None, "--set", help="Calibration options as key=value,... (tau=0.25,router=renorm); "
@@ -163,7 +163,8 @@ ConfigOpt = typer.Option(None, "--config", help="YAML file of run options (the k
                                                  "flags given on the command line win.")
 OutOpt = typer.Option("runs/latest", "--out", help="Output folder; a rerun resumes what it holds.")
 ForceOpt = typer.Option(False, "--force", help="Discard results of a different configuration in --out.")
-MethodsOpt = typer.Option(None, "--methods", help="Comma list of methods (none, er, rc, romer, best); default none,romer,best.")
+MethodsOpt = typer.Option(None, "--methods", help="Comma list of methods (none, er, rc, romer, retune, best); default "
+                                                   "none,romer,best.")
 TasksOpt = typer.Option(None, "--tasks", help="Comma list of lm-eval tasks (e.g. romer_pycloze, piqa, arc_easy).")
 BackendOpt = typer.Option("local", "--backend", help="local (this process) or ray (a Ray cluster; see README).")
 AddressOpt = typer.Option(None, "--address", help="Ray cluster address (ray start --head prints it); default: a "
@@ -238,15 +239,16 @@ def sweep_command(config: Optional[str] = ConfigOpt, model: Optional[str] = type
 
 
 DEMO = {"model": "romer-tiny", "data": "stdlib", "noise": ["cim-80c"], "seeds": [0, 1, 2],
-        "methods": ["none", "romer", "best"], "max_tokens": 16384, "routing_tokens": 4096, "clean_cost": False,
-        "calibration": {"calib_tokens": 8192}}
+        "methods": ["none", "romer", "best", "retune"], "max_tokens": 16384, "routing_tokens": 4096,
+        "clean_cost": False, "calibration": {"calib_tokens": 8192}}
 
 
 @app.command("demo")
 @user_errors
 def demo_command(out_dir: str = typer.Option("runs/demo", "--out"), force: bool = ForceOpt,
                  device: str = DeviceOpt, as_json: bool = JsonOpt) -> None:
-    """The main job on the embedded default: romer-tiny, stdlib, cim-80c, seeds 0-2, methods none / romer / best."""
+    """The main job on the embedded default: romer-tiny, stdlib, cim-80c, seeds 0-2, methods none / romer / best /
+    retune."""
     _campaign(None, DEMO | {"device": device}, out_dir, force, as_json)
 
 

@@ -17,7 +17,7 @@ from romer.validation import build
 class RomerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: str = Field("romer", description="calibration method: none, er, rc, romer, best (romer methods)")
+    method: str = Field("romer", description="calibration method: none, er, rc, romer, retune, best (romer methods)")
 
     # expert replacement (SPEC §2.1)
     tau: float = Field(0.5, gt=0, le=1, description="an expert is under-activated when its share of the noisy "

@@ -9,10 +9,14 @@
    calibration tokens under noise; an expert below τ × the uniform share is under-activated and its
    slot is re-programmed with a hot expert (pairing rule: `RomerConfig.pairing`).
 2. Router calibration (§2.2), "percentile-based normalisation": one of the readings in router.py,
-   from the router logits on calibration tokens (`RomerConfig.router`).
+   from the router logits on calibration tokens (`RomerConfig.router`; default `renorm`, each
+   expert's median and IQR mapped onto the clean twin's, the reading that measured best).
+   `RomerConfig.order = "rc-er"` calibrates the router first and replaces only what is still starved.
 3. Ours, in `best`: a per-expert logit bias that brings each expert's noisy load back to its clean
    load, and the most noise-sensitive tensors moved to the digital periphery within a weight budget;
    the free parameters chosen on held-out calibration tokens (`tune.py`).
+4. Ours, method `retune` (a candidate in `best` with `retune=True`): the chip's digital periphery
+   fitted to the clean twin (retune.py).
 Routing changes go through the family adapter's routing-from-logits, so every family works.
 """
 
