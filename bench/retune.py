@@ -3,7 +3,7 @@ transfers to another chip or another noise strength. romer-tiny, paired over chi
 
     python bench/retune.py --part table       # cim-25c, cim-80c, gaussian ×1, ×2: none / romer / best / retune
     python bench/retune.py --part budget      # cim-80c: retune_budget 0, 0.1, 0.5, 1, 2 % of the on-chip weights
-    python bench/retune.py --part tokens      # cim-80c: 2,048 / 8,192 / 32,768 calibration tokens
+    python bench/retune.py --part tokens      # cim-80c: 2,048 / 8,192 / 32,768 / 65,536 calibration tokens
     python bench/retune.py --part transfer    # cim-80c: fitted on chip s, used on chip s+1, and at 0.8× / 1.2×
     python bench/retune.py --part roles       # cim-80c with noise on one role at a time: what retune recovers of each
 
@@ -30,7 +30,7 @@ from romer.noise import apply_noise_, parse_noise_spec
 
 CHIPS = ("cim-25c", "cim-80c", "gaussian", "gaussian@2")
 BUDGETS = (0.0, 0.001, 0.005, 0.01, 0.02)
-TOKENS = (2048, 8192, 32768)
+TOKENS = (2048, 8192, 32768, 65536)
 
 
 def chip(text: str) -> tuple[str, float]:

@@ -75,6 +75,9 @@ def test_resume_after_interruption_recomputes_nothing_and_matches(tiny_moe_dir, 
     again = []
     run_campaign(spec, tmp_path / "resumed", progress=False, on_record=again.append)
     assert again == []  # everything done: nothing recomputed
+    fewer = run_campaign(spec.model_copy(update={"seeds": spec.seeds[:2]}), tmp_path / "resumed", progress=False)
+    assert fewer["methods"]["none"]["seeds"] == spec.seeds[:2]  # the statistics are of the seeds asked for
+    assert fewer["methods"]["none"]["ppl"] == reference["methods"]["none"]["ppl"][:2]
 
 
 def test_results_schema_and_report(tiny_moe_dir, texts, tmp_path):
@@ -108,6 +111,7 @@ def test_a_folder_of_another_configuration_is_refused(tiny_moe_dir, texts, tmp_p
         run_campaign(other, out, progress=False)
     run_campaign(other, out, force=True, progress=False)
     assert (out / "notes.txt").read_text() == "mine"  # --force removes only what romer wrote
+    assert "Not measured in this run" in (out / "report.md").read_text()  # clean_cost off: said, not an empty table
 
 
 def test_sweep_writes_a_noise_plot(tiny_moe_dir, texts, tmp_path):
@@ -179,3 +183,13 @@ def test_cli_bad_input_is_one_line(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, args
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_retune_unit_records_what_the_fit_added(tiny_moe_dir, texts, tmp_path):
+    spec = spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none", "retune"], clean_cost=False,
+                    calibration={"calib_tokens": 64 * 8, "retune_steps": 2, "retune_eval_every": 1})
+    run_campaign(spec, tmp_path, progress=False)
+    units = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    fit = next(u for u in units if u.get("method") == "retune")["calibration"]["retune"]
+    assert 0 < fit["parameters_added"] <= fit["budget_parameters"]
+    assert fit["budget_fraction_used"] == fit["parameters_added"] / fit["on_chip_weights"] <= 0.01

@@ -91,5 +91,10 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
                 summary = calibration.as_dict()
                 record["calibration"] = {"config": summary["config"], "replacements": len(summary["replacements"]),
                                          "digital": summary["digital"]}
+                if "retune" in calibration.report:  # what the fit added, counted against its budget
+                    fit = calibration.report["retune"]
+                    record["calibration"]["retune"] = {k: fit[k] for k in (
+                        "parameters_added", "budget_parameters", "budget_fraction_used", "norm_parameters",
+                        "on_chip_weights", "seconds") if k in fit}
                 calibration.remove()
             yield record

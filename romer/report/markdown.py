@@ -57,9 +57,7 @@ def render(results: dict, plots: dict) -> str:
         "",
         "## Does calibration hurt the clean model?",
         "",
-        "| method applied to the clean model | PPL | change vs clean |",
-        "|---|---|---|",
-        *[f"| {m} | {v['ppl']:.3f} | {100 * v['change']:+.2f} % |" for m, v in results["calibrated_clean"].items()],
+        *clean_cost_table(results["calibrated_clean"]),
         "",
     ]
     tasks = {m: v["tasks"] for m, v in results["methods"].items() if "tasks" in v}
@@ -91,3 +89,10 @@ def render(results: dict, plots: dict) -> str:
         for chip in results["chips"]:
             lines += ["", f"### {chip['noise']} × {chip['strength']:g}", "", *method_table(results, chip)]
     return "\n".join(lines) + "\n"
+
+
+def clean_cost_table(calibrated_clean: dict) -> list[str]:
+    if not calibrated_clean:
+        return ["Not measured in this run (`clean_cost: false`; `romer run` measures it by default)."]
+    return ["| method applied to the clean model | PPL | change vs clean |", "|---|---|---|",
+            *[f"| {m} | {v['ppl']:.3f} | {100 * v['change']:+.2f} % |" for m, v in calibrated_clean.items()]]

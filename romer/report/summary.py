@@ -65,9 +65,10 @@ def build_results(spec, records, dataset: dict, calib_dataset: dict, window: int
     records = list(records)
     clean = next(r for r in records if r["kind"] == "clean")
     chips = []
+    wanted = set(spec.seeds)  # a folder may hold more seeds than this run asks for; the summary is of these
     for point in spec.chips():
         rows = [r for r in records if r["kind"] == "chip" and r["noise"] == point.noise
-                and r["strength"] == point.strength]
+                and r["strength"] == point.strength and r["seed"] in wanted]
         methods = chip_summary(rows, spec.methods, clean["ppl"])
         chips.append({"noise": point.noise, "strength": point.strength, "values": point.values,
                       "config": parse_noise_spec(point.noise).scaled(point.strength).model_dump(mode="json"),
