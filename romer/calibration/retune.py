@@ -105,9 +105,8 @@ def plan(calibration: Calibration, config: RomerConfig, holdout: torch.Tensor) -
                 ranks[record["tensor"]] = int(rank)
                 used += int(rank) * _rank_cost(chip, record["tensor"])
     add_columns(fused)
-    norms = tuple(norm_gains(calibration.model)) if config.retune_norms else ()
-    norm_count = sum(p.numel() for n, p in norm_gains(calibration.model).items() if n in norms)
-    return Plan(tuple(columns), ranks, bias, norms, used, budget, norm_count)
+    gains = norm_gains(calibration.model) if config.retune_norms else {}
+    return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, sum(p.numel() for p in gains.values()))
 
 
 @torch.no_grad()
