@@ -9,7 +9,7 @@ outlier ratio is the largest per-dimension RMS over the median one.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import torch
@@ -19,46 +19,46 @@ from romer.moe.adapter import adapter_for
 
 
 @contextmanager
+def _routing_in_every_layer(model: nn.Module, transform_for) -> Iterator[None]:
+    """`transform_for(index)` overrides the routing of MoE layer `index` for the duration of the block."""
+    adapter = adapter_for(model)
+    with ExitStack() as stack:
+        for index, layer in enumerate(adapter.layers(model)):
+            stack.enter_context(adapter.override_routing(layer, transform_for(index)))
+        yield
+
+
+@contextmanager
 def recording_router_logits(model: nn.Module) -> Iterator[list[list[torch.Tensor]]]:
     """Every MoE layer routes exactly as it would, and its raw logits are kept, per layer, in call order."""
-    adapter = adapter_for(model)
-    kept: list[list[torch.Tensor]] = []
-    removers = []
-    for layer in adapter.layers(model):
-        kept.append([])
+    kept: list[list[torch.Tensor]] = [[] for _ in adapter_for(model).layers(model)]
 
-        def keep(logits: torch.Tensor, into=kept[-1]) -> torch.Tensor:
-            into.append(logits.detach().float().cpu())
+    def keeping(index: int):
+        def keep(logits: torch.Tensor) -> torch.Tensor:
+            kept[index].append(logits.detach().float().cpu())
             return logits
+        return keep
 
-        removers.append(adapter.install_routing(layer, keep))
-    try:
+    with _routing_in_every_layer(model, keeping):
         yield kept
-    finally:
-        for remove in removers:
-            remove()
 
 
 @contextmanager
 def replaying_routing(model: nn.Module, logits: list[list[torch.Tensor]]) -> Iterator[None]:
     """Every MoE layer routes from the given logits (one tensor per call, in order) instead of its own: the
     clean twin's routing decisions on a chip, the oracle no router calibration can beat."""
-    adapter = adapter_for(model)
     queues = [list(per_layer) for per_layer in logits]
-    removers = []
-    for layer, queue in zip(adapter.layers(model), queues):
-        def replay(own: torch.Tensor, queue=queue) -> torch.Tensor:
-            recorded = queue.pop(0)
+
+    def replaying(index: int):
+        def replay(own: torch.Tensor) -> torch.Tensor:
+            recorded = queues[index].pop(0)
             if recorded.shape != own.shape:
                 raise ValueError("replaying_routing needs the same sequences in the same batches as the recording")
             return recorded.to(own.device, own.dtype)
+        return replay
 
-        removers.append(adapter.install_routing(layer, replay))
-    try:
+    with _routing_in_every_layer(model, replaying):
         yield
-    finally:
-        for remove in removers:
-            remove()
 
 
 def systematic_share(clean: torch.Tensor, noisy: torch.Tensor) -> float:
