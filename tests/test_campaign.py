@@ -193,3 +193,26 @@ def test_a_retune_unit_records_what_the_fit_added(tiny_moe_dir, texts, tmp_path)
     fit = next(u for u in units if u.get("method") == "retune")["calibration"]["retune"]
     assert 0 < fit["parameters_added"] <= fit["budget_parameters"]
     assert fit["budget_fraction_used"] == fit["parameters_added"] / fit["on_chip_weights"] <= 0.01
+
+
+@pytest.mark.parametrize("how", ["changed default", "older romer without the new option"])
+def test_a_resume_refuses_units_made_with_other_calibration_settings(tiny_moe_dir, texts, tmp_path, how):
+    spec = spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none", "rc"])
+    first = run_campaign(spec, tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "results.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        if "calibration" in record:
+            if how == "changed default":
+                record["calibration"]["requested"] = "0" * 16
+            else:  # a record written before `requested` existed, by a romer without one of today's options
+                del record["calibration"]["requested"]
+                del record["calibration"]["config"]["retune_hidden_weight"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(RomerError, match="other calibration settings.*--force"):
+        run_campaign(spec, tmp_path / "run", progress=False)
+    again = run_campaign(spec, tmp_path / "run", force=True, progress=False)
+    assert again["methods"]["rc"]["ppl"] == first["methods"]["rc"]["ppl"]
+    assert all(json.loads(line)["calibration"]["requested"] != "0" * 16
+               for line in path.read_text().splitlines() if "calibration" in json.loads(line))
+    assert run_campaign(spec, tmp_path / "run", progress=False)["methods"] == again["methods"]  # a clean resume

@@ -21,7 +21,7 @@ import torch
 from romer.campaign.lock import folder_lock
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
-from romer.campaign.trials import Trial, calibration_for, plan_trials, run_trial, total_units
+from romer.campaign.trials import Trial, calibration_for, plan_trials, stale_unit, run_trial, total_units
 from romer.data import load_corpus
 from romer.errors import RomerError
 from romer.evaluation import capture_routing, default_window, perplexity, tokenize_stream
@@ -173,6 +173,14 @@ def run_campaign(spec: RunSpec, out: str | Path, force: bool = False, progress: 
     check_spec(spec)
     with folder_lock(out):  # one writer per folder, for the whole run (the Ray driver included)
         log = ResultsLog(out, spec, force)
+        stale = stale_unit(spec, log)
+        if stale is not None:
+            if not force:
+                raise RomerError(f"{out} holds `{stale['method']}` results made with other calibration settings (an "
+                                 "older romer, or changed defaults); choose another --out, or pass --force to discard "
+                                 "them")
+            log.discard()
+            log = ResultsLog(out, spec, force)
         backend = backend or LocalBackend()
         trials = plan_trials(spec, log)
         total = total_units(spec)

@@ -9,6 +9,8 @@ results.jsonl keeps.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -16,6 +18,7 @@ from typing import Iterator
 from romer.calibration import calibrate_, romer_config
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
+from romer.errors import RomerError
 from romer.noise import apply_noise_, parse_noise_spec
 
 
@@ -39,6 +42,24 @@ class Trial:
 
 def calibration_for(spec: RunSpec, method: str):
     return romer_config(**(spec.calibration | {"method": method}))
+
+
+def requested(spec: RunSpec, method: str) -> str:
+    """Fingerprint of the calibration settings a unit asks for, defaults included (a changed default changes it)."""
+    settings = calibration_for(spec, method).model_dump(mode="json")
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stale_unit(spec: RunSpec, log: ResultsLog) -> dict | None:
+    """A calibrated unit in `log` made with other calibration settings than `spec` asks for now (an older romer
+    whose options or defaults differ), which a resume would otherwise mix silently with this run's numbers."""
+    fields = set(calibration_for(spec, "none").model_dump())
+    for record in log.records.values():
+        done = record.get("calibration")
+        if done and (set(done.get("config", {})) != fields if "requested" not in done
+                     else done["requested"] != requested(spec, record["method"])):
+            return record
+    return None
 
 
 def total_units(spec: RunSpec) -> int:
@@ -89,8 +110,8 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
                       "method": method, "calib_seconds": seconds, **bench.measure(with_routing=True)}
             if calibration is not None:
                 summary = calibration.as_dict()
-                record["calibration"] = {"config": summary["config"], "replacements": len(summary["replacements"]),
-                                         "digital": summary["digital"]}
+                record["calibration"] = {"config": summary["config"], "requested": requested(spec, method),
+                                         "replacements": len(summary["replacements"]), "digital": summary["digital"]}
                 if "retune" in calibration.report:  # what the fit added, counted against its budget
                     fit = calibration.report["retune"]
                     record["calibration"]["retune"] = {k: fit[k] for k in (
