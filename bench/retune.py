@@ -41,7 +41,8 @@ def chip(text: str) -> tuple[str, float]:
 def campaign(args, folder: str, noise: str, strength: float, methods: list[str], **calibration) -> dict:
     spec = run_spec(noise=[noise], strengths=[strength], seeds=parse_seeds(args.seeds), methods=methods,
                     max_tokens=args.max_tokens, routing_tokens=4096,
-                    calibration={"calib_tokens": args.calib_tokens} | calibration)
+                    calibration={"calib_tokens": args.calib_tokens}
+                    | ({"holdout": args.holdout} if args.holdout is not None else {}) | calibration)
     return run_campaign(spec, Path(args.out) / folder, progress=False)
 
 
@@ -54,13 +55,13 @@ def line(name: str, m: dict, extra: str = "") -> str:
 def table(args) -> None:
     for text in args.noise.split(","):
         noise, strength = chip(text)
-        results = campaign(args, f"table/{text.replace(':', '_')}", noise, strength, ["none", "romer", "best", "retune"])
+        results = campaign(args, f"table/{text.replace(':', '_')}", noise, strength, args.methods.split(","))
         m = results["methods"]
         print(f"\n{text} (clean {results['clean']['ppl']:.3f}, seeds {m['none']['seeds']}, "
-              f"{args.calib_tokens} calibration tokens)")
+              f"{args.calib_tokens} calibration tokens, holdout {args.holdout or 0.25})")
         for method, values in m.items():
             extra = ""
-            if method == "retune":
+            if method == "retune" and {"best", "romer"} <= set(m):
                 extra = (f"  p vs best {paired_test(values['ppl'], m['best']['ppl'])['t_pvalue']:.2g}"
                          f"  p vs romer {paired_test(values['ppl'], m['romer']['ppl'])['t_pvalue']:.2g}")
             print(line(method, values, extra))
@@ -165,6 +166,9 @@ def roles(args) -> None:
 def main() -> None:
     parser = calibration_bench_parser(__doc__, "runs/bench-retune", ",".join(CHIPS))
     parser.add_argument("--part", choices=("table", "budget", "tokens", "transfer", "roles"), default="table")
+    parser.add_argument("--holdout", type=float, default=None,
+                        help="share of the calibration tokens held out (default: the config's 0.25)")
+    parser.add_argument("--methods", default="none,romer,best,retune", help="methods of the table part")
     parser.add_argument("--plot-dir", default="docs", help="where the budget and token curves are drawn")
     parser.set_defaults(calib_tokens=32768)
     args = parse_calibration_bench(parser)

@@ -51,8 +51,9 @@ def test_fit_lowers_the_loss_and_the_count_stays_within_the_budget():
     with apply_noise_(model, NOISE, seed=0) as chip:
         calibration = calibrate_(model, RomerConfig(**FAST), ids())
         report = calibration.report["retune"]
-        assert report["holdout_kl_after"] < report["holdout_kl_before"]
-        assert report["fit_kl_last_epoch"] < report["fit_kl_first_epoch"]
+        assert report["holdout_kl_after"] <= report["holdout_kl_start"] < report["holdout_kl_before"]
+        assert report["fit_loss_last_epoch"] < report["fit_loss_first_epoch"]
+        assert report["least_squares_start"] > 0
         added = sum(p.numel() for c in calibration.corrections.values() for p in c.parameters())
         added += sum(t.bias.numel() for t in calibration.transforms.values() if t.bias is not None)
         assert added == report["parameters_added"] <= report["budget_parameters"]
@@ -107,3 +108,62 @@ def test_best_keeps_retune_only_when_it_helps_on_held_out_tokens():
         assert report["kept"] == (report["holdout_ppl_after"] < report["holdout_ppl_before"])
         assert bool(calibration.corrections) == report["kept"]
         calibration.remove()
+
+
+def _layer_error(model, chip, name: str, tokens: torch.Tensor) -> float:
+    """Squared error of one on-chip linear layer's output against the clean weights, on the chip's own inputs."""
+    module, errors = chip.tensor(name).module, []
+    clean = chip.clean_value(name).float()
+
+    def hook(_, inputs, output):
+        x = inputs[0].float()
+        errors.append((output.float() - (x @ clean.t() + (module.bias.float() if module.bias is not None else 0)))
+                      .pow(2).sum())
+    handle = module.register_forward_hook(hook)
+    with torch.no_grad():
+        model(input_ids=tokens.view(-1, 64))
+    handle.remove()
+    return float(sum(errors))
+
+
+@pytest.mark.parametrize("family", ["olmoe", "qwen2_moe"])  # qwen2_moe's attention has biases
+def test_least_squares_start_shrinks_every_linear_layers_error_on_held_out_tokens(family):
+    from romer.calibration.retune_start import least_squares_start
+    from romer.noise.digital import ColumnCorrection
+
+    model = build(family)
+    with apply_noise_(model, NOISE, seed=4) as chip:
+        names = [t.name for t in chip.tensors if isinstance(t.module, torch.nn.Linear) and chip.originals[t.name].dim() == 2]
+        for name in names:
+            out_dim, in_dim = chip.originals[name].shape
+            chip.attach_correction(name, ColumnCorrection(out_dim, in_dim, rank=4, seed=0))
+        held_out = ids(9, 64 * 8)
+        before = {name: _layer_error(model, chip, name, held_out) for name in names}
+        on_chip = {name: chip.originals[name].detach().clone() for name in names}
+        assert sorted(least_squares_start(chip, ids(3, 64 * 16).view(-1, 64), 4)) == sorted(names)
+        after = {name: _layer_error(model, chip, name, held_out) for name in names}
+        assert all(torch.equal(chip.originals[n], on_chip[n]) for n in names)  # corrections only, no conductance
+        assert all(after[n] < before[n] for n in names), {n: after[n] / before[n] for n in names if after[n] >= before[n]}
+        for name in names:
+            chip.attach_correction(name, None)
+
+
+def test_least_squares_start_finds_a_planted_column_gain_and_offset_exactly():
+    """A layer whose only error is a known per-column gain and offset: the start recovers them."""
+    from romer.calibration.retune_start import _Moments, _solve
+    from romer.noise.analog import input_scale
+    from romer.noise.digital import ColumnCorrection
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 16, generator=generator)
+    clean = torch.randn(8, 16, generator=generator)
+    gain, offset = 0.1 * torch.randn(8, generator=generator), 0.05 * torch.randn(8, generator=generator)
+    y = (x @ clean.t() - input_scale(x) * offset) / (1 + gain)  # so that y·(1 + g) + x_max·c = clean output
+    moments = _Moments()
+    moments.add(x, y, x @ clean.t() - y)
+    correction = ColumnCorrection(8, 16)
+    with torch.no_grad():
+        _solve(correction, moments)
+    assert torch.allclose(correction.gain, gain, atol=1e-4) and torch.allclose(correction.offset, offset, atol=1e-4)
+    corrected = correction(y, x, lambda: input_scale(x))
+    assert torch.allclose(corrected, x @ clean.t(), atol=1e-4)

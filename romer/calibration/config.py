@@ -64,6 +64,11 @@ class RomerConfig(BaseModel):
     retune_router_bias: bool = Field(True, description="per-expert router-logit bias")
     retune_steps: int = Field(200, ge=1, le=100000, description="Adam steps, one calibration batch each")
     retune_lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
+    retune_start: Literal["least_squares", "zero"] = Field(
+        "least_squares", description="where the fit starts: each linear layer's column gains, offsets and adapter set "
+                                     "by least squares against the clean weights on the chip's own inputs, or zero")
+    retune_hidden_weight: float = Field(1.0, ge=0, le=100, description="weight of the hidden-state term of the fit's "
+                                        "loss (each decoder layer's output against the clean twin's, relative MSE)")
     retune_eval_every: int = Field(25, ge=1, description="steps between held-out checks (the best step is kept)")
     retune_checkpointing: Literal["auto", "on", "off"] = Field(
         "auto", description="gradient checkpointing per decoder layer during the fit (auto: on an accelerator), "

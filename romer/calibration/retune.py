@@ -9,9 +9,11 @@ programming, without touching a conductance, we set only digital parameters of t
 - low-rank digital adapters U·V on the most noise-sensitive matrices (sensitivity measured on
   this chip, on held-out calibration tokens), the rank of each chosen by what the budget leaves.
 
-Everything added is counted against `retune_budget` × the on-chip weights. The fit minimises
-KL(clean ‖ chip) of the next-token distributions on unlabeled calibration tokens, with Adam;
-the held-out calibration tokens pick the best step. No gradient reaches an on-chip weight (the
+Everything added is counted against `retune_budget` × the on-chip weights. Each linear layer's
+corrections start from their least-squares values against the clean weights on the chip's own
+inputs (`retune_start.py`); the fit then minimises, with Adam on unlabeled calibration tokens,
+KL(clean ‖ chip) of the next-token distributions plus a weighted relative error of every decoder
+layer's output against the clean twin's; the held-out KL picks the best step. No gradient reaches an on-chip weight (the
 chip's weights are detached inside `analog_linear`), and `Calibration.remove()` undoes it all.
 """
 
@@ -27,6 +29,7 @@ from torch import nn
 
 from romer.calibration.config import RomerConfig
 from romer.calibration.offload import tensor_sensitivity
+from romer.calibration.retune_start import least_squares_start
 from romer.calibration.state import Calibration
 from romer.calibration.tokens import CalibrationTokens
 from romer.noise.chip import ChipHandle
@@ -109,32 +112,53 @@ def plan(calibration: Calibration, config: RomerConfig, holdout: torch.Tensor) -
     return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, sum(p.numel() for p in gains.values()))
 
 
+@dataclass
+class Targets:
+    """The clean twin on one batch: next-token log-probabilities and each decoder layer's output (float16 on the
+    host to bound memory; the hidden states only when the loss uses them)."""
+
+    log_probs: torch.Tensor
+    hidden: tuple[torch.Tensor, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.log_probs)
+
+
 @torch.no_grad()
-def _teacher(chip: ChipHandle, sequences: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """The clean twin's next-token log-probabilities, per batch (float16 on the host to bound memory)."""
+def _teacher(chip: ChipHandle, sequences: torch.Tensor, batch_size: int, hidden: bool = False) -> list[Targets]:
     model = chip.model
     device = next(model.parameters()).device
     out = []
     with chip.suspended():
         for start in range(0, len(sequences), batch_size):
-            logits = model(input_ids=sequences[start:start + batch_size].to(device)).logits.float()
-            out.append(logits.log_softmax(-1).to("cpu", torch.float16))
+            result = model(input_ids=sequences[start:start + batch_size].to(device), output_hidden_states=hidden)
+            layers = tuple(h.to("cpu", torch.float16) for h in result.hidden_states[1:]) if hidden else ()
+            out.append(Targets(result.logits.float().log_softmax(-1).to("cpu", torch.float16), layers))
     return out
 
 
-def _kl(model: nn.Module, batch: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of KL(teacher ‖ model)."""
+def _loss(model: nn.Module, batch: torch.Tensor, target: Targets, hidden_weight: float = 0.0) -> torch.Tensor:
+    """Mean over tokens of KL(clean ‖ chip), plus `hidden_weight` × the mean over decoder layers of the relative
+    squared error of the layer's output (more signal per calibration token than the logits alone)."""
     device = next(model.parameters()).device
-    log_q = model(input_ids=batch.to(device)).logits.float().log_softmax(-1)
-    log_p = teacher.to(device, torch.float32)
-    return F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean()
+    result = model(input_ids=batch.to(device), output_hidden_states=bool(hidden_weight and target.hidden))
+    log_q = result.logits.float().log_softmax(-1)
+    log_p = target.log_probs.to(device, torch.float32)
+    loss = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean()
+    if hidden_weight and target.hidden:
+        errors = []
+        for mine, clean in zip(result.hidden_states[1:], target.hidden):
+            clean = clean.to(device, torch.float32)
+            errors.append((mine.float() - clean).pow(2).sum(-1).mean() / clean.pow(2).sum(-1).mean())
+        loss = loss + hidden_weight * torch.stack(errors).mean()
+    return loss
 
 
 @torch.no_grad()
-def _holdout_kl(model: nn.Module, sequences: torch.Tensor, teachers: list[torch.Tensor], batch_size: int) -> float:
+def _holdout_kl(model: nn.Module, sequences: torch.Tensor, targets: list[Targets], batch_size: int) -> float:
     total = 0.0
-    for i, teacher in enumerate(teachers):
-        total += float(_kl(model, sequences[i * batch_size:(i + 1) * batch_size], teacher)) * len(teacher)
+    for i, target in enumerate(targets):
+        total += float(_loss(model, sequences[i * batch_size:(i + 1) * batch_size], target)) * len(target)
     return total / len(sequences)
 
 
@@ -145,7 +169,7 @@ def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTok
     holdout = tokens.require_holdout("retune")
     chosen = plan(calibration, config, holdout)
     device = next(model.parameters()).device
-    teacher_fit = _teacher(chip, tokens.fit, config.batch_size)
+    teacher_fit = _teacher(chip, tokens.fit, config.batch_size, hidden=config.retune_hidden_weight > 0)
     teacher_holdout = _teacher(chip, holdout, config.batch_size)
 
     trainable: list[nn.Parameter] = []
@@ -161,6 +185,8 @@ def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTok
             start = transform.bias if transform.bias is not None else torch.zeros(calibration.layers[index].num_experts)
             calibration.assign(transform, "bias", nn.Parameter(start.detach().clone().float().to(device)))
             trainable.append(transform.bias)
+    programmed_kl = _holdout_kl(model, holdout, teacher_holdout, config.batch_size)
+    started_by = least_squares_start(chip, tokens.fit, config.batch_size) if config.retune_start == "least_squares" else []
     gains = norm_gains(model)
     for name in chosen.norms:
         calibration.retune_norm(name, gains[name])
@@ -191,12 +217,13 @@ def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTok
         "checkpointing": checkpointing, "columns": list(chosen.columns), "ranks": chosen.ranks, "router_bias": chosen.router_bias,
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
         "budget_fraction_used": chosen.added / chip.on_chip_parameters, "norm_parameters": chosen.norm_parameters,
-        "on_chip_weights": chip.on_chip_parameters, "seconds": time.perf_counter() - started, **history}
+        "on_chip_weights": chip.on_chip_parameters, "least_squares_start": len(started_by),
+        "holdout_kl_before": programmed_kl, "seconds": time.perf_counter() - started, **history}
 
 
-def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teacher_fit: list[torch.Tensor],
-         holdout: torch.Tensor, teacher_holdout: list[torch.Tensor], config: RomerConfig) -> dict:
-    """Adam on the KL over the fit batches (a seeded order); every `retune_eval_every` steps the held-out KL is
+def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teacher_fit: list[Targets],
+         holdout: torch.Tensor, teacher_holdout: list[Targets], config: RomerConfig) -> dict:
+    """Adam on the loss over the fit batches (a seeded order); every `retune_eval_every` steps the held-out KL is
     measured and the parameters of the best step are kept."""
     batch = config.batch_size
     optimizer = torch.optim.Adam(params, lr=config.retune_lr)
@@ -210,7 +237,7 @@ def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teache
         if not permutation:
             permutation = torch.randperm(batches, generator=order).tolist()
         index = permutation.pop()
-        loss = _kl(model, fit[index * batch:(index + 1) * batch], teacher_fit[index])
+        loss = _loss(model, fit[index * batch:(index + 1) * batch], teacher_fit[index], config.retune_hidden_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -225,6 +252,6 @@ def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teache
             param.copy_(value)
     first = fit_losses[: max(1, batches)]
     last = fit_losses[-max(1, batches):]
-    return {"steps": config.retune_steps, "best_step": best_step, "holdout_kl_before": start_kl,
-            "holdout_kl_after": best_kl, "fit_kl_first_epoch": sum(first) / len(first),
-            "fit_kl_last_epoch": sum(last) / len(last)}
+    return {"steps": config.retune_steps, "best_step": best_step, "holdout_kl_start": start_kl,
+            "holdout_kl_after": best_kl, "fit_loss_first_epoch": sum(first) / len(first),
+            "fit_loss_last_epoch": sum(last) / len(last)}

@@ -15,7 +15,9 @@ disk (`romer.noise.chip.choose_backup`).
 `retune` fits digital parameters by backpropagation, so per sequence it also keeps what the backward
 pass needs: every decoder layer's activations (or, with gradient checkpointing, only each layer's
 input and one layer's activations at a time), the float32 logits, their log-softmax and its gradient,
-and the clean twin's log-probabilities of that batch (float16). Estimates, not measurements:
+and the clean twin's log-probabilities and decoder-layer outputs of that batch (float16); before the
+fit, the least-squares start holds the moments of every on-chip linear layer at once (float32
+in² + 2·in·out + in each). Estimates, not measurements:
 `bench/scale.py` measures.
 """
 
@@ -55,6 +57,7 @@ class MemoryEstimate:
     backup_bytes: int
     retune_per_sequence_bytes: int = 0              # all activations kept for the backward pass
     retune_checkpointed_per_sequence_bytes: int = 0  # with gradient checkpointing per decoder layer
+    retune_start_bytes: int = 0                      # the least-squares start's moments, all linear layers
 
     def device_bytes(self, batch_size: int) -> int:
         return self.weights_bytes + self.programming_bytes + self.telemetry_bytes + batch_size * self.per_sequence_bytes
@@ -62,7 +65,9 @@ class MemoryEstimate:
     def retune_bytes(self, batch_size: int, checkpointing: bool = True) -> int:
         """Peak of a `retune` fit with `batch_size` sequences per step."""
         per = self.retune_checkpointed_per_sequence_bytes if checkpointing else self.retune_per_sequence_bytes
-        return self.weights_bytes + self.programming_bytes + batch_size * per
+        fit = batch_size * per
+        start = self.retune_start_bytes + batch_size * self.per_sequence_bytes  # inference passes with the moments
+        return self.weights_bytes + self.programming_bytes + max(fit, start)
 
     def fit_batch_size(self, free_bytes: int) -> int:
         """The largest batch (≤ 64 windows) whose peak fits in `HEADROOM` × `free_bytes`; 0 if none does."""
@@ -122,16 +127,20 @@ def estimate_memory(spec: str, dtype: str = "float32", window: int | None = None
                     + window * top_k * intermediate * element * 3      # expert gate/up/act
                     + heads * window * window * FLOAT32)              # eager attention scores
     logits = window * vocab * (element + 3 * FLOAT32 + 2)  # dtype, float32, log-softmax, its gradient, teacher fp16
+    logits += layers * window * hidden * 2                 # the teacher's decoder-layer outputs, float16
     layer_activations = per_sequence - window * vocab * (2 * FLOAT32 + element)
     retune_all = logits + layers * layer_activations
     retune_checkpointed = logits + layers * window * hidden * element + layer_activations
     backup_bytes = on_chip * element
+    linear = [t.param.shape for t in chip if t.param.dim() == 2 and isinstance(t.module, torch.nn.Linear)]
+    start_bytes = sum((i * i + 2 * i * o + i) * FLOAT32 for o, i in linear)
     backup = "host memory" if on_accelerator or backup_bytes <= SMALL_BACKUP_BYTES else "disk"
     return MemoryEstimate(model=spec, dtype=dtype, window=window, parameters=parameters, on_chip_parameters=on_chip,
                           weights_bytes=parameters * element, programming_bytes=largest_slot * FLOAT32 * PROGRAMMING_COPIES,
                           telemetry_bytes=MAX_LOGIT_ROWS * max(experts, 1) * FLOAT32 * layers,
                           per_sequence_bytes=per_sequence, backup=backup, backup_bytes=backup_bytes,
-                          retune_per_sequence_bytes=retune_all, retune_checkpointed_per_sequence_bytes=retune_checkpointed)
+                          retune_per_sequence_bytes=retune_all, retune_checkpointed_per_sequence_bytes=retune_checkpointed,
+                          retune_start_bytes=start_bytes)
 
 
 def free_device_bytes(device: str) -> int:
