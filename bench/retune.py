@@ -6,6 +6,7 @@ transfers to another chip or another noise strength. romer-tiny, paired over chi
     python bench/retune.py --part tokens      # cim-80c: 2,048 / 8,192 / 32,768 / 65,536 calibration tokens
     python bench/retune.py --part transfer    # cim-80c: fitted on chip s, used on chip s+1, and at 0.8× / 1.2×
     python bench/retune.py --part roles       # cim-80c with noise on one role at a time: what retune recovers of each
+    python bench/retune.py --part ablation    # cim-80c: the least-squares start and the hidden-state term, each on/off
 
 Test split: the first --max-tokens tokens of stdlib/test, disjoint 256-token windows. Calibration:
 the first --calib-tokens of stdlib/calib (a quarter held out for the fit's choices). Every part is
@@ -163,9 +164,22 @@ def roles(args) -> None:
         print(line("retune", m["retune"]))
 
 
+ABLATION = {"zero start, KL only (the first version)": {"retune_start": "zero", "retune_hidden_weight": 0.0},
+            "least-squares start": {"retune_start": "least_squares", "retune_hidden_weight": 0.0},
+            "hidden-state term": {"retune_start": "zero", "retune_hidden_weight": 1.0},
+            "both (the default)": {"retune_start": "least_squares", "retune_hidden_weight": 1.0}}
+
+
+def ablation(args) -> None:
+    """What each part of the fit adds: the same chips and tokens, the start and the loss switched one at a time."""
+    for index, (label, settings) in enumerate(ABLATION.items()):
+        m = campaign(args, f"ablation/{index}", "cim-80c", 1.0, ["none", "retune"], **settings)["methods"]["retune"]
+        print(line(label[:8], m), f" ← {label}, per seed " + " / ".join(f"{100 * r:+.1f}" for r in m["recovery"]))
+
+
 def main() -> None:
     parser = calibration_bench_parser(__doc__, "runs/bench-retune", ",".join(CHIPS))
-    parser.add_argument("--part", choices=("table", "budget", "tokens", "transfer", "roles"), default="table")
+    parser.add_argument("--part", choices=("table", "budget", "tokens", "transfer", "roles", "ablation"), default="table")
     parser.add_argument("--holdout", type=float, default=None,
                         help="share of the calibration tokens held out (default: the config's 0.25)")
     parser.add_argument("--methods", default="none,romer,best,retune", help="methods of the table part")
@@ -180,6 +194,8 @@ def main() -> None:
         curve(args, "tokens", TOKENS, "calib_tokens")
     elif args.part == "roles":
         roles(args)
+    elif args.part == "ablation":
+        ablation(args)
     else:
         transfer(args)
 
