@@ -13,8 +13,9 @@ Everything added is counted against `retune_budget` × the on-chip weights. Each
 corrections start from their least-squares values against the clean weights on the chip's own
 inputs (`retune_start.py`); the fit then minimises, with Adam on unlabeled calibration tokens,
 KL(clean ‖ chip) of the next-token distributions plus a weighted relative error of every decoder
-layer's output against the clean twin's; the held-out KL picks the best step. No gradient reaches an on-chip weight (the
-chip's weights are detached inside `analog_linear`), and `Calibration.remove()` undoes it all.
+layer's output against the clean twin's; the held-out KL picks the best step. No gradient reaches
+an on-chip weight (the chip's weights are detached inside `analog_linear`), and
+`Calibration.remove()` undoes it all.
 """
 
 from __future__ import annotations

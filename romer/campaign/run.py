@@ -21,7 +21,7 @@ import torch
 from romer.campaign.lock import folder_lock
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
-from romer.campaign.trials import Trial, calibration_for, plan_trials, stale_unit, run_trial, total_units
+from romer.campaign.trials import Trial, calibration_for, plan_trials, run_trial, stale_unit, total_units
 from romer.data import load_corpus
 from romer.errors import RomerError
 from romer.evaluation import capture_routing, default_window, perplexity, tokenize_stream

@@ -18,7 +18,6 @@ from typing import Iterator
 from romer.calibration import calibrate_, romer_config
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
-from romer.errors import RomerError
 from romer.noise import apply_noise_, parse_noise_spec
 
 
