@@ -64,6 +64,28 @@ def test_replacement_reprograms_exactly_the_cold_slot_with_its_own_noise(family)
     chip.restore()
 
 
+@pytest.mark.parametrize("mode", ["weights", "analog"])
+def test_a_replaced_slot_with_periphery_computes_what_programming_the_copy_gives(mode):
+    """Only the cold slot is programmed again: its scales, ADC offsets and gains (cim-80c) are the slot's own,
+    so the chip's outputs equal those of a chip programmed with the copy already made, bit for bit (the noise
+    drawn on every read is switched off: its streams count the reads)."""
+    noise = NoiseConfig.preset("cim-80c", mode=mode, read_sigma=0.0, sigma_adc=0.0)
+    model, reference = build("olmoe"), build("olmoe")
+    ids = calib_ids(tokens=128)
+    chip = apply_noise_(model, noise, seed=2)
+    untouched = logits_of(model, ids)
+    calibration = Calibration(model, RomerConfig(), chip)
+    calibration.replace(Replacement(0, cold=3, hot=5, pairing="weights", cold_share=0.1, hot_share=2.0))
+    replaced = logits_of(model, ids)
+    adapter = adapter_for(reference)
+    adapter.copy_expert(adapter.layers(reference)[0], src=5, dst=3)
+    with apply_noise_(reference, noise, seed=2):
+        assert torch.equal(replaced, logits_of(reference, ids))
+    calibration.remove()
+    assert torch.equal(logits_of(model, ids), untouched)
+    chip.restore()
+
+
 def test_clone_pairing_copies_the_router_row_on_chip():
     model = build("olmoe")
     chip = apply_noise_(model, NOISE, seed=1)

@@ -203,6 +203,7 @@ def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTok
     if checkpointing:  # recompute each decoder layer in the backward pass instead of keeping its activations
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
+    fit_started = time.perf_counter()
     try:
         with torch.enable_grad():  # callers may evaluate under no_grad; the fit needs gradients of the digital part
             history = _fit(model, trainable, tokens.fit, teacher_fit, holdout, teacher_holdout, config)
@@ -219,7 +220,8 @@ def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTok
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
         "budget_fraction_used": chosen.added / chip.on_chip_parameters, "norm_parameters": chosen.norm_parameters,
         "on_chip_weights": chip.on_chip_parameters, "least_squares_start": len(started_by),
-        "holdout_kl_before": programmed_kl, "seconds": time.perf_counter() - started, **history}
+        "holdout_kl_before": programmed_kl, "seconds": time.perf_counter() - started,
+        "seconds_before_fit": fit_started - started, "fit_seconds": time.perf_counter() - fit_started, **history}
 
 
 def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teacher_fit: list[Targets],

@@ -65,6 +65,17 @@ class TileProgram:
                                    * c.g_max_us).sum(dim=-1)
         return self._column_offset if slot is None else self._column_offset[slot]
 
+    def set_slot(self, slot: int, scales: torch.Tensor, errors: ColumnErrors | None) -> None:
+        """One expert slot programmed again: its scales and periphery errors; the per-forward streams start
+        again, as a tensor programmed anew does."""
+        self.scales[slot] = scales
+        if errors is not None:
+            for mine, theirs in ((self.errors.gain, errors.gain), (self.errors.offset_lsb, errors.offset_lsb)):
+                if mine is not None:
+                    mine[slot] = theirs
+        self._column_offset = None
+        self.calls = 0
+
     def next_stream(self, slot: int | None, purpose: str, device) -> torch.Generator:
         self.calls += 1
         return stream(self.seed, self.name, slot, purpose, self.calls, device=device)

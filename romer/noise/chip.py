@@ -139,6 +139,14 @@ class ChipHandle:
                                                  self.corrections.get(tensor.name))
         self._wrap(tensor)
 
+    def _program_one_slot(self, tensor: ChipTensor, slot: int) -> None:
+        """Re-program one expert slot of a programmed fused tensor; the other slots keep their arrays (the
+        whole tensor again would cost a full programming per replaced expert at scale)."""
+        param = self.originals[tensor.name]
+        noisy, scales, errors = self._program_slot(tensor.name, slot, param.device)
+        param[slot].copy_(noisy)
+        self.programs[tensor.name].set_slot(slot, scales, errors)
+
     def _wrap(self, tensor: ChipTensor) -> None:
         """Route the tensor's products through `analog_linear` when a forward pass must see the chip (analog mode,
         read noise, periphery offsets) or a digital correction; otherwise it is an ordinary weight."""
@@ -197,6 +205,8 @@ class ChipHandle:
             self.targets[(name, slot)] = target.detach().to("cpu", copy=True)
         if name in self.digital:
             self._write_digital(tensor)
+        elif slot is not None and name in self.programs:
+            self._program_one_slot(tensor, slot)
         else:
             self._program_tensor(tensor)
 
