@@ -27,36 +27,26 @@ from pathlib import Path
 MEASURE = r'''
 import json, sys, torch, romer
 from romer.evaluation import perplexity
-folder, case, backup, device = sys.argv[1:5]
+folder, case, backup, device, bench = sys.argv[1:6]
+sys.path.insert(0, bench)
+from peak_memory import PeakMemory
 
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-
-def reset_peak():
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    if device == "cuda":
-        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-
-def peak():
-    return torch.cuda.max_memory_allocated() if device == "cuda" else status("VmHWM")
-
+memory = PeakMemory(device)
 torch.set_num_threads(2)
-base = status("VmRSS") if device == "cpu" else 0
+base = memory.now() if device == "cpu" else 0
 model, tok = romer.load_model(folder, device=device)
 weights = sum(p.numel() * p.element_size() for p in model.parameters())
-loaded = status("VmRSS") if device == "cpu" else torch.cuda.memory_allocated()
+loaded = memory.now()
 ids = torch.randint(0, model.config.vocab_size, (1024,), generator=torch.Generator().manual_seed(0))
-reset_peak()
+memory.reset()
 if case == "clean":
     ppl = perplexity(model, ids, 256, 256, 2).ppl
 else:
     handle = romer.apply_noise_(model, romer.NoiseConfig.preset("cim-80c"), seed=0, backup=backup)
     ppl = perplexity(model, ids, 256, 256, 2).ppl
     handle.restore()
-print(json.dumps({"case": case, "backup": backup, "weights": weights, "base": base, "loaded": loaded, "peak": peak(), "ppl": ppl}))
+print(json.dumps({"case": case, "backup": backup, "weights": weights, "base": base, "loaded": loaded,
+                  "peak": memory.peak(), "ppl": ppl}))
 '''
 
 
@@ -93,13 +83,18 @@ def synthetic_model(folder: Path, layers: int) -> None:
     import torch
     from transformers import OlmoeConfig, OlmoeForCausalLM
 
-    from romer.models import resolve_model_path
-
     torch.manual_seed(0)
     config = OlmoeConfig(vocab_size=8192, hidden_size=512, intermediate_size=1024, num_hidden_layers=layers,
                          num_attention_heads=8, num_key_value_heads=8, num_experts=32, num_experts_per_tok=4,
                          max_position_embeddings=1024)
     OlmoeForCausalLM(config).save_pretrained(folder)
+    borrow_tokenizer(folder)
+
+
+def borrow_tokenizer(folder: Path) -> None:
+    """romer-tiny's tokenizer beside random weights: `load_model` wants one, and the benchmarks feed token ids."""
+    from romer.models import resolve_model_path
+
     tokenizer = resolve_model_path("romer-tiny")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tokenizer / name).exists():
@@ -119,7 +114,8 @@ def memory(layers: int) -> None:
         fixed = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
         for case, backup, env in (("clean", "auto", {}), ("noisy", "auto", {}), ("noisy", "memory", {}),
                                   ("clean", "auto", fixed), ("noisy", "auto", fixed)):
-            done = subprocess.run([sys.executable, "-c", MEASURE, str(folder), case, backup, device],
+            done = subprocess.run([sys.executable, "-c", MEASURE, str(folder), case, backup, device,
+                                   str(Path(__file__).parent)],
                                   capture_output=True, text=True, check=True, env=os.environ | env)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]) | {"allocator": "fixed" if env else "default"})
     weights = rows[0]["weights"]

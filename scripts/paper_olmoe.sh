@@ -7,7 +7,8 @@
 # TEST_TEXT, CALIB_TEXT: WikiText-2 raw test and validation text files; without them the script uses
 # the `wikitext2` corpus (the Hugging Face datasets cache must hold it on a machine without internet).
 # The run resumes: rerun the same command after an interruption. Seeds, methods and token budgets
-# can be changed with the environment variables below.
+# can be changed with the environment variables below; ROMER names the command (default `romer`; on a machine
+# where romer is importable but not installed: ROMER="python3 -m romer.cli").
 set -euo pipefail
 MODEL=${1:?usage: scripts/paper_olmoe.sh MODEL_DIR [TEST_TEXT CALIB_TEXT] [OUT]}
 TEST=${2:-wikitext2}
@@ -19,8 +20,9 @@ MAX_TOKENS=${MAX_TOKENS:-}          # empty: the whole test split
 CALIB_TOKENS=${CALIB_TOKENS:-32768}
 DEVICE=${DEVICE:-cuda}
 WINDOW=${WINDOW:-2048}              # OLMoE-1B-7B was trained on 4,096; the paper scores 2,048
+ROMER=${ROMER:-romer}
 
-romer estimate --model "$MODEL" --dtype bfloat16 --window "$WINDOW" --device "$DEVICE"
+$ROMER estimate --model "$MODEL" --dtype bfloat16 --window "$WINDOW" --device "$DEVICE"
 mkdir -p "$OUT"
 CONFIG="$OUT/paper-olmoe.yaml"
 {
@@ -38,5 +40,5 @@ CONFIG="$OUT/paper-olmoe.yaml"
   echo "dtype: bfloat16"
   echo "batch_size: auto"
 } > "$CONFIG.tmp" && mv "$CONFIG.tmp" "$CONFIG"
-romer run --config "$CONFIG" --out "$OUT"
+$ROMER run --config "$CONFIG" --out "$OUT"
 echo "table: $OUT/report.md (paper, OLMoE-1B-7B: 59.8 % lower perplexity with ROMER)"
