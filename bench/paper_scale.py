@@ -249,7 +249,7 @@ def table_part(args, record: Record) -> None:
     clean_cost = sum(calibrations.values()) + len(calibrations) * clean_eval
     total = clean_eval + telemetry + clean_cost + args.chips * args.seeds * per_chip
     record.save("table", {"test_tokens": args.test_tokens, "chips": args.chips, "seeds": args.seeds,
-                          "methods": ["none", *args.methods], "calibrate_s": calibrations, "per_chip_s": per_chip,
+                          "methods": ["none", *args.table_methods], "calibrate_s": calibrations, "per_chip_s": per_chip,
                           "total_s": total, "table_hours": total / 3600})
 
 

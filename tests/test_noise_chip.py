@@ -189,3 +189,27 @@ def test_disk_backup_reads_slots_and_programs_the_same_bits_as_memory(tiny_moe_d
     assert all(torch.equal(in_memory[n], on_disk[n]) for n in clean)
     assert not torch.equal(on_disk[fused], clean[fused])
     assert all(torch.equal(clean[n], p) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("mode, backup", [("weights", "memory"), ("analog", "memory"), ("weights", "disk")])
+def test_suspended_shows_the_clean_twin_and_returns_to_the_same_chip_bit_for_bit(model, mode, backup):
+    """The programmed weights wait in a second store while the clean twin runs; afterwards the chip computes what
+    it computed right after programming (read noise included: its streams start again, as then)."""
+    clean = snapshot(model)
+    config = NoiseConfig.preset("cim-80c", mode=mode, read_sigma=0.01)
+    chip = apply_noise_(model, config, seed=5, backup=backup)
+    replaced = "model.layers.0.mlp.experts.gate_up_proj"
+    chip.reprogram_slot(replaced, 1, chip.clean_value(replaced, 0))  # a replacement is part of the twin too
+    chip.make_digital("model.layers.1.mlp.gate.weight")
+    for program in chip.programs.values():
+        program.calls = 0
+    programmed, first = snapshot(model), model(input_ids=ids()).logits
+    with chip.suspended():
+        twin = snapshot(model)
+        assert torch.equal(twin[replaced][1], clean[replaced][0])
+        assert torch.equal(twin[replaced][0], clean[replaced][0])
+        assert all(torch.equal(twin[n], clean[n]) for n in twin if n != replaced)
+    assert all(torch.equal(p, programmed[n]) for n, p in snapshot(model).items())
+    assert torch.equal(model(input_ids=ids()).logits, first)
+    chip.restore()
+    assert all(torch.equal(p, clean[n]) for n, p in snapshot(model).items())

@@ -223,12 +223,30 @@ class ChipHandle:
 
     @contextmanager
     def suspended(self) -> Iterator[None]:
-        """The clean model (its software twin) for the duration of the block, then this chip again, bit for bit."""
+        """The clean model (its software twin) for the duration of the block, then this chip again, bit for bit.
+        The programmed weights wait in a second store of the backup's kind (host memory, or disk for a large CPU
+        model): a copy each way instead of programming the chip again, which at scale costs far more."""
+        programmed = type(self.backup)()
+        on_chip = {t.name for t in self.tensors if t.name not in self.digital}
+        for name in on_chip:
+            programmed.save(name, self.originals[name])
         self._uninstall()
         try:
             yield
         finally:
-            self._install()
+            with torch.no_grad():
+                for tensor in self.tensors:
+                    if tensor.name in self.digital:
+                        self._write_digital(tensor)
+                    elif tensor.name in on_chip:
+                        param = self.originals[tensor.name]
+                        for slot in range(param.shape[0]) if param.dim() > 2 else (None,):
+                            (param if slot is None else param[slot]).copy_(programmed.load(tensor.name, slot))
+                        self.programs[tensor.name].calls = 0  # per-forward streams start again, as after programming
+                        self._wrap(tensor)
+                    else:  # moved back onto the chip inside the block
+                        self._program_tensor(tensor)
+            programmed.close()
 
     def restore(self) -> None:
         if self.restored:

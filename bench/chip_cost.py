@@ -1,12 +1,15 @@
-"""What expert replacement costs next to programming the chip: a synthetic OLMoE-shaped model with 64 experts per
-layer (random weights, routers spread so that τ = 0.9 finds the full 1/8 of cold experts), `cim-80c`, one thread.
+"""What calibration's operations on the chip cost next to programming it: a synthetic OLMoE-shaped model with 64
+experts per layer (random weights, routers spread so that τ = 0.9 finds the full 1/8 of cold experts), `cim-80c`,
+one thread.
 
-    python bench/replacement_cost.py [--layers 4] [--hidden 256]
+    python bench/chip_cost.py [--layers 4] [--hidden 256]
 
-Prints the time to program the chip, to calibrate with `er` (routing statistics, then each replaced slot
-programmed again) and to remove it (each slot programmed back), and their ratios to programming. Only the
-replaced slots are programmed again (`ChipHandle.reprogram_slot`); before that, every replacement programmed
-its whole fused tensor again, which made `er` cost a multiple of programming the chip.
+Prints the time to program the chip; to calibrate with `er` (routing statistics, then each replaced slot
+programmed again) and to remove it (each slot programmed back); and a visit to the clean twin and back
+(`ChipHandle.suspended()`: rc's clean statistics, retune's teacher and `--save` each make one or two), with their
+ratios to programming. Only the replaced slots are programmed again (`reprogram_slot`), and the twin's visit
+keeps the programmed weights in a second store instead of programming the chip again on the way back; before
+either, each cost at least one programming of the chip.
 """
 
 from __future__ import annotations
@@ -46,11 +49,15 @@ def main() -> None:
         started = time.perf_counter()
         calibration.remove()
         remove = time.perf_counter() - started
+        started = time.perf_counter()
+        with chip.suspended():
+            pass
+        twin = time.perf_counter() - started
     slots = args.layers * 64
     print(f"OLMoE-shaped, {args.layers} layers × 64 experts, hidden {args.hidden}, cim-80c, 1 thread: "
           f"{replaced} of {slots} expert slots replaced")
     print(f"  program the chip {program:.2f} s;  er {er:.2f} s ({er / program:.2f}× programming);  "
-          f"remove {remove:.2f} s ({remove / program:.2f}×)")
+          f"remove {remove:.2f} s ({remove / program:.2f}×);  clean twin and back {twin:.2f} s ({twin / program:.2f}×)")
 
 
 if __name__ == "__main__":
