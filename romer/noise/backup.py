@@ -25,6 +25,9 @@ class MemoryBackup:
     def save(self, name: str, tensor: torch.Tensor) -> None:
         self._tensors[name] = tensor.detach().to("cpu", copy=True)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
     def load(self, name: str, slot: int | None = None) -> torch.Tensor:
         tensor = self._tensors[name]
         return tensor if slot is None else tensor[slot]
@@ -57,6 +60,9 @@ class DiskBackup:
             for part in tensor.split(rows if tensor.dim() < 3 else 1):
                 handle.write(memoryview(part.contiguous().cpu().view(torch.uint8).numpy()))
         self._files[name] = stored
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._files
 
     def load(self, name: str, slot: int | None = None) -> torch.Tensor:
         stored = self._files[name]

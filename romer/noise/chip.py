@@ -168,20 +168,31 @@ class ChipHandle:
         if name not in self.digital:
             self._wrap(tensor)
 
+    def _write(self, tensor: ChipTensor, value_of) -> None:
+        """`value_of(slot)` into the tensor, a fused one slot by slot (the scratch stays one expert's size)."""
+        param = self.originals[tensor.name]
+        for slot in range(param.shape[0]) if param.dim() > 2 else (None,):
+            (param if slot is None else param[slot]).copy_(value_of(slot))
+
     def _write_digital(self, tensor: ChipTensor) -> None:
-        original = self.originals[tensor.name]
-        if original.dim() > 2:
-            for slot in range(original.shape[0]):
-                original[slot].copy_(self.clean_value(tensor.name, slot))
-        else:
-            original.copy_(self.clean_value(tensor.name))
-        tensor.module._parameters[tensor.attribute] = original
+        self._write(tensor, lambda slot: self.clean_value(tensor.name, slot))
+        tensor.module._parameters[tensor.attribute] = self.originals[tensor.name]
+
+    def _reinstate(self, tensor: ChipTensor, programmed: MemoryBackup | DiskBackup) -> None:
+        """The tensor's programmed weights back from `programmed`; its per-forward streams start again, as after
+        programming."""
+        self._write(tensor, lambda slot: programmed.load(tensor.name, slot))
+        self.programs[tensor.name].calls = 0
+        self._wrap(tensor)
 
     @torch.no_grad()
-    def _install(self) -> None:
+    def _install(self, programmed: MemoryBackup | DiskBackup | None = None) -> None:
+        """Every tensor onto the chip: digital ones clean, those `programmed` holds copied back, the rest programmed."""
         for tensor in self.tensors:
             if tensor.name in self.digital:
                 self._write_digital(tensor)
+            elif programmed is not None and tensor.name in programmed:
+                self._reinstate(tensor, programmed)
             else:
                 self._program_tensor(tensor)
 
@@ -227,26 +238,17 @@ class ChipHandle:
         The programmed weights wait in a second store of the backup's kind (host memory, or disk for a large CPU
         model): a copy each way instead of programming the chip again, which at scale costs far more."""
         programmed = type(self.backup)()
-        on_chip = {t.name for t in self.tensors if t.name not in self.digital}
-        for name in on_chip:
-            programmed.save(name, self.originals[name])
+        for tensor in self.tensors:
+            if tensor.name not in self.digital:
+                programmed.save(tensor.name, self.originals[tensor.name])
         self._uninstall()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for tensor in self.tensors:
-                    if tensor.name in self.digital:
-                        self._write_digital(tensor)
-                    elif tensor.name in on_chip:
-                        param = self.originals[tensor.name]
-                        for slot in range(param.shape[0]) if param.dim() > 2 else (None,):
-                            (param if slot is None else param[slot]).copy_(programmed.load(tensor.name, slot))
-                        self.programs[tensor.name].calls = 0  # per-forward streams start again, as after programming
-                        self._wrap(tensor)
-                    else:  # moved back onto the chip inside the block
-                        self._program_tensor(tensor)
-            programmed.close()
+            try:
+                self._install(programmed)
+            finally:
+                programmed.close()
 
     def restore(self) -> None:
         if self.restored:
