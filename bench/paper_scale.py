@@ -41,12 +41,13 @@ import torch
 
 from peak_memory import PeakMemory
 from romer.atomic import write_text_atomic
+from romer.calibration.config import RomerConfig
 from romer.errors import RomerError
 
+DEFAULT_RETUNE_STEPS = RomerConfig.model_fields["retune_steps"].default
 GOALS = {"noisy eval ≤ 1.05× clean": ("weights_slowdown", 1.05), "programming one chip ≤ 10 s": ("program_s", 10.0),
          "analog ≤ 3× clean": ("analog_slowdown", 3.0), "noisy peak ≤ 1.1× clean peak": ("peak_ratio", 1.1),
          "paper table ≤ 1 h": ("table_hours", 1.0)}
-DEFAULT_RETUNE_STEPS = 200
 
 
 def sync(device: str) -> None:
@@ -201,7 +202,7 @@ def run_part(args, model, folder: Path, record: Record) -> None:
     record.save("run", values)
 
 
-def calibrate_part(args, model, method: str, record: Record) -> None:
+def calibrate_part(args, model, folder: Path, method: str, record: Record) -> None:
     import romer
     from romer.calibration.config import romer_config
     from romer.noise import apply_noise_, parse_noise_spec
@@ -227,7 +228,6 @@ def calibrate_part(args, model, method: str, record: Record) -> None:
                                                       + fit["fit_seconds"] * DEFAULT_RETUNE_STEPS / fit["steps"])
             from romer.scale.memory import estimate_memory
 
-            folder = Path(args.out) / f"{Path(args.config).name}-model"
             estimate = estimate_memory(str(folder), args.dtype, args.window, on_accelerator=memory.cuda)
             values["estimate_bytes"] = estimate.retune_bytes(settings["batch_size"], checkpointing=fit["checkpointing"])
         calibration.remove()
@@ -351,7 +351,7 @@ def main() -> None:
             if part == "run":
                 run_part(args, model, folder, record)
             else:
-                calibrate_part(args, model, part.split(":")[1], record)
+                calibrate_part(args, model, folder, part.split(":")[1], record)
             print(f"{part}: measured in {time.perf_counter() - started:.0f} s", flush=True)
         if args.save_load and not args.keep:
             for path in folder.glob("*.safetensors"):
