@@ -25,7 +25,8 @@ ModelOpt = typer.Option("romer-tiny", "--model", "-m", help="romer-tiny, a local
 DataOpt = typer.Option("stdlib", "--data", "-d", help="stdlib, wikitext2, wikitext103, or a local .txt/.jsonl file.")
 SplitOpt = typer.Option(None, "--split", help="Corpus split (train, calib, test); default: the corpus's test split.")
 WindowOpt = typer.Option(None, "--window", help="Tokens per window; default: the model's context, at most 2048.")
-StrideOpt = typer.Option(None, "--stride", help="Tokens between window starts; default: half the window.")
+StrideOpt = typer.Option(None, "--stride", help="Tokens between window starts; default: the window (disjoint windows, "
+                                                 "as every campaign).")
 BatchOpt = typer.Option(8, "--batch-size", help="Windows per forward pass.")
 MaxTokensOpt = typer.Option(None, "--max-tokens", help="Score only the first N tokens of the split (reported).")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
@@ -34,11 +35,13 @@ TrustOpt = typer.Option(False, "--trust-remote-code", help="Allow code and pickl
 NoiseOpt = typer.Option(None, "--noise", help="Chip: a preset (romer presets), NAME:key=value,..., or a .yaml file.")
 SeedsOpt = typer.Option("0", "--seeds", help="Chip instances to simulate: 0,1,2 or 0-4.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table.")
-MethodOpt = typer.Option("romer", "--method", help="Calibration method: none, er, rc, romer, retune, best.")
+MethodOpt = typer.Option("romer", "--method", help="Calibration method: none, er, rc, romer, tuned, retune (retune "
+                                                   "recovers most; `best` is tuned's former name).")
 CalibDataOpt = typer.Option(None, "--calib-data", help="Calibration text (corpus name or .txt/.jsonl); default: "
                                                        "the calibration split of --data.")
 CalibSetOpt = typer.Option(None, "--set", help="Calibration options as key=value,... (tau=0.25,router=renorm); "
-                                               "see RomerConfig.")
+                                               "see CalibrationConfig; a field the method does not read "
+                                               "is refused.")
 
 
 
@@ -132,17 +135,18 @@ def _backend(name: str = "local", address: Optional[str] = None, workers: Option
 
 def parse_vary(items: list[str]) -> dict:
     """`--vary FIELD=v1,v2` (given once or twice) as {field: [values]}; values read as YAML scalars."""
-    import yaml
+    from romer.assignments import scalar, split_assignment
 
     vary = {}
+    error = "cannot read --vary '{item}'; write FIELD=v1,v2,... (e.g. adc_offset_sigma=0,1,2)"
     for item in items:
-        field, eq, raw = item.partition("=")
-        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
-        if not eq or not field.strip() or not values:
-            raise RomerError(f"cannot read --vary '{item}'; write FIELD=v1,v2,... (e.g. adc_offset_sigma=0,1,2)")
-        if field.strip() in vary:
-            raise RomerError(f"--vary names '{field.strip()}' twice; give each field once")
-        vary[field.strip()] = values
+        field, raw = split_assignment(item, error)
+        values = [scalar(field, v) for v in raw.split(",") if v.strip()]
+        if not values:
+            raise RomerError(error.format(item=item))
+        if field in vary:
+            raise RomerError(f"--vary names '{field}' twice; give each field once")
+        vary[field] = values
     return vary
 
 
@@ -163,8 +167,8 @@ ConfigOpt = typer.Option(None, "--config", help="YAML file of run options (the k
                                                  "flags given on the command line win.")
 OutOpt = typer.Option("runs/latest", "--out", help="Output folder; a rerun resumes what it holds.")
 ForceOpt = typer.Option(False, "--force", help="Discard results of a different configuration in --out.")
-MethodsOpt = typer.Option(None, "--methods", help="Comma list of methods (none, er, rc, romer, retune, best); default "
-                                                   "none,romer,best.")
+MethodsOpt = typer.Option(None, "--methods", help="Comma list of methods (none, er, rc, romer, tuned, "
+                                                   "retune); default none,romer,tuned.")
 TasksOpt = typer.Option(None, "--tasks", help="Comma list of lm-eval tasks (e.g. romer_pycloze, piqa, arc_easy).")
 BackendOpt = typer.Option("local", "--backend", help="local (this process) or ray (a Ray cluster; see README).")
 AddressOpt = typer.Option(None, "--address", help="Ray cluster address (ray start --head prints it); default: a "
@@ -239,7 +243,7 @@ def sweep_command(config: Optional[str] = ConfigOpt, model: Optional[str] = type
 
 
 DEMO = {"model": "romer-tiny", "data": "stdlib", "noise": ["cim-80c"], "seeds": [0, 1, 2],
-        "methods": ["none", "romer", "best", "retune"], "max_tokens": 16384, "routing_tokens": 4096,
+        "methods": ["none", "romer", "tuned", "retune"], "max_tokens": 16384, "routing_tokens": 4096,
         "clean_cost": False, "calibration": {"calib_tokens": 8192}}
 
 
@@ -247,7 +251,7 @@ DEMO = {"model": "romer-tiny", "data": "stdlib", "noise": ["cim-80c"], "seeds": 
 @user_errors
 def demo_command(out_dir: str = typer.Option("runs/demo", "--out"), force: bool = ForceOpt,
                  device: str = DeviceOpt, as_json: bool = JsonOpt) -> None:
-    """The main job on the embedded default: romer-tiny, stdlib, cim-80c, seeds 0-2, methods none / romer / best /
+    """The main job on the embedded default: romer-tiny, stdlib, cim-80c, seeds 0-2, methods none / romer / tuned /
     retune."""
     _campaign(None, DEMO | {"device": device}, out_dir, force, as_json)
 
@@ -319,17 +323,11 @@ def diagnose_command(model: str = ModelOpt, data: str = DataOpt, calib_data: Opt
 
 
 def calibration_config(method: str, options: Optional[str]):
-    from romer.calibration import romer_config
+    from romer.assignments import parse_assignments
+    from romer.calibration import calibration_config as build_config
 
-    import yaml
-
-    fields = {"method": method}
-    for item in filter(None, (options or "").split(",")):
-        key, eq, raw = item.partition("=")
-        if not eq:
-            raise RomerError(f"cannot read '{item}' in --set; write key=value,key=value")
-        fields[key.strip()] = yaml.safe_load(raw)
-    return romer_config(**fields)
+    fields = parse_assignments(options, "cannot read '{item}' in --set; write key=value,key=value")
+    return build_config(**(fields | {"method": method}))
 
 
 @app.command("calibrate")

@@ -156,7 +156,6 @@ def load_model(spec: str = "romer-tiny", *, device: str = "cpu", dtype: str = "f
         model.to(target)
     model.eval()
     require_moe(model, spec)
-    _reapply_calibration(model, folder)
     return model, tokenizer
 
 
@@ -175,13 +174,3 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     except Exception as error:  # tokenizers raises plain Exceptions on a corrupt file
         raise RomerError(f"the tokenizer of {folder} cannot be read ({type(error).__name__}); restore its tokenizer "
                          "files from the model's source") from None
-
-
-def _reapply_calibration(model: nn.Module, folder: Path) -> None:
-    """A folder saved by `romer calibrate --save` carries its calibration: install its router transforms
-    (the replacements are in the weights already)."""
-    from romer.calibration.persist import apply_record, read_record
-
-    record = read_record(folder)
-    if record is not None:
-        apply_record(model, record, with_replacements=False, folder=folder)

@@ -10,7 +10,7 @@ import torch
 
 import romer
 from romer import NoiseConfig, RomerConfig, apply_noise_, calibrate_
-from romer.calibration.replacement import Replacement, plan_replacements
+from romer.calibration.replacement import Replacement, plan_replacements, write_replacement
 from romer.calibration.router import LayerTransform, fences, robust_map
 from romer.calibration.state import Calibration
 from romer.errors import RomerError
@@ -31,6 +31,13 @@ def logits_of(model, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids.view(-1, 64)).logits
 
 
+def copy_off_chip(model, layer, src: int, dst: int) -> None:
+    """Expert `src` written into slot `dst` of a clean model, through calibration's one copy path."""
+    with torch.no_grad():
+        write_replacement(adapter_for(model), layer, Replacement(layer.index, cold=dst, hot=src, pairing="weights",
+                                                                 cold_share=0.0, hot_share=1.0), chip=None)
+
+
 def snapshot(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
@@ -49,7 +56,7 @@ def test_replacement_reprograms_exactly_the_cold_slot_with_its_own_noise(family)
     assert changed == expert_names
     adapter = adapter_for(reference)
     ref_layer = adapter.layers(reference)[0]
-    adapter.copy_expert(ref_layer, src=5, dst=3)
+    copy_off_chip(reference, ref_layer, src=5, dst=3)
     with apply_noise_(reference, NOISE, seed=4):
         ref_params = dict(reference.named_parameters())
         for name, param in model.named_parameters():
@@ -78,7 +85,7 @@ def test_a_replaced_slot_with_periphery_computes_what_programming_the_copy_gives
     calibration.replace(Replacement(0, cold=3, hot=5, pairing="weights", cold_share=0.1, hot_share=2.0))
     replaced = logits_of(model, ids)
     adapter = adapter_for(reference)
-    adapter.copy_expert(adapter.layers(reference)[0], src=5, dst=3)
+    copy_off_chip(reference, adapter.layers(reference)[0], src=5, dst=3)
     with apply_noise_(reference, noise, seed=2):
         assert torch.equal(replaced, logits_of(reference, ids))
     calibration.remove()
@@ -94,9 +101,10 @@ def test_clone_pairing_copies_the_router_row_on_chip():
     calibration.replace(Replacement(0, cold=2, hot=6, pairing="clone", cold_share=0.1, hot_share=2.0))
     target = chip.clean_value(router_name)
     assert torch.equal(target[2], target[6])
-    assert not torch.equal(chip.originals[router_name][2], chip.originals[router_name][6])  # each row its own noise
+    stored = calibration.layers[0].router.weight
+    assert not torch.equal(stored[2], stored[6])  # each row its own noise
     calibration.remove()
-    assert (router_name, None) not in chip.targets
+    assert chip.programmed_target(router_name) is None
     chip.restore()
 
 
@@ -144,20 +152,21 @@ def test_replica_dispatch_splits_traffic_and_never_picks_both():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["none", "er", "rc", "romer", "best"])
+@pytest.mark.parametrize("method", ["none", "er", "rc", "romer", "tuned"])
 def test_every_method_runs_changes_routing_and_undoes_exactly(family, method):
     model = build(family)
     ids = calib_ids()
     chip = apply_noise_(model, NOISE, seed=2)
     noisy = logits_of(model, ids)
-    extra = {"tune": False, "load_bias": True, "digital_budget": 0.05} if method == "best" else {}
-    calibration = calibrate_(model, RomerConfig(method=method, tau=1.0, **extra), ids, chip=chip)
+    extra = {"tune": False, "load_bias": True, "digital_budget": 0.05} if method == "tuned" else {}
+    replacing = {"tau": 1.0} if method in ("er", "romer", "tuned") else {}
+    calibration = calibrate_(model, RomerConfig(method=method, **replacing, **extra), ids, chip=chip)
     calibrated = logits_of(model, ids)
     if method == "none":
         assert torch.equal(calibrated, noisy)
     else:
         assert not torch.equal(calibrated, noisy)
-    if method in ("er", "romer", "best"):
+    if method in ("er", "romer", "tuned"):
         assert calibration.replacements
     if method in ("rc", "romer"):  # the default reading, renorm, maps each expert's noisy median and IQR
         assert all(t.noisy_median is not None and t.low is None for t in calibration.transforms.values())
@@ -170,7 +179,7 @@ def test_every_method_runs_changes_routing_and_undoes_exactly(family, method):
 def test_tuning_scores_on_holdout_and_records_trials():
     model = build("olmoe")
     with apply_noise_(model, NOISE, seed=0):
-        calibration = calibrate_(model, RomerConfig(method="best", digital_budget=0.0), calib_ids(tokens=64 * 12))
+        calibration = calibrate_(model, RomerConfig(method="tuned", digital_budget=0.0), calib_ids(tokens=64 * 12))
         trials = calibration.report["tuning"]
         assert len(trials) == 12 and all(t["holdout_ppl"] > 1 for t in trials)
         assert calibration.report["tokens"]["holdout"] == 3 * 64
@@ -184,7 +193,7 @@ def test_calibration_reads_only_the_calibration_tokens():
                                     with_kwargs=True)
     calibration_ids = calib_ids(low=1, high=64)  # evaluation text would use ids 64…127
     with apply_noise_(model, NOISE, seed=0):
-        calibrate_(model, RomerConfig(method="best", digital_budget=0.05, load_bias=True), calibration_ids).remove()
+        calibrate_(model, RomerConfig(method="tuned", digital_budget=0.05, load_bias=True), calibration_ids).remove()
     tokens = torch.cat(seen)
     assert tokens.numel() > 0 and int(tokens.max()) < 64
 
@@ -216,7 +225,8 @@ def test_save_and_load_reproduce_the_calibrated_perplexity_exactly(tiny_moe_dir,
     record = json.loads((folder / "romer_calibration.json").read_text())
     assert record["chip"]["seed"] == 3 and record["method"] == "romer"
     loaded, _ = romer.load_model(str(folder))
-    with apply_noise_(loaded, config, seed=3):
+    carried = romer.load_calibration(loaded, folder)
+    with apply_noise_(loaded, config, seed=3, calibration=carried):
         assert romer.perplexity(loaded, evaluation, 64, 64).ppl == expected
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny_moe_dir.iterdir()}
     assert after == before  # the source checkpoint is read-only to us

@@ -8,10 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from romer.calibration.statistics import sequence_perplexity
+from romer.evaluation.perplexity import sequence_perplexity
 from romer.cli import app
 from romer.diagnosis import diagnose
-from romer.diagnosis.routing_shift import recording_router_logits, replaying_routing, systematic_share
+from romer.diagnosis.routing_shift import replaying_routing, systematic_share
+from romer.moe.telemetry import RoutingRecorder
 from romer.models import load_model
 from romer.noise import NoiseConfig, apply_noise_
 
@@ -43,8 +44,9 @@ def _ids(calib_text):
 
 def test_replaying_the_clean_routing_on_a_router_only_chip_gives_the_clean_model_back(model):
     clean = sequence_perplexity(model, sequences(), 4)
-    with recording_router_logits(model) as logits:
+    with RoutingRecorder(model, logit_every=1) as recorder:
         assert sequence_perplexity(model, sequences(), 4) == clean  # recording observes only
+    logits = [recorder.layer_logits(i) for i in range(len(recorder.layers))]
     with apply_noise_(model, NoiseConfig.preset("gaussian", sigma_dev=0.2, roles=("router",)), seed=0):
         noisy = sequence_perplexity(model, sequences(), 4)
         with replaying_routing(model, logits):

@@ -18,7 +18,7 @@ import yaml
 
 from romer.campaign import run_campaign, run_spec
 from romer.campaign.lock import folder_lock
-from romer.campaign.log import MID_WRITE_PAUSE, unit_key
+from romer.campaign.log import unit_key
 from romer.errors import RomerError
 
 TIMING = ("calib_seconds", "calib_seconds_mean")
@@ -27,7 +27,7 @@ TIMING = ("calib_seconds", "calib_seconds_mean")
 def config(model_dir, texts, folder: Path) -> Path:
     evaluation, calibration = texts
     fields = dict(model=str(model_dir), data=str(evaluation), calib_data=str(calibration),
-                  noise=["gaussian:sigma_dev=0.1"], seeds=[0, 1, 2], methods=["none", "rc", "best"],
+                  noise=["gaussian:sigma_dev=0.1"], seeds=[0, 1, 2, 3, 4], methods=["none", "rc", "tuned"],
                   max_tokens=64 * 6, window=64, routing_tokens=64 * 4,
                   calibration={"calib_tokens": 64 * 8, "digital_budget": 0.05})
     path = folder / "run.yaml"
@@ -43,10 +43,14 @@ def without_timing(value):
     return value
 
 
-def start(config_path: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "romer.cli", "run", "--config", str(config_path), "--out", str(out),
-                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}))
+def start(config_path: Path, out: Path, pause_mid_write: float = 0) -> subprocess.Popen:
+    """`romer run` in a subprocess; with `pause_mid_write`, each results line is written half, then after a pause
+    (tests/hooks.py), so that a kill can land mid-write."""
+    hook = f"import tests.hooks; tests.hooks.pause_mid_write({pause_mid_write}); " if pause_mid_write else ""
+    return subprocess.Popen([sys.executable, "-c", f"{hook}from romer.cli import main; main()", "run", "--config",
+                             str(config_path), "--out", str(out), "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, env=os.environ | {"HF_HUB_OFFLINE": "1"})
 
 
 def lines(out: Path) -> list[str]:
@@ -74,10 +78,10 @@ def test_killed_anywhere_and_resumed_equals_an_uninterrupted_run(tiny_moe_dir, t
     while True:
         point = len(kills)
         if point == 2:  # mid-write of a line: half of it on disk when the signal lands
-            process = start(path, out, {MID_WRITE_PAUSE: "30"})
+            process = start(path, out, pause_mid_write=30)
             reached = wait_for(lambda: lines(out) and lines(out)[-1] != "", process)
-        elif point == 4:  # mid-calibration: a chip's noisy and rc units are written, its `best` is being fitted
-            # (rc lands ~20 ms after the noisy unit, too soon to catch by polling; fitting `best` takes ~0.3 s)
+        elif point == 4:  # mid-calibration: a chip's noisy and rc units are written, its `tuned` is being fitted
+            # (rc lands ~20 ms after the noisy unit, too soon to catch by polling; fitting `tuned` takes ~0.3 s)
             process = start(path, out)
             before = len([x for x in lines(out) if x])
             reached = wait_for(lambda: len([x for x in lines(out) if x]) > before
@@ -108,11 +112,11 @@ def test_killed_anywhere_and_resumed_equals_an_uninterrupted_run(tiny_moe_dir, t
     assert any(how == signal.SIGINT and code == 130 for _, how, code in kills)  # Ctrl-C caught, resume hint shown
     records = [json.loads(x) for x in lines(out) if x]
     keys = [unit_key(r) for r in records]
-    assert len(keys) == len(set(keys)) == 1 + 2 + 3 * 3  # every unit once
+    assert len(keys) == len(set(keys)) == 1 + 2 + 5 * 3  # every unit once
     resumed = json.loads((out / "results.json").read_text())
     expected = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert without_timing(resumed) == without_timing(expected)
-    assert reference["methods"]["best"]["ppl"] == resumed["methods"]["best"]["ppl"]
+    assert reference["methods"]["tuned"]["ppl"] == resumed["methods"]["tuned"]["ppl"]
 
 
 def test_one_writer_per_folder_and_a_killed_holder_frees_it(tiny_moe_dir, texts, tmp_path):

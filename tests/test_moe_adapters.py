@@ -75,14 +75,20 @@ def test_override_changes_the_routing(family):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("router_row", [False, True])
 def test_copy_expert_changes_exactly_the_target_slot(family, router_row):
+    from romer.calibration.replacement import Replacement, write_replacement
+
     model = build(family)
     adapter = adapter_for(model)
     layer = adapter.layers(model)[-1]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    adapter.copy_expert(layer, src=2, dst=6, router_row=router_row)
-    for name, view in adapter.expert_tensors(layer, 6).items():
-        assert torch.equal(view, adapter.expert_tensors(layer, 2)[name])
+    pairing = "clone" if router_row else "weights"
+    with torch.no_grad():
+        write_replacement(adapter, layer, Replacement(layer.index, cold=6, hot=2, pairing=pairing, cold_share=0.0,
+                                                      hot_share=1.0), chip=None)
+    view = lambda module, attr, slot: getattr(module, attr) if slot is None else getattr(module, attr)[slot]  # noqa
+    for copy, hot in zip(adapter.expert_weights(layer, 6), adapter.expert_weights(layer, 2)):
+        assert torch.equal(view(*copy), view(*hot))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     changed |= {n for n, b in model.named_buffers() if not torch.equal(b, buffers[n])}
     expected_prefix = layer.name + "."

@@ -29,13 +29,14 @@ def outputs(model, tokens=None) -> torch.Tensor:
 def test_retune_moves_only_digital_parameters_and_undoes_exactly(family):
     model = build(family)
     with apply_noise_(model, NOISE, seed=2) as chip:
-        on_chip = {name: chip.originals[name].detach().clone() for name in chip.originals}
+        stored = {name: getattr(*chip.module_of(name)) for name in chip.names()}
+        on_chip = {name: weight.detach().clone() for name, weight in stored.items()}
         norms = {name: p.detach().clone() for name, p in norm_gains(model).items()}
         noisy = outputs(model)
         calibration = calibrate_(model, RomerConfig(**FAST), ids())
         for name, weight in on_chip.items():
-            assert torch.equal(chip.originals[name], weight), name  # no conductance changed
-            assert chip.originals[name].grad is None
+            assert torch.equal(stored[name], weight), name  # no conductance changed
+            assert stored[name].grad is None
         assert any(not torch.equal(p, norms[n]) for n, p in norm_gains(model).items())  # norm gains were fitted
         assert calibration.corrections and not torch.equal(outputs(model), noisy)
         calibration.remove()
@@ -95,14 +96,15 @@ def test_save_and_load_reproduce_the_retuned_chip_bit_for_bit(tmp_path, tiny_moe
     clean = dict(romer.load_model(str(tiny_moe_dir))[0].named_parameters())
     assert all(torch.equal(stored[n], clean[n]) for n in stored if "norm" in n)  # the checkpoint keeps clean gains
     reloaded, _ = romer.load_model(str(tmp_path / "saved"))
-    with apply_noise_(reloaded, NOISE, seed=3):
+    carried = romer.load_calibration(reloaded, tmp_path / "saved")
+    with apply_noise_(reloaded, NOISE, seed=3, calibration=carried):
         assert torch.equal(outputs(reloaded, tokens[:256]), tuned)
 
 
-def test_best_keeps_retune_only_when_it_helps_on_held_out_tokens():
+def test_tuned_keeps_retune_only_when_it_helps_on_held_out_tokens():
     model = build("olmoe")
     with apply_noise_(model, NOISE, seed=1):
-        calibration = calibrate_(model, RomerConfig(method="best", retune=True, digital_budget=0.0,
+        calibration = calibrate_(model, RomerConfig(method="tuned", retune=True, digital_budget=0.0,
                                                     **{k: v for k, v in FAST.items() if k != "method"}), ids())
         report = calibration.report["retune"]
         assert report["kept"] == (report["holdout_ppl_after"] < report["holdout_ppl_before"])
@@ -112,7 +114,7 @@ def test_best_keeps_retune_only_when_it_helps_on_held_out_tokens():
 
 def _layer_error(model, chip, name: str, tokens: torch.Tensor) -> float:
     """Squared error of one on-chip linear layer's output against the clean weights, on the chip's own inputs."""
-    module, errors = chip.tensor(name).module, []
+    module, errors = chip.module_of(name)[0], []
     clean = chip.clean_value(name).float()
 
     def hook(_, inputs, output):
@@ -133,16 +135,16 @@ def test_least_squares_start_shrinks_every_linear_layers_error_on_held_out_token
 
     model = build(family)
     with apply_noise_(model, NOISE, seed=4) as chip:
-        names = [t.name for t in chip.tensors if isinstance(t.module, torch.nn.Linear) and chip.originals[t.name].dim() == 2]
+        names = [n for n in chip.names() if isinstance(chip.module_of(n)[0], torch.nn.Linear) and len(chip.shape(n)) == 2]
         for name in names:
-            out_dim, in_dim = chip.originals[name].shape
+            out_dim, in_dim = chip.shape(name)
             chip.attach_correction(name, ColumnCorrection(out_dim, in_dim, rank=4, seed=0))
         held_out = ids(9, 64 * 8)
         before = {name: _layer_error(model, chip, name, held_out) for name in names}
-        on_chip = {name: chip.originals[name].detach().clone() for name in names}
-        assert sorted(least_squares_start(chip, ids(3, 64 * 16).view(-1, 64), 4)) == sorted(names)
+        on_chip = {name: getattr(*chip.module_of(name)).detach().clone() for name in names}
+        assert sorted(least_squares_start(model, chip, ids(3, 64 * 16).view(-1, 64), 4)) == sorted(names)
         after = {name: _layer_error(model, chip, name, held_out) for name in names}
-        assert all(torch.equal(chip.originals[n], on_chip[n]) for n in names)  # corrections only, no conductance
+        assert all(torch.equal(getattr(*chip.module_of(n)), on_chip[n]) for n in names)  # corrections only
         assert all(after[n] < before[n] for n in names), {n: after[n] / before[n] for n in names if after[n] >= before[n]}
         for name in names:
             chip.attach_correction(name, None)

@@ -1,8 +1,12 @@
-"""`RomerConfig`: one validated description of a calibration; every free parameter of the method.
+"""`CalibrationConfig`: one validated description of a calibration, for every method; each field belongs
+to the steps that read it (`romer/calibration/step.py`), and a method refuses a field set explicitly
+that none of its steps reads.
 
-    RomerConfig()                                  # ROMER as published, our best-measured readings of it
-    RomerConfig(method="er", tau=0.25)             # expert replacement only, a lower threshold
-    RomerConfig(method="best", digital_budget=0.02)
+    CalibrationConfig()                                   # ROMER as published, our best-measured reading of it
+    CalibrationConfig(method="er", tau=0.25)              # expert replacement only, a lower threshold
+    CalibrationConfig(method="tuned", digital_budget=0.01)
+
+`RomerConfig` is the former name, kept as an alias.
 """
 
 from __future__ import annotations
@@ -11,17 +15,21 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from romer.errors import RomerError
+from romer.moe.metrics import STARVED_FRACTION_OF_UNIFORM
 from romer.validation import build
 
 
-class RomerConfig(BaseModel):
+class CalibrationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: str = Field("romer", description="calibration method: none, er, rc, romer, retune, best (romer methods)")
+    method: str = Field("romer", description="calibration method: none, er, rc, romer, tuned, retune, or one "
+                                             "registered with register_method (`best` is tuned's former name)")
 
     # expert replacement (SPEC §2.1)
-    tau: float = Field(0.5, gt=0, le=1, description="an expert is under-activated when its share of the noisy "
-                                                    "model's selections is below tau × the uniform share 1/E")
+    tau: float = Field(STARVED_FRACTION_OF_UNIFORM, gt=0, le=1,
+                       description="an expert is under-activated when its share of the noisy model's selections is "
+                                   "below tau × the uniform share 1/E (default: the load metrics' starved threshold)")
     max_replaced: float = Field(0.125, ge=0, le=0.5, description="at most this fraction of a layer's experts is replaced")
     pairing: Literal["weights", "clone", "replica"] = Field(
         "replica", description="weights: the cold slot takes a hot expert's weights and keeps its router row; "
@@ -54,8 +62,8 @@ class RomerConfig(BaseModel):
                                           "calibration tokens")
 
     # per-chip digital re-tuning against the clean twin (romer/calibration/retune.py)
-    retune: bool = Field(False, description="fit the chip's digital parameters to the clean twin (method retune; "
-                                            "a candidate in best, kept only if held-out perplexity improves)")
+    retune: bool = Field(False, description="tuned: add retune's fit as a last candidate, kept only if held-out "
+                                            "perplexity improves (method retune always fits)")
     retune_budget: float = Field(0.01, ge=0, le=0.2, description="digital parameters the re-tuning may add, as a "
                                                                  "fraction of the on-chip weights")
     retune_rank: int = Field(8, ge=0, le=256, description="largest rank of a low-rank digital adapter (0: none)")
@@ -85,19 +93,30 @@ class RomerConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        from romer.calibration.methods import method_names
+        from romer.calibration.methods import canonical_method
 
-        if method not in method_names():
-            raise ValueError(f"unknown method {method!r}; methods are {', '.join(method_names())}")
-        return method
+        try:
+            return canonical_method(method)
+        except RomerError as error:
+            raise ValueError(str(error)) from None
 
     @model_validator(mode="after")
-    def _percentiles_ordered(self) -> "RomerConfig":
+    def _percentiles_ordered(self) -> "CalibrationConfig":
         if self.q_low >= self.q_high:
             raise ValueError("q_low must be below q_high")
         return self
 
+    def explicit(self) -> dict:
+        """The fields the user set (method excluded), with their values."""
+        return {name: getattr(self, name) for name in self.model_fields_set if name != "method"}
 
-def romer_config(**fields) -> RomerConfig:
-    """A RomerConfig, or a one-line RomerError naming the first bad field."""
-    return build(RomerConfig, fields, "calibration option", "see `romer calibrate --help`")
+
+RomerConfig = CalibrationConfig  # the former name
+
+
+def calibration_config(**fields) -> CalibrationConfig:
+    """A CalibrationConfig, or a one-line RomerError naming the first bad field."""
+    return build(CalibrationConfig, fields, "calibration option", "see `romer calibrate --help`")
+
+
+romer_config = calibration_config  # the former name

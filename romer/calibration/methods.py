@@ -1,56 +1,115 @@
-"""The registry of calibration methods. A method says which steps of `calibrate_` run and which
-defaults it brings; a field the user sets explicitly wins over a method default.
+"""The registry of calibration methods. A method is a named list of steps (`step.py`) with the defaults it
+brings; which steps run, and in what order, is decided here and nowhere else.
 
-Add one with `register_method(Method(...))`.
+    register_method(Method("mine", "what it does", steps=("router", "my-step"), defaults={"router": "equalize"}))
+
+A field of `CalibrationConfig` that the user sets explicitly and that none of the method's steps reads is
+refused in one line (never dropped in silence); the defaults a method brings are written into the
+calibration's record.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 from romer.errors import RomerError
+
+# fields every method reads: which calibration tokens, how they are cut, how many run at once
+COMMON_OPTIONS = ("calib_tokens", "holdout", "window", "batch_size")
+
+# former names, still accepted for a deprecation period (a warning, once per name)
+ALIASES = {"best": "tuned"}
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     description: str
-    replace: bool = False          # expert replacement
-    router: bool = False           # percentile router calibration
-    beyond: bool = False           # our additions: load bias, digital offload, tuning
-    retune: bool = False           # per-chip digital re-tuning, always (best may try it as a candidate)
-    defaults: dict = field(default_factory=dict)
+    steps: tuple[str, ...] = ()                 # registered step names, in the order they run
+    defaults: dict = field(default_factory=dict)  # field values the method brings where the user set none
+    options: tuple[str, ...] = ()                # fields the method itself reads (beyond its steps')
+    arrange: Callable | None = None              # (steps, config) → the steps in the order this config asks
+
+    def step_objects(self) -> list:
+        from romer.calibration.step import get_step
+
+        return [get_step(name) for name in self.steps]
+
+    def ordered_steps(self, config) -> list:
+        """The method's steps in the order they run under `config`."""
+        steps = self.step_objects()
+        return self.arrange(steps, config) if self.arrange is not None else steps
+
+    def fields(self) -> set[str]:
+        """Every CalibrationConfig field this method reads."""
+        names = set(COMMON_OPTIONS) | set(self.options) | set(self.defaults)
+        for step in self.step_objects():
+            names |= set(step.options)
+        return names
 
 
 _METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
+    """Add (or replace) a method; the steps it names must be registered by the time it runs."""
+    if method.name in ALIASES:
+        raise RomerError(f"'{method.name}' is a former method name; choose another name")
     _METHODS[method.name] = method
     return method
 
 
+def _registry() -> dict[str, Method]:
+    import romer.calibration.registered  # noqa: F401  (importing the built-in methods registers them)
+
+    return _METHODS
+
+
 def method_names() -> list[str]:
-    return list(_METHODS)
+    return list(_registry())
+
+
+def canonical_method(name: str) -> str:
+    """`name`, or the current name of a former one (with a deprecation warning, once)."""
+    if name in ALIASES:
+        if name not in _warned:
+            _warned.add(name)
+            warnings.warn(f"method '{name}' is now called '{ALIASES[name]}'; the old name will be removed",
+                          FutureWarning, stacklevel=3)
+        return ALIASES[name]
+    if name not in _registry():
+        raise RomerError(f"unknown method '{name}'; methods are {', '.join(_registry())}")
+    return name
 
 
 def get_method(name: str) -> Method:
-    if name not in _METHODS:
-        raise RomerError(f"unknown calibration method '{name}'; methods are {', '.join(_METHODS)}")
-    return _METHODS[name]
+    return _registry()[canonical_method(name)]
 
 
-register_method(Method("none", "no calibration: the noisy model as it is"))
-register_method(Method("er", "expert replacement only: under-activated experts become copies of hot ones",
-                       replace=True))
-register_method(Method("rc", "router calibration only: percentile (IQR) statistics of the router logits",
-                       router=True))
-register_method(Method("romer", "ROMER as published: expert replacement, then percentile router calibration",
-                       replace=True, router=True))
-register_method(Method("retune", "ours: each chip's digital periphery (norm gains, router biases, per-column gain "
-                                 "and offset, low-rank adapters within 1 % of the on-chip weights) fitted to the "
-                                 "clean twin on calibration tokens", retune=True))
-register_method(Method("best", "ours: ROMER's steps tuned on held-out calibration tokens, a load-balancing "
-                               "logit bias, and the most noise-sensitive 2 % of on-chip weights in the digital periphery",
-                       replace=True, router=True, beyond=True,
-                       defaults={"tune": True, "digital_budget": 0.02}))
+def users_of(option: str) -> list[str]:
+    """The methods that read `option`."""
+    return [m.name for m in _registry().values() if option in m.fields()]
+
+
+def refuse_unused(config) -> None:
+    """A field set explicitly that the method does not read is a one-line error naming it, the method, and the
+    methods that do read it."""
+    method = get_method(config.method)
+    for option in sorted(set(config.explicit()) - method.fields()):
+        readers = users_of(option)
+        where = f"; it is read by {', '.join(readers)}" if readers else ""
+        raise RomerError(f"calibration option '{option}' is not used by method '{method.name}'{where}: "
+                         f"drop it, or choose one of those methods")
+
+
+def with_defaults(config):
+    """`config` with the method's defaults for the fields the user left unset, and the record of what they set."""
+    from romer.calibration.config import calibration_config
+
+    method = get_method(config.method)
+    brought = {k: v for k, v in method.defaults.items() if k not in config.model_fields_set}
+    fields = config.model_dump() | brought
+    return calibration_config(**fields), brought

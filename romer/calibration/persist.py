@@ -3,9 +3,11 @@
 The folder holds the clean weights with the replacements written in (`save_pretrained`), the
 tokenizer, and `romer_calibration.json`: method, parameters, which slot took which expert, the
 router transforms, the tensors kept digital, and the chip (seed, noise config) it was fitted on.
-`romer.load_model(folder)` re-installs the router transforms; programming the loaded model on
-the same chip seed then gives the calibrated model bit for bit (weights mode: per-forward read
-and ADC noise draw fresh values on every call).
+`romer.load_model(folder)` loads the weights (replacements included); `romer.load_calibration(model,
+folder)` re-installs the router transforms and norm gains and returns the calibration, which
+`apply_noise_(model, config, seed, calibration=...)` takes: programming the loaded model on the same
+chip seed then gives the calibrated model bit for bit (weights mode: per-forward read and ADC noise
+draw fresh values on every call).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from torch import nn
 from romer.calibration.replacement import Replacement
 from romer.calibration.router import LayerTransform
 from romer.calibration.state import Calibration
-from romer.calibration.config import romer_config
+from romer.calibration.config import calibration_config
+from romer.calibration.pipeline import carry
 from romer.errors import RomerError
 from romer.noise.chip import ChipHandle
 
@@ -120,7 +123,7 @@ def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
                  with_replacements: bool = True, folder: Path | None = None) -> Calibration:
     """Install a recorded calibration: its replacements (unless the weights hold them already), its router
     transforms, and, on a chip, its digital tensors. Statistics are not re-measured."""
-    calibration = Calibration(model, romer_config(**record["config"]), chip)
+    calibration = Calibration(model, calibration_config(**record["config"]), chip)
     if with_replacements:
         for replacement in record["replacements"]:
             calibration.replace(Replacement(**replacement))
@@ -138,5 +141,16 @@ def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
     calibration.report = record.get("report", {})
     if folder is not None:
         _install_digital(calibration, record, folder)
-    model._romer_calibration = calibration
+    carry(model, calibration)
     return calibration
+
+
+def load_calibration(model: nn.Module, folder: str | Path) -> Calibration | None:
+    """The calibration saved in `folder` (by `romer calibrate --save`) installed on `model`, loaded from that folder
+    with `romer.load_model`: its router transforms and norm gains now, its digital tensors and corrections when the
+    model is put on a chip with `apply_noise_(..., calibration=...)`. None when the folder holds no calibration."""
+    folder = Path(folder).expanduser()
+    record = read_record(folder)
+    if record is None:
+        return None
+    return apply_record(model, record, with_replacements=False, folder=folder)

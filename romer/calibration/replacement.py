@@ -80,7 +80,7 @@ def _copy_router_row(adapter: MoeAdapter, layer: MoeLayer, replacement: Replacem
         if key == "weight" and name is not None:
             target = chip.clean_value(name).clone()
             target[replacement.cold] = target[replacement.hot]
-            previous = chip.targets.get((name, None))
+            previous = chip.programmed_target(name)
             chip.reprogram_slot(name, None, target)
             undo.append(lambda previous=previous: chip.reprogram_slot(name, None, previous))
         else:

@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from romer.calibration.config import RomerConfig
+from romer.calibration.methods import Method, register_method
 from romer.calibration.offload import tensor_sensitivity
 from romer.calibration.retune_start import least_squares_start
 from romer.calibration.state import Calibration
-from romer.calibration.tokens import CalibrationTokens
+from romer.evaluation.perplexity import sequence_perplexity
+from romer.calibration.step import Step, register_step
+from romer.calibration.teacher import Targets
 from romer.noise.chip import ChipHandle
 from romer.noise.digital import ColumnCorrection
 
@@ -61,8 +63,8 @@ def norm_gains(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def _shape(chip: ChipHandle, name: str) -> tuple[int | None, int, int]:
-    param = chip.originals[name]
-    return (None, *param.shape) if param.dim() == 2 else tuple(param.shape)
+    shape = chip.shape(name)
+    return (None, *shape) if len(shape) == 2 else tuple(shape)
 
 
 def _column_cost(chip: ChipHandle, name: str) -> int:
@@ -75,7 +77,7 @@ def _rank_cost(chip: ChipHandle, name: str) -> int:
     return (out_dim + in_dim) * (slots or 1)
 
 
-def plan(calibration: Calibration, config: RomerConfig, holdout: torch.Tensor) -> Plan:
+def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
     """Spend the budget, cheapest and most general first: router biases; per-column gain and offset of every
     on-chip matrix that is not a fused expert tensor; adapters on the matrices that noise hurts most per
     weight (measured on this chip, held-out tokens), each at the largest rank ≤ retune_rank that still fits;
@@ -86,9 +88,9 @@ def plan(calibration: Calibration, config: RomerConfig, holdout: torch.Tensor) -
     experts = sum(layer.num_experts for layer in calibration.layers)
     bias = config.retune_router_bias and experts <= budget
     used += experts if bias else 0
-    on_chip = [t.name for t in chip.tensors if t.name not in chip.digital]
-    matrices = [n for n in on_chip if chip.originals[n].dim() == 2]
-    fused = [n for n in on_chip if chip.originals[n].dim() > 2]
+    on_chip = chip.on_chip_names()
+    matrices = [n for n in on_chip if len(chip.shape(n)) == 2]
+    fused = [n for n in on_chip if len(chip.shape(n)) > 2]
     columns = []
 
     def add_columns(names):
@@ -101,7 +103,8 @@ def plan(calibration: Calibration, config: RomerConfig, holdout: torch.Tensor) -
     add_columns(matrices)
     ranks = {}
     if config.retune_rank > 0:
-        for record in tensor_sensitivity(chip, holdout, config.batch_size, max_size=math.inf, names=matrices):
+        for record in tensor_sensitivity(calibration.model, chip, holdout, config.batch_size, max_size=math.inf,
+                                         names=matrices):
             if record["ppl_gain"] <= 0:
                 break
             rank = min(config.retune_rank, (budget - used) // _rank_cost(chip, record["tensor"]))
@@ -111,31 +114,6 @@ def plan(calibration: Calibration, config: RomerConfig, holdout: torch.Tensor) -
     add_columns(fused)
     gains = norm_gains(calibration.model) if config.retune_norms else {}
     return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, sum(p.numel() for p in gains.values()))
-
-
-@dataclass
-class Targets:
-    """The clean twin on one batch: next-token log-probabilities and each decoder layer's output (float16 on the
-    host to bound memory; the hidden states only when the loss uses them)."""
-
-    log_probs: torch.Tensor
-    hidden: tuple[torch.Tensor, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.log_probs)
-
-
-@torch.no_grad()
-def _teacher(chip: ChipHandle, sequences: torch.Tensor, batch_size: int, hidden: bool = False) -> list[Targets]:
-    model = chip.model
-    device = next(model.parameters()).device
-    out = []
-    with chip.suspended():
-        for start in range(0, len(sequences), batch_size):
-            result = model(input_ids=sequences[start:start + batch_size].to(device), output_hidden_states=hidden)
-            layers = tuple(h.to("cpu", torch.float16) for h in result.hidden_states[1:]) if hidden else ()
-            out.append(Targets(result.logits.float().log_softmax(-1).to("cpu", torch.float16), layers))
-    return out
 
 
 def _loss(model: nn.Module, batch: torch.Tensor, target: Targets, hidden_weight: float = 0.0) -> torch.Tensor:
@@ -163,21 +141,22 @@ def _holdout_kl(model: nn.Module, sequences: torch.Tensor, targets: list[Targets
     return total / len(sequences)
 
 
-def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTokens) -> None:
-    """Install and fit the digital corrections of `calibration.chip`; the fit's record goes to the report."""
-    chip, model = calibration.chip, calibration.model
+def retune(context) -> None:
+    """Install and fit the digital corrections of the context's chip; the fit's record goes to the report."""
+    calibration, config, tokens, chip, model = (context.calibration, context.config, context.tokens, context.chip,
+                                                context.model)
     started = time.perf_counter()
     holdout = tokens.require_holdout("retune")
     chosen = plan(calibration, config, holdout)
     device = next(model.parameters()).device
-    teacher_fit = _teacher(chip, tokens.fit, config.batch_size, hidden=config.retune_hidden_weight > 0)
-    teacher_holdout = _teacher(chip, holdout, config.batch_size)
+    teacher = context.teacher()
+    teacher_fit, teacher_holdout = teacher.fit, teacher.holdout
 
     trainable: list[nn.Parameter] = []
     for name in sorted(set(chosen.columns) | set(chosen.ranks)):
         slots, out_dim, in_dim = _shape(chip, name)
         correction = ColumnCorrection(out_dim, in_dim, slots, columns=name in chosen.columns,
-                                      rank=chosen.ranks.get(name, 0), seed=chip.seed, device=device)
+                                      rank=chosen.ranks.get(name, 0), seed=chip.describe()["seed"], device=device)
         calibration.attach_correction(name, correction)
         trainable += list(correction.parameters())
     if chosen.router_bias:
@@ -187,7 +166,8 @@ def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTok
             calibration.assign(transform, "bias", nn.Parameter(start.detach().clone().float().to(device)))
             trainable.append(transform.bias)
     programmed_kl = _holdout_kl(model, holdout, teacher_holdout, config.batch_size)
-    started_by = least_squares_start(chip, tokens.fit, config.batch_size) if config.retune_start == "least_squares" else []
+    started_by = (least_squares_start(model, chip, tokens.fit, config.batch_size)
+                  if config.retune_start == "least_squares" else [])
     gains = norm_gains(model)
     for name in chosen.norms:
         calibration.retune_norm(name, gains[name])
@@ -225,7 +205,7 @@ def retune(calibration: Calibration, config: RomerConfig, tokens: CalibrationTok
 
 
 def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teacher_fit: list[Targets],
-         holdout: torch.Tensor, teacher_holdout: list[Targets], config: RomerConfig) -> dict:
+         holdout: torch.Tensor, teacher_holdout: list[Targets], config) -> dict:
     """Adam on the loss over the fit batches (a seeded order); every `retune_eval_every` steps the held-out KL is
     measured and the parameters of the best step are kept."""
     batch = config.batch_size
@@ -258,3 +238,54 @@ def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teache
     return {"steps": config.retune_steps, "best_step": best_step, "holdout_kl_start": start_kl,
             "holdout_kl_after": best_kl, "fit_loss_first_epoch": sum(first) / len(first),
             "fit_loss_last_epoch": sum(last) / len(last)}
+
+
+RETUNE_OPTIONS = ("retune_budget", "retune_rank", "retune_norms", "retune_columns", "retune_router_bias", "retune_steps",
+                  "retune_lr", "retune_start", "retune_hidden_weight", "retune_eval_every", "retune_checkpointing")
+
+
+class Retune(Step):
+    """The fit, always (method `retune`); on the clean model (no chip) there is nothing to fit."""
+
+    name = "retune"
+    options = RETUNE_OPTIONS
+
+    def enabled(self, config, chip) -> bool:
+        return chip is not None
+
+    def needs_holdout(self, config, chip) -> bool:
+        return self.enabled(config, chip)
+
+    def clean_needs(self, config, chip) -> frozenset[str]:
+        return frozenset({"teacher"})
+
+    def run(self, context) -> None:
+        retune(context)
+
+
+class RetuneCandidate(Retune):
+    """The fit as a last candidate (`retune=True`), kept only if held-out perplexity improves."""
+
+    name = "retune-candidate"
+    options = ("retune",) + RETUNE_OPTIONS
+
+    def enabled(self, config, chip) -> bool:
+        return config.retune and chip is not None
+
+    def run(self, context) -> None:
+        holdout = context.tokens.require_holdout("retune")
+        before = sequence_perplexity(context.model, holdout, context.batch_size)
+        mark = context.calibration.mark()
+        retune(context)
+        after = sequence_perplexity(context.model, holdout, context.batch_size)
+        context.calibration.report["retune"] |= {"holdout_ppl_before": before, "holdout_ppl_after": after,
+                                                 "kept": after < before}
+        if after >= before:
+            context.calibration.rollback(mark)
+
+
+register_step(Retune())
+register_step(RetuneCandidate())
+register_method(Method("retune", "ours: each chip's digital periphery (norm gains, router biases, per-column gain and "
+                                 "offset, low-rank adapters within 1 % of the on-chip weights) fitted to the clean "
+                                 "twin on calibration tokens", steps=("retune",)))

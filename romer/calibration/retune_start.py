@@ -50,16 +50,17 @@ class _Moments:
 
 def _linear_layers(chip: ChipHandle) -> dict[str, nn.Linear]:
     layers = {}
-    for name in chip.corrections:
-        tensor = chip.tensor(name)
-        if chip.originals[name].dim() == 2 and isinstance(tensor.module, nn.Linear) and tensor.attribute == "weight":
-            layers[name] = tensor.module
+    for name in chip.corrected_names():
+        module, attribute = chip.module_of(name)
+        if len(chip.shape(name)) == 2 and isinstance(module, nn.Linear) and attribute == "weight":
+            layers[name] = module
     return layers
 
 
 @torch.no_grad()
-def least_squares_start(chip: ChipHandle, sequences: torch.Tensor, batch_size: int) -> list[str]:
-    """Set the corrections of every corrected `nn.Linear` on `chip` by least squares on `sequences`; the names set."""
+def least_squares_start(model: nn.Module, chip: ChipHandle, sequences: torch.Tensor, batch_size: int) -> list[str]:
+    """Set the corrections of every corrected `nn.Linear` of `model` on `chip` by least squares on `sequences`;
+    the names set."""
     layers = _linear_layers(chip)
     if not layers:
         return []
@@ -75,14 +76,14 @@ def least_squares_start(chip: ChipHandle, sequences: torch.Tensor, batch_size: i
             moments[name].add(x, y, x @ clean[name].to(x.device).t() - y)
         return hook
 
-    device = next(chip.model.parameters()).device
+    device = next(model.parameters()).device
     with ExitStack() as stack:
         for name, module in layers.items():
             stack.callback(module.register_forward_hook(record(name)).remove)
         for start in range(0, len(sequences), batch_size):
-            chip.model(input_ids=sequences[start:start + batch_size].to(device))
+            model(input_ids=sequences[start:start + batch_size].to(device))
     for name in layers:
-        _solve(chip.corrections[name], moments[name])
+        _solve(chip.correction(name), moments[name])
     return sorted(layers)
 
 

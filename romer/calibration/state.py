@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from romer.calibration.config import RomerConfig
+from romer.calibration.config import CalibrationConfig
 from romer.calibration.replacement import Replacement, write_replacement
 from romer.calibration.router import LayerTransform
 from romer.moe.adapter import MoeAdapter, adapter_for
@@ -19,7 +19,7 @@ from romer.noise.chip import ChipHandle
 @dataclass
 class Calibration:
     model: nn.Module
-    config: RomerConfig
+    config: CalibrationConfig
     chip: ChipHandle | None
     adapter: MoeAdapter = field(init=False)
     replacements: list[Replacement] = field(default_factory=list)
@@ -29,6 +29,7 @@ class Calibration:
     norms: dict = field(default_factory=dict)        # parameter name → (norm gain, its value before) (retune)
     report: dict = field(default_factory=dict)  # statistics and choices, for the record
     _undo: list[Callable[[], None]] = field(default_factory=list)
+    _on_remove: list[Callable[[], None]] = field(default_factory=list)
     removed: bool = False
 
     def __post_init__(self) -> None:
@@ -128,8 +129,26 @@ class Calibration:
                 undo()
         self._undo.clear()
         self.removed = True
-        if getattr(self.model, "_romer_calibration", None) is self:
-            self.model._romer_calibration = None
+        for function in self._on_remove:
+            function()
+
+    def on_remove(self, function: Callable[[], None]) -> None:
+        """Call `function` once this calibration is removed."""
+        self._on_remove.append(function)
+
+    # ---- what a chip asks of a loaded calibration (apply_noise_) ------------------------------
+    def digital_names(self) -> list[str]:
+        """The tensors this calibration keeps in the digital periphery."""
+        return list(self.digital)
+
+    def correction_items(self) -> list[tuple[str, object]]:
+        """(tensor name, its digital corrections) for every corrected tensor."""
+        return list(self.corrections.items())
+
+    def bind_chip(self, chip: ChipHandle) -> None:
+        """The chip a loaded calibration now sits on (its digital tensors and corrections are installed there)."""
+        if self.chip is None or self.chip.restored:
+            self.chip = chip
 
     def __enter__(self) -> "Calibration":
         return self
@@ -148,7 +167,6 @@ class Calibration:
             "corrections": {name: {"slots": c.slots, "out": c.out_dim, "in": c.in_dim, "columns": c.gain is not None,
                                    "rank": c.rank} for name, c in self.corrections.items()},
             "norms": list(self.norms),
-            "chip": None if self.chip is None else {"seed": self.chip.seed,
-                                                     "noise": self.chip.config.model_dump(mode="json")},
+            "chip": None if self.chip is None else self.chip.describe(),
             "report": self.report,
         }

@@ -1,48 +1,89 @@
-"""Choose ROMER's free parameters on held-out calibration tokens, within a bounded number of trials.
+"""Ours: the tuner, and the method `tuned` built on it.
 
-Coordinate search: the replacement rule first (off, or pairing × τ), then the router calibration
-(off, fence clamping at two λ, renormalisation onto the clean twin, equalisation across the layer),
-then the load bias (off, on); each stage
-keeps the best so far. Every trial calibrates on the fit tokens, scores perplexity on the held-out
-tokens, and is undone. The evaluation split is never seen.
+The tuner chooses other steps' options on held-out calibration tokens, within a bounded number of
+trials. Coordinate search: the replacement rule first (off, or pairing × τ), then the router
+calibration (off, fence clamping at two λ, renormalisation onto the clean twin, equalisation across
+the layer), then the load bias (off, on); each stage keeps the best so far. A trial applies only the
+steps whose options the stages change (never the digital offload or retune's fit, which run once,
+after), scores perplexity on the held-out tokens, and is undone. The evaluation split is never seen.
+
+`tuned` = the tuner, then ROMER's two steps, the load bias and the digital offload with the chosen
+options, and retune's fit as a last candidate when `retune=True`.
 """
 
 from __future__ import annotations
 
-from romer.calibration.config import RomerConfig, romer_config
-from romer.calibration.methods import get_method
-from romer.calibration.statistics import sequence_perplexity
-from romer.calibration.tokens import CalibrationTokens
-from romer.noise.chip import ChipHandle
+from romer.calibration.methods import Method, get_method, register_method
+from romer.calibration.romer import in_configured_order
+from romer.evaluation.perplexity import sequence_perplexity
+from romer.calibration.step import Step, register_step
+from romer.moe.metrics import STARVED_FRACTION_OF_UNIFORM as STARVED
 
 STAGES: list[list[dict]] = [
-    [{"max_replaced": 0.0}, {"pairing": "replica", "tau": 0.5}, {"pairing": "replica", "tau": 0.25},
-     {"pairing": "weights", "tau": 0.5}, {"pairing": "clone", "tau": 0.5}],
+    [{"max_replaced": 0.0}, {"pairing": "replica", "tau": STARVED}, {"pairing": "replica", "tau": STARVED / 2},
+     {"pairing": "weights", "tau": STARVED}, {"pairing": "clone", "tau": STARVED}],
     [{"router": "none"}, {"router": "clamp", "lam": 1.5}, {"router": "clamp", "lam": 3.0}, {"router": "renorm"},
      {"router": "equalize"}],
     [{"load_bias": False}, {"load_bias": True, "bias_rate": 0.5}],
 ]
+TUNED_FIELDS = {name for stage in STAGES for change in stage for name in change}
 
 
-def tune(model, config: RomerConfig, tokens: CalibrationTokens, chip: ChipHandle | None) -> tuple[RomerConfig, list[dict]]:
-    from romer.calibration.romer import run_steps
+class Tuner(Step):
+    name = "tune"
+    options = ("tune",)
 
-    holdout = tokens.require_holdout("tuning")
-    method = get_method(config.method)
-    chosen = config.model_dump() | {"tune": False, "digital_budget": 0.0}
-    trials: list[dict] = []
-    for stage in STAGES:
-        best = None
-        for change in stage:
-            candidate = romer_config(**(chosen | change))
-            calibration = run_steps(model, candidate, method, tokens, chip)
-            try:
-                ppl = sequence_perplexity(model, holdout, config.batch_size)
-            finally:
-                calibration.remove()
-            trials.append({"change": change, "holdout_ppl": ppl})
-            if best is None or ppl < best[0]:
-                best = (ppl, change)
-        chosen |= best[1]
-    chosen |= {"digital_budget": config.digital_budget}
-    return romer_config(**chosen), trials
+    def enabled(self, config, chip) -> bool:
+        return config.tune
+
+    def needs_holdout(self, config, chip) -> bool:
+        return config.tune
+
+    def clean_needs(self, config, chip) -> frozenset[str]:
+        """What any trial may ask of the clean twin, so that it is visited once for all of them."""
+        needs: frozenset[str] = frozenset()
+        for stage in STAGES:
+            for change in stage:
+                candidate = config.model_copy(update=change)
+                for step in self._tried_steps(candidate):
+                    if step.enabled(candidate, chip):
+                        needs |= step.clean_needs(candidate, chip)
+        return needs
+
+    @staticmethod
+    def _tried_steps(config) -> list[Step]:
+        return [s for s in get_method(config.method).ordered_steps(config) if set(s.options) & TUNED_FIELDS]
+
+    def run(self, context) -> None:
+        holdout = context.tokens.require_holdout("tuning")
+        chosen: dict = {}
+        trials: list[dict] = []
+        for stage in STAGES:
+            best = None
+            for change in stage:
+                candidate = context.config.model_copy(update=chosen | change)
+                undo = []
+                try:
+                    for step in self._tried_steps(candidate):
+                        if step.enabled(candidate, context.chip):
+                            context.config = candidate
+                            undo.append(step.apply(context))
+                    ppl = sequence_perplexity(context.model, holdout, candidate.batch_size)
+                finally:
+                    for function in reversed(undo):
+                        function()
+                trials.append({"change": change, "holdout_ppl": ppl})
+                if best is None or ppl < best[0]:
+                    best = (ppl, change)
+            chosen |= best[1]
+        context.config = context.config.model_copy(update=chosen)
+        context.calibration.report["tuning"] = trials
+
+
+register_step(Tuner())
+register_method(Method("tuned", "ours: ROMER's steps with their options chosen on held-out calibration tokens, a "
+                                "load-balancing logit bias, and the most noise-sensitive 2 % of on-chip weights in the "
+                                "digital periphery (`retune=True` adds retune's fit as a last candidate)",
+                       steps=("tune", "replace", "router", "load_bias", "offload", "retune-candidate"),
+                       defaults={"tune": True, "digital_budget": 0.02}, options=("order",),
+                       arrange=in_configured_order))

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from romer.atomic import write_text_atomic
-from romer.calibration import RomerConfig
+from romer.calibration import CalibrationConfig
 from romer.campaign.run import Workbench
 from romer.campaign.spec import RunSpec
 from romer.evaluation import expert_load, perplexity, profile_routing
-from romer.noise import NoiseConfig, apply_noise_
+from romer.noise import NoiseConfig
 
 
 def _inputs(bench: Workbench) -> dict:
@@ -26,7 +26,8 @@ def _inputs(bench: Workbench) -> dict:
 
 def evaluate(spec: RunSpec, noise: NoiseConfig | None = None, seeds: list[int] = (), with_load: bool = False,
              progress: bool = True) -> dict:
-    """Perplexity clean and, with `noise`, on each chip seed (windows of spec.window every spec.stride, or half)."""
+    """Perplexity clean and, with `noise`, on each chip seed (windows of spec.window every spec.stride, by default
+    the window)."""
     bench = Workbench.load(spec, calibration=False)
     model, ids = bench.model, bench.ids
     result = perplexity(model, ids, bench.window, spec.stride, bench.batch_size, progress=progress, label="clean")
@@ -39,7 +40,7 @@ def evaluate(spec: RunSpec, noise: NoiseConfig | None = None, seeds: list[int] =
         return record
     noisy = []
     for seed in seeds:
-        with apply_noise_(model, noise, seed):
+        with bench.program(noise, seed):
             run = perplexity(model, ids, bench.window, spec.stride, bench.batch_size, progress=progress,
                              label=f"{noise.name} seed {seed}")
             noisy.append({"seed": seed, "ppl": run.ppl})
@@ -55,7 +56,7 @@ def evaluate(spec: RunSpec, noise: NoiseConfig | None = None, seeds: list[int] =
 def profile(spec: RunSpec, noise: NoiseConfig | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Expert load per MoE layer, clean and, with `noise`, on chip `seed`, with routing fidelity."""
     bench = Workbench.load(spec, calibration=False)
-    chip = (lambda: apply_noise_(bench.model, noise, seed)) if noise is not None else None
+    chip = (lambda: bench.program(noise, seed)) if noise is not None else None
     record = {**_inputs(bench), "window": bench.window,
               **profile_routing(bench.model, bench.ids, bench.window, bench.batch_size, chip=chip, progress=progress)}
     if noise is not None:
@@ -99,7 +100,7 @@ def write_diagnosis(record: dict, folder: str | Path) -> None:
     role_gaps(record, folder / "role_gaps.png")
 
 
-def calibrate_chip(spec: RunSpec, config: RomerConfig, noise: NoiseConfig, seed: int, eval_tokens: int,
+def calibrate_chip(spec: RunSpec, config: CalibrationConfig, noise: NoiseConfig, seed: int, eval_tokens: int,
                    save: str | None = None, force: bool = False, status=None) -> dict:
     """Calibrate `spec.model` on chip (`noise`, `seed`) with the calibration split; test perplexity clean, noisy and
     calibrated on the first `eval_tokens` of the evaluation split (0: skip); optionally save the calibrated model."""
@@ -115,7 +116,7 @@ def calibrate_chip(spec: RunSpec, config: RomerConfig, noise: NoiseConfig, seed:
               "calib_data": bench.calib_dataset}
     if ids is not None:
         record["clean_ppl"] = score("clean")
-    with apply_noise_(model, noise, seed) as chip:
+    with bench.program(noise, seed) as chip:
         if ids is not None:
             record["noisy_ppl"] = score(f"{noise.name} seed {seed}")
         started = time.perf_counter()

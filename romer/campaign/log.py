@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 from romer.atomic import write_text_atomic
+from romer.calibration.methods import ALIASES
 from romer.campaign.spec import RunSpec
 from romer.errors import RomerError
 
 
-MID_WRITE_PAUSE = "ROMER_TEST_PAUSE_MID_WRITE"  # seconds; set only by tests/test_kill_resume.py
 OUTPUTS = ("results.jsonl", "run.json", "results.json", "report.md", "perplexity.png", "expert_load.png",
            "topk_agreement.png", "sweep.png", "regime_map.png")
 
@@ -43,7 +42,7 @@ class ResultsLog:
                 previous = {}
             if not isinstance(previous, dict):
                 previous = {}
-            if previous.get("fingerprint") != spec.fingerprint():
+            if previous.get("fingerprint") not in spec.fingerprints():
                 if not force:
                     raise RomerError(f"{self.folder} holds results of a different configuration; choose another "
                                      "--out, or pass --force to discard them")
@@ -63,6 +62,8 @@ class ResultsLog:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line: that unit is redone
+                if record.get("method") in ALIASES:  # recorded under a method's former name
+                    record["method"] = ALIASES[record["method"]]
                 self.records[unit_key(record)] = record
             self._rewrite()  # drop a torn line so appends start on a clean line
 
@@ -94,12 +95,6 @@ class ResultsLog:
             return False
         line = json.dumps(record) + "\n"
         with open(self.path, "a") as handle:
-            pause = float(os.environ.get(MID_WRITE_PAUSE, 0) or 0)
-            if pause:  # test-only: half a line on disk, then wait, so a test can kill the process mid-write
-                handle.write(line[: len(line) // 2])
-                handle.flush()
-                time.sleep(pause)
-                line = line[len(line) // 2:]
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())

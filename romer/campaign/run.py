@@ -1,7 +1,7 @@
 """One campaign: load the work bench, run the trials a back end is given, append each finished
 unit to results.jsonl, then summarise and report.
 
-    spec = run_spec(model="romer-tiny", noise=["cim-80c"], seeds=[0, 1, 2], methods=["romer", "best"])
+    spec = run_spec(model="romer-tiny", noise=["cim-80c"], seeds=[0, 1, 2], methods=["romer", "tuned"])
     results = run_campaign(spec, "runs/demo")                                  # in this process
     results = run_campaign(spec, "runs/demo", backend=RayBackend(workers=4))   # on a Ray cluster
 
@@ -18,15 +18,17 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+from romer.calibration import load_calibration
 from romer.campaign.lock import folder_lock
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
-from romer.campaign.trials import Trial, calibration_for, plan_trials, run_trial, stale_unit, total_units
+from romer.campaign.trials import (Trial, calibration_for, plan_trials, refuse_unread_options, run_trial, stale_unit,
+                                   total_units)
 from romer.data import load_corpus
 from romer.errors import RomerError
 from romer.evaluation import capture_routing, default_window, perplexity, tokenize_stream
 from romer.moe.telemetry import routing_fidelity
-from romer.noise import parse_noise_spec
+from romer.noise import apply_noise_, parse_noise_spec
 from romer.progress import progress_bar
 
 
@@ -45,6 +47,11 @@ class Workbench:
     calib_dataset: dict
     batch_size: int
     clean_routing: object = None
+    calibration: object = None  # a calibration saved with the model (`romer calibrate --save`), installed
+
+    def program(self, noise, seed: int):
+        """The model on chip instance `seed` of `noise`, with the saved calibration's digital parts if it has one."""
+        return apply_noise_(self.model, noise, seed, calibration=self.calibration)
 
     @classmethod
     def load(cls, spec: RunSpec, calibration: bool = True) -> "Workbench":
@@ -67,11 +74,13 @@ class Workbench:
         if calib and calib_ids.numel() < window:
             raise RomerError(f"the calibration data has {calib_ids.numel()} tokens, fewer than one sequence of {window}; "
                              "give more calibration text or a smaller window")
+        saved = Path(str(model.name_or_path))
         return cls(spec, model, tokenizer, ids,
                    calib_ids, window,
                    spec.stride or window, {**corpus.describe(), "tokens": int(ids.numel())},
                    calib.describe() if calib else {},
-                   fitting_batch_size(spec, window) if spec.batch_size == "auto" else spec.batch_size)
+                   fitting_batch_size(spec, window) if spec.batch_size == "auto" else spec.batch_size,
+                   calibration=load_calibration(model, saved) if saved.is_dir() else None)
 
     def routing_ids(self) -> torch.Tensor:
         tokens = min(self.spec.routing_tokens, self.ids.numel()) // self.window * self.window
@@ -155,6 +164,7 @@ class LocalBackend:
 
 def check_spec(spec: RunSpec) -> None:
     """Fail on a bad method option, task or chip before any model loads."""
+    refuse_unread_options(spec)
     for method in spec.methods:
         calibration_for(spec, method)
     for chip in spec.chips():

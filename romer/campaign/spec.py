@@ -54,8 +54,10 @@ class RunSpec(BaseModel):
         default_factory=dict, description="noise fields swept over these values, one or two fields (`strength` is "
                                           "one): every chip of `noise` at each value, for the regime map")
     seeds: list[int] = Field([0, 1, 2], description="chip instances")
-    methods: list[str] = Field(["none", "romer", "best"], description="calibration methods")
-    calibration: dict = Field(default_factory=dict, description="RomerConfig options for every method")
+    methods: list[str] = Field(["none", "romer", "tuned"], description="calibration methods (`best` is tuned's "
+                                                                      "former name)")
+    calibration: dict = Field(default_factory=dict, description="CalibrationConfig options; each method takes those "
+                                                                "it reads")
     tasks: list[str] = Field(default_factory=list, description="lm-eval task names (zero-shot)")
     task_limit: Optional[int] = Field(None, ge=1, description="documents per task (None: all)")
     max_tokens: Optional[int] = Field(None, ge=2, description="evaluate the first N tokens of the split")
@@ -108,11 +110,12 @@ class RunSpec(BaseModel):
     @field_validator("methods")
     @classmethod
     def _methods(cls, methods: list[str]) -> list[str]:
-        from romer.calibration import method_names
+        from romer.calibration.methods import ALIASES, canonical_method, method_names
 
-        unknown = [m for m in methods if m not in method_names()]
+        unknown = [m for m in methods if m not in method_names() and m not in ALIASES]
         if unknown:
             raise ValueError(f"unknown method {unknown[0]!r}; methods are {', '.join(method_names())}")
+        methods = list(dict.fromkeys(canonical_method(m) for m in methods))
         return ["none"] + [m for m in methods if m != "none"]  # the noisy baseline is always measured
 
     @model_validator(mode="after")
@@ -137,10 +140,20 @@ class RunSpec(BaseModel):
                 points.extend(ChipPoint(spec, strength, values) for strength in strengths)
         return points
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, methods: list[str] | None = None) -> str:
         """What the numbers depend on (not where they run)."""
         fields = self.model_dump(exclude={"device", "seeds"} | ({"vary"} if not self.vary else set()))
+        if methods is not None:
+            fields["methods"] = methods
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprints(self) -> set[str]:
+        """This spec's fingerprint, and the one it had with its methods under their former names (a folder made
+        before a rename resumes)."""
+        from romer.calibration.methods import ALIASES
+
+        former = {new: old for old, new in ALIASES.items()}
+        return {self.fingerprint(), self.fingerprint([former.get(m, m) for m in self.methods])}
 
 
 def parse_seeds(text: str) -> list[int]:

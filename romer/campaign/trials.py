@@ -15,10 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from romer.calibration import calibrate_, romer_config
+from romer.calibration import calibrate_, calibration_config, get_method
+from romer.calibration.methods import ALIASES
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
-from romer.noise import apply_noise_, parse_noise_spec
+from romer.errors import RomerError
+from romer.noise import parse_noise_spec
 
 
 @dataclass(frozen=True)
@@ -40,23 +42,50 @@ class Trial:
 
 
 def calibration_for(spec: RunSpec, method: str):
-    return romer_config(**(spec.calibration | {"method": method}))
+    """The settings of `method` in this campaign: the campaign's options that the method reads (an option is given
+    once for every method of the run; each takes what it uses)."""
+    reads = get_method(method).fields()
+    return calibration_config(**({k: v for k, v in spec.calibration.items() if k in reads} | {"method": method}))
 
 
-def requested(spec: RunSpec, method: str) -> str:
-    """Fingerprint of the calibration settings a unit asks for, defaults included (a changed default changes it)."""
-    settings = calibration_for(spec, method).model_dump(mode="json")
+def refuse_unread_options(spec: RunSpec) -> None:
+    """A campaign option that no method of the run reads is a one-line error naming it."""
+    from romer.calibration.methods import users_of
+
+    calibration_config(**spec.calibration)  # every option exists and is valid
+    reads = set().union(*(get_method(m).fields() for m in spec.methods))
+    for option in sorted(set(spec.calibration) - reads):
+        readers = users_of(option)
+        raise RomerError(f"calibration option '{option}' is not used by any method of this run "
+                         f"({', '.join(spec.methods)}); it is read by {', '.join(readers) or 'no method'}")
+
+
+def requested(spec: RunSpec, method: str, name: str | None = None) -> str:
+    """Fingerprint of the calibration settings a unit asks for, defaults included (a changed default changes it);
+    `name`: the method's name as written in the settings (a former name, for units recorded under it)."""
+    settings = calibration_for(spec, method).model_dump(mode="json") | {"method": name or method}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def former_names(method: str) -> list[str]:
+    return [old for old, new in ALIASES.items() if new == method]
 
 
 def stale_unit(spec: RunSpec, log: ResultsLog) -> dict | None:
     """A calibrated unit in `log` made with other calibration settings than `spec` asks for now (an older romer
-    whose options or defaults differ), which a resume would otherwise mix silently with this run's numbers."""
+    whose options or defaults differ), which a resume would otherwise mix silently with this run's numbers. A unit
+    recorded under a method's former name counts as that method's."""
     fields = set(calibration_for(spec, "none").model_dump())
     for record in log.records.values():
         done = record.get("calibration")
-        if done and (set(done.get("config", {})) != fields if "requested" not in done
-                     else done["requested"] != requested(spec, record["method"])):
+        if not done:
+            continue
+        if "requested" not in done:
+            stale = set(done.get("config", {})) != fields
+        else:
+            method = record["method"]
+            stale = done["requested"] not in {requested(spec, method, name) for name in [method, *former_names(method)]}
+        if stale:
             return record
     return None
 
@@ -98,7 +127,7 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
         return
     bench.clean_reference()  # top-k agreement compares with the clean model's routing
     config = parse_noise_spec(trial.noise).scaled(trial.strength)
-    with apply_noise_(bench.model, config, trial.seed) as chip:
+    with bench.program(config, trial.seed) as chip:
         for method in trial.methods:
             started = time.perf_counter()
             calibration = None

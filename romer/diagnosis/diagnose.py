@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from romer.calibration.statistics import sequence_perplexity
-from romer.diagnosis.routing_shift import (outlier_ratio, recording_router_logits, replaying_routing, router_input_rms,
+from romer.diagnosis.routing_shift import (outlier_ratio, replaying_routing, router_input_rms,
                                            shift_size, systematic_share)
-from romer.moe.telemetry import RoutingRecorder, routing_fidelity
+from romer.errors import RomerError
+from romer.evaluation.perplexity import sequence_perplexity
+from romer.moe.telemetry import MAX_LOGIT_ROWS, RoutingRecorder, routing_fidelity
 from romer.noise import NoiseConfig, apply_noise_
 from romer.noise.config import validated
 from romer.noise.roles import on_chip_tensors
@@ -33,10 +34,13 @@ ROLE_WORDS = {"attention": "attention", "dense_mlp": "the dense MLPs", "experts"
 
 
 def _observed(model: nn.Module, sequences: torch.Tensor, batch_size: int) -> tuple[float, RoutingRecorder, list]:
-    """Perplexity, routing choices and raw router logits (per layer, per call) on the sequences."""
-    with RoutingRecorder(model, keep_choices=True) as recorder, recording_router_logits(model) as logits:
+    """Perplexity, routing choices and raw router logits (per layer, every token) on the sequences."""
+    if sequences.numel() > MAX_LOGIT_ROWS:
+        raise RomerError(f"diagnose keeps every token's router logits, at most {MAX_LOGIT_ROWS:,} per layer; "
+                         f"give --tokens {MAX_LOGIT_ROWS} or fewer (got {sequences.numel():,})")
+    with RoutingRecorder(model, keep_choices=True, logit_every=1) as recorder:
         ppl = sequence_perplexity(model, sequences, batch_size)
-    return ppl, recorder, logits
+    return ppl, recorder, [recorder.layer_logits(i) for i in range(len(recorder.layers))]
 
 
 def _mean(values) -> float:
@@ -58,7 +62,7 @@ def diagnose(model: nn.Module, sequences: torch.Tensor, config: NoiseConfig, see
     with router_input_rms(model) as rms:
         clean_ppl, clean_routes, clean_logits = _observed(model, sequences, batch_size)
     clean_metrics = clean_routes.metrics()
-    clean_cat = [torch.cat(per_call) for per_call in clean_logits]
+    clean_cat = clean_logits
     seeds_out = []
     with progress_bar("diagnose", total=len(seeds) * (2 + len(roles)), enabled=progress) as advance:
         for seed in seeds:
@@ -73,7 +77,7 @@ def diagnose(model: nn.Module, sequences: torch.Tensor, config: NoiseConfig, see
                 with apply_noise_(model, validated(config.model_dump() | {"roles": (role,)}), seed):
                     role_ppl[role] = sequence_perplexity(model, sequences, batch_size)
                 advance(1)
-            noisy_cat = [torch.cat(per_call) for per_call in logits]
+            noisy_cat = logits
             fidelity = routing_fidelity(clean_routes, routes)
             layers = [{"load_cv": m.cv, "starved": m.starved, "topk_agreement": f["topk_agreement"],
                        "systematic_share": systematic_share(c, n), "shift_size": shift_size(c, n)}

@@ -29,32 +29,21 @@ def _routing_in_every_layer(model: nn.Module, transform_for) -> Iterator[None]:
 
 
 @contextmanager
-def recording_router_logits(model: nn.Module) -> Iterator[list[list[torch.Tensor]]]:
-    """Every MoE layer routes exactly as it would, and its raw logits are kept, per layer, in call order."""
-    kept: list[list[torch.Tensor]] = [[] for _ in adapter_for(model).layers(model)]
-
-    def keeping(index: int):
-        def keep(logits: torch.Tensor) -> torch.Tensor:
-            kept[index].append(logits.detach().float().cpu())
-            return logits
-        return keep
-
-    with _routing_in_every_layer(model, keeping):
-        yield kept
-
-
-@contextmanager
-def replaying_routing(model: nn.Module, logits: list[list[torch.Tensor]]) -> Iterator[None]:
-    """Every MoE layer routes from the given logits (one tensor per call, in order) instead of its own: the
-    clean twin's routing decisions on a chip, the oracle no router calibration can beat."""
-    queues = [list(per_layer) for per_layer in logits]
+def replaying_routing(model: nn.Module, logits: list[torch.Tensor]) -> Iterator[None]:
+    """Every MoE layer routes from the given logits (per layer, every token's row in call order, as a
+    `RoutingRecorder` with `logit_every=1` keeps them) instead of its own: the clean twin's routing decisions on a
+    chip, the oracle no router calibration can beat."""
+    used = [0] * len(logits)
 
     def replaying(index: int):
         def replay(own: torch.Tensor) -> torch.Tensor:
-            recorded = queues[index].pop(0)
-            if recorded.shape != own.shape:
-                raise ValueError("replaying_routing needs the same sequences in the same batches as the recording")
-            return recorded.to(own.device, own.dtype)
+            rows = own.reshape(-1, own.shape[-1]).shape[0]
+            recorded = logits[index][used[index]:used[index] + rows]
+            if recorded.shape[0] != rows:
+                raise ValueError("replaying_routing needs the tokens of the recording, in the same order, and no more "
+                                 "than the recorder kept")
+            used[index] += rows
+            return recorded.to(own.device, own.dtype).reshape(own.shape)
         return replay
 
     with _routing_in_every_layer(model, replaying):

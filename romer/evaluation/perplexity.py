@@ -95,8 +95,9 @@ def _batches(windows: list[Window], batch_size: int) -> Iterator[list[Window]]:
 @torch.no_grad()
 def perplexity(model: nn.Module, ids: torch.Tensor, window: int, stride: int | None = None,
                batch_size: int = 8, progress: bool = False, label: str = "perplexity") -> PerplexityResult:
-    """Perplexity of `model` on the token stream `ids`; `stride` defaults to half the window."""
-    stride = stride or max(1, window // 2)
+    """Perplexity of `model` on the token stream `ids`; `stride` defaults to the window (disjoint windows: each
+    token is read once, the cheapest honest score, and the one every campaign and table reports)."""
+    stride = stride or window
     windows = list(sliding_windows(ids.numel(), window, stride))
     device = next(model.parameters()).device
     total_nll = 0.0
@@ -112,3 +113,10 @@ def perplexity(model: nn.Module, ids: torch.Tensor, window: int, stride: int | N
             advance(len(batch))
     return PerplexityResult(ppl=math.exp(total_nll / scored), nll=total_nll, scored_tokens=scored,
                             tokens=ids.numel(), window=window, stride=stride, windows=len(windows))
+
+
+def sequence_perplexity(model: nn.Module, sequences: torch.Tensor, batch_size: int = 8) -> float:
+    """`perplexity` of whole sequences [n, window], read as a stream of disjoint windows: each sequence scores its
+    tokens after the first. The score calibration choices are made on (always held-out calibration tokens)."""
+    window = sequences.shape[-1]
+    return perplexity(model, sequences.reshape(-1), window, window, batch_size).ppl

@@ -5,7 +5,8 @@ An adapter finds the MoE layers of a model and, for one layer, can
 - turn given logits into the routing decision, exactly as the stock router does (`route`),
   so calibrated logits can be substituted (`override_routing`);
 - read the router's output in the family's format (`read_router_output`);
-- copy expert `src` into slot `dst`, optionally with its router row (`copy_expert`).
+- say where expert `slot` keeps its matrices and its router row (`expert_weights`, `router_rows`), which
+  calibration's one expert-copy path (`romer.calibration.replacement.write_replacement`) writes through.
 
 Add a family with `@register_adapter` on a subclass that names its `model_types`.
 """
@@ -106,12 +107,6 @@ class MoeAdapter:
             remove()
 
     # ---- experts ---------------------------------------------------------------------------
-    def expert_tensors(self, layer: MoeLayer, slot: int) -> dict[str, torch.Tensor]:
-        """Views of every weight of expert `slot`, by name."""
-        if isinstance(layer.experts, nn.ModuleList):
-            return dict(layer.experts[slot].named_parameters())
-        return {name: param[slot] for name, param in layer.experts.named_parameters() if param.dim() == 3}
-
     def expert_weights(self, layer: MoeLayer, slot: int) -> list[tuple[nn.Module, str, int | None]]:
         """Where expert `slot` keeps its matrices: (module, attribute, index into a fused tensor or None)."""
         if isinstance(layer.experts, nn.ModuleList):
@@ -126,16 +121,6 @@ class MoeAdapter:
         if bias is not None:
             rows["e_score_correction_bias"] = bias[slot]
         return rows
-
-    @torch.no_grad()
-    def copy_expert(self, layer: MoeLayer, src: int, dst: int, router_row: bool = False) -> None:
-        source = self.expert_tensors(layer, src)
-        for name, view in self.expert_tensors(layer, dst).items():
-            view.copy_(source[name])
-        if router_row:
-            rows = self.router_rows(layer, src)
-            for name, view in self.router_rows(layer, dst).items():
-                view.copy_(rows[name])
 
 
 _ADAPTERS: dict[str, MoeAdapter] = {}

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-STARVED_FRACTION_OF_UNIFORM = 0.5
+STARVED_FRACTION_OF_UNIFORM = 0.5  # "starved": below half the uniform share (SPEC §4); also expert replacement's τ
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,12 @@ from romer.moe.adapter import MoeLayer, adapter_for
 from romer.moe.detect import require_moe
 from romer.moe.metrics import LoadMetrics, load_metrics
 
+MAX_LOGIT_ROWS = 32768  # router-logit rows any capture keeps per layer: the one bound on the sample's memory
+
 
 class RoutingRecorder:
     def __init__(self, model: nn.Module, keep_choices: bool = False, logit_every: int = 0,
-                 max_logit_rows: int = 16384):
+                 max_logit_rows: int = MAX_LOGIT_ROWS):
         require_moe(model, type(model).__name__)
         self.adapter = adapter_for(model)
         self.layers: list[MoeLayer] = self.adapter.layers(model)

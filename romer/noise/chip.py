@@ -18,6 +18,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
@@ -33,6 +34,7 @@ from romer.noise.roles import ChipTensor, on_chip_tensors
 from romer.noise.streams import stream
 
 SMALL_BACKUP_BYTES = 256 * 2**20
+_CHIPS: "WeakKeyDictionary[nn.Module, ChipHandle]" = WeakKeyDictionary()  # model → the chip it sits on
 
 
 def _host_memory_bytes() -> int:
@@ -74,7 +76,54 @@ class ChipHandle:
     targets: dict[tuple[str, int | None], torch.Tensor] = field(default_factory=dict)
     digital: set[str] = field(default_factory=set)
     corrections: dict[str, ColumnCorrection] = field(default_factory=dict)
-    restored: bool = field(default=False)
+    _restored: bool = field(default=False)
+
+    # ---- what calibration may ask ------------------------------------------------------------
+    @property
+    def restored(self) -> bool:
+        """Whether `restore()` has run: the model holds its clean weights and this handle is spent."""
+        return self._restored
+
+    def describe(self) -> dict:
+        """The chip instance, for a record: its seed and its noise configuration."""
+        return {"seed": self.seed, "noise": self.config.model_dump(mode="json")}
+
+    def names(self) -> list[str]:
+        """Every tensor this chip holds, on the chip or moved to the digital periphery, in model order."""
+        return [t.name for t in self.tensors]
+
+    def on_chip_names(self) -> list[str]:
+        """The tensors held in conductances now (not moved to the digital periphery), in model order."""
+        return [t.name for t in self.tensors if t.name not in self.digital]
+
+    def is_digital(self, name: str) -> bool:
+        return name in self.digital
+
+    def shape(self, name: str) -> torch.Size:
+        """The tensor's shape: [out, in] for a matrix of its own, [experts, out, in] for a fused expert tensor."""
+        return self.originals[name].shape
+
+    def size(self, name: str) -> int:
+        """The tensor's weight count."""
+        return self.originals[name].numel()
+
+    def module_of(self, name: str) -> tuple[nn.Module, str]:
+        """(module, attribute) that holds the tensor in the model."""
+        tensor = self.tensor(name)
+        return tensor.module, tensor.attribute
+
+    def correction(self, name: str) -> ColumnCorrection | None:
+        """The digital corrections after the tensor's ADCs, if any are attached."""
+        return self.corrections.get(name)
+
+    def corrected_names(self) -> list[str]:
+        """The tensors with digital corrections attached, in the order they were attached."""
+        return list(self.corrections)
+
+    def programmed_target(self, name: str, slot: int | None = None) -> torch.Tensor | None:
+        """The target weights a slot (or a tensor of its own) was re-programmed with, or None when it holds the
+        model's own."""
+        return self.targets.get((name, slot))
 
     # ---- lookup ------------------------------------------------------------------------------
     def tensor(self, name: str) -> ChipTensor:
@@ -260,7 +309,7 @@ class ChipHandle:
         if self.experts_implementation is not None:
             self.model.set_experts_implementation(self.experts_implementation)
         self.backup.close()
-        self.restored = True
+        self._restored = True
 
     def __enter__(self) -> "ChipHandle":
         return self
@@ -271,15 +320,19 @@ class ChipHandle:
 
 @torch.no_grad()
 def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
-                 backup: Literal["auto", "memory", "disk"] = "auto") -> ChipHandle:
-    """Program `model` onto chip instance `seed` of the chip `config` describes, in place."""
+                 backup: Literal["auto", "memory", "disk"] = "auto", calibration=None) -> ChipHandle:
+    """Program `model` onto chip instance `seed` of the chip `config` describes, in place.
+
+    `calibration`: a calibration loaded with the model (`romer.load_calibration`) whose tensors kept in the
+    digital periphery, and whose digital corrections, this chip takes on; it answers `digital_names()`,
+    `correction_items()` and `bind_chip(handle)`."""
     if not isinstance(config, NoiseConfig):
         raise RomerError("apply_noise_ needs a NoiseConfig; build one with NoiseConfig.preset(name)")
     if not isinstance(seed, int) or seed < 0:
         raise RomerError(f"the chip seed must be a non-negative integer, got {seed!r}")
-    current = getattr(model, "_romer_chip", None)
-    if current is not None and not current.restored:
+    if chip_of(model) is not None:
         raise RomerError("this model already sits on a chip; restore() the previous handle first")
+    carried = calibration
     tensors = on_chip_tensors(model, config.roles)
     if backup == "auto":
         backup = choose_backup(tensors)
@@ -296,12 +349,18 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     for tensor in tensors:
         handle.originals[tensor.name] = tensor.param
         store.save(tensor.name, tensor.param)
-    calibration = getattr(model, "_romer_calibration", None)
-    if calibration is not None and not calibration.removed and (calibration.chip is None or calibration.chip.restored):
-        # a loaded calibration names tensors that its chip keeps in the digital periphery
-        handle.digital |= set(calibration.digital) & set(handle.originals)
-        handle.corrections |= {n: c for n, c in calibration.corrections.items() if n in handle.originals}
-        calibration.chip = handle
+    if carried is not None:
+        # a loaded calibration names tensors that its chip keeps in the digital periphery, and their corrections
+        handle.digital |= set(carried.digital_names()) & set(handle.originals)
+        handle.corrections |= {n: c for n, c in carried.correction_items() if n in handle.originals}
     handle._install()
-    model._romer_chip = handle
+    _CHIPS[model] = handle
+    if carried is not None:
+        carried.bind_chip(handle)
     return handle
+
+
+def chip_of(model: nn.Module) -> ChipHandle | None:
+    """The chip `model` sits on now, or None."""
+    handle = _CHIPS.get(model)
+    return handle if handle is not None and not handle.restored else None

@@ -16,6 +16,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from romer.assignments import parse_assignments, scalar
 from romer.errors import RomerError
 from romer.validation import build
 
@@ -153,13 +154,8 @@ def parse_noise_spec(spec: str) -> NoiseConfig:
     spec are joined by `+` (`roles=experts+router`); polynomials need a YAML file.
     """
     base, _, rest = spec.partition(":")
-    overrides = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, raw = item.partition("=")
-        if not eq:
-            raise RomerError(f"cannot read '{item}' in --noise {spec}; write NAME:key=value,key=value")
-        key = key.strip()
-        overrides[key] = tuple(raw.split("+")) if key == "roles" else yaml.safe_load(raw)
+    overrides = parse_assignments(rest, f"cannot read '{{item}}' in --noise {spec}; write NAME:key=value,key=value",
+                                  lambda key, raw: tuple(raw.split("+")) if key == "roles" else scalar(key, raw))
     if base.endswith((".yaml", ".yml")):
         return validated(NoiseConfig.from_yaml(base).model_dump() | overrides)
     return NoiseConfig.preset(base, **overrides)

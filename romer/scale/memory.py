@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from romer.calibration.statistics import MAX_LOGIT_ROWS
+from romer.moe.telemetry import MAX_LOGIT_ROWS
 from romer.errors import RomerError
 from romer.evaluation.perplexity import MAX_DEFAULT_WINDOW
 from romer.models import DTYPES, is_hub_id, load_config, resolve_model_path

@@ -1,0 +1,66 @@
+"""One calibration of one chip: its tokens, its current settings, and what it knows of the clean twin.
+
+The clean twin (the model in software, `ChipHandle.suspended`) is visited once per calibration, before
+any step changes the model, and everything the method's steps will ask of it is computed in that visit:
+the clean routing on the fit tokens ("routing") and retune's teacher on the fit and held-out tokens
+("teacher"). Without a chip (the clean-cost check) the model itself is the clean twin.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from romer.calibration.state import Calibration
+from romer.calibration.statistics import RoutingStats, routing_stats
+from romer.calibration.teacher import Teacher, clean_teacher
+from romer.calibration.tokens import CalibrationTokens
+from romer.noise.chip import ChipHandle
+
+
+@dataclass
+class CalibrationContext:
+    model: nn.Module
+    config: object                       # CalibrationConfig, the settings in force now (the tuner changes them)
+    tokens: CalibrationTokens
+    calibration: Calibration
+    chip: ChipHandle | None
+    needs: frozenset[str] = frozenset()  # what the steps will ask of the clean twin
+    _routing: RoutingStats | None = field(default=None, repr=False)
+    _teacher: Teacher | None = field(default=None, repr=False)
+    visited: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @torch.no_grad()
+    def visit_clean_twin(self) -> None:
+        """Compute, in one visit, everything `needs` names; a later request for something not planned visits again."""
+        wanted = set(self.needs) - {n for n, v in (("routing", self._routing), ("teacher", self._teacher)) if v}
+        if not wanted:
+            return
+        with self.chip.suspended() if self.chip is not None else nullcontext():
+            if "routing" in wanted:
+                self._routing = routing_stats(self.model, self.tokens.fit, self.batch_size, logits=True)
+            if "teacher" in wanted:
+                self._teacher = clean_teacher(self.model, self.tokens, self.batch_size,
+                                              hidden=self.config.retune_hidden_weight > 0)
+        self.visited = True
+
+    def clean_routing(self) -> RoutingStats:
+        """The clean twin's routing on the fit tokens: selection counts and router logits."""
+        if self._routing is None:
+            self.needs = self.needs | {"routing"}
+            self.visit_clean_twin()
+        return self._routing
+
+    def teacher(self) -> Teacher:
+        """The clean twin's next-token log-probabilities (and decoder-layer outputs) on the fit and held-out tokens."""
+        if self._teacher is None:
+            self.needs = self.needs | {"teacher"}
+            self.visit_clean_twin()
+        return self._teacher

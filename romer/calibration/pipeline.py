@@ -1,0 +1,87 @@
+"""`calibrate_`: run a method's steps on a model that sits on a simulated chip, in place.
+
+    chip = romer.apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=0)
+    calibration = romer.calibrate_(model, CalibrationConfig(method="romer"), calib_ids, chip=chip)
+    ...                                   # evaluate the calibrated noisy model
+    calibration.remove()                  # back to the plain noisy model, bit for bit
+
+The method (methods.py) names its steps (step.py); a field the user set that none of them reads is
+refused; the clean twin is visited once (context.py); every step's change is undone by `remove()`.
+"""
+
+from __future__ import annotations
+
+from weakref import WeakKeyDictionary
+
+import torch
+from torch import nn
+
+from romer.calibration.config import CalibrationConfig
+from romer.calibration.context import CalibrationContext
+from romer.calibration.methods import get_method, refuse_unused, with_defaults
+from romer.calibration.state import Calibration
+from romer.calibration.tokens import CalibrationTokens
+from romer.errors import RomerError
+from romer.evaluation.perplexity import default_window
+from romer.noise import chip_of
+from romer.noise.chip import ChipHandle
+
+_ACTIVE: WeakKeyDictionary = WeakKeyDictionary()  # model → the calibration it carries now
+
+
+def calibrate_(model: nn.Module, config: CalibrationConfig, calib_ids: torch.Tensor,
+               chip: ChipHandle | None = None) -> Calibration:
+    """Calibrate `model` in place from unlabeled calibration tokens; returns the handle that undoes it.
+    `chip` defaults to the chip the model sits on; without one, the clean model is calibrated (the
+    clean-cost check), with its own routing as the "noisy" statistics."""
+    if not isinstance(config, CalibrationConfig):
+        raise RomerError("calibrate_ needs a CalibrationConfig; build one with romer.CalibrationConfig(method=...)")
+    current = carried_calibration(model)
+    if current is not None:
+        raise RomerError("this model is already calibrated; remove() the previous calibration first")
+    chip = chip if chip is not None else chip_of(model)
+    chip = chip if chip is not None and not chip.restored else None
+    refuse_unused(config)
+    method = get_method(config.method)
+    config, brought = with_defaults(config)
+    steps = method.step_objects()
+    window = config.window or default_window(model)
+    holdout = config.holdout if any(s.needs_holdout(config, chip) for s in steps) else 0.0
+    tokens = CalibrationTokens.split(calib_ids, window, config.calib_tokens, holdout)
+    calibration = Calibration(model, config, chip)
+    context = CalibrationContext(model, config, tokens, calibration, chip,
+                                 needs=frozenset().union(*(s.clean_needs(config, chip) for s in steps
+                                                           if s.enabled(config, chip))))
+    try:
+        context.visit_clean_twin()  # before any step changes the model
+        run_steps(context, method)
+    except BaseException:
+        calibration.remove()
+        raise
+    calibration.config = context.config
+    calibration.report["tokens"] = {"fit": tokens.fit.numel(), "holdout": tokens.holdout.numel(), "window": window}
+    if brought:
+        calibration.report["method_defaults"] = brought
+    _ACTIVE[model] = calibration
+    calibration.on_remove(lambda: _ACTIVE.pop(model, None) if _ACTIVE.get(model) is calibration else None)
+    return calibration
+
+
+def run_steps(context: CalibrationContext, method) -> None:
+    """The method's steps in the order the settings ask, each if it is enabled under the settings in force when
+    its turn comes (a tuner before it may have changed them)."""
+    for step in method.ordered_steps(context.config):
+        if step.enabled(context.config, context.chip):
+            step.apply(context)
+
+
+def carried_calibration(model: nn.Module) -> Calibration | None:
+    """The calibration `model` carries now (made by `calibrate_`, or installed by `install_calibration`), or None."""
+    calibration = _ACTIVE.get(model)
+    return calibration if calibration is not None and not calibration.removed else None
+
+
+def carry(model: nn.Module, calibration: Calibration) -> None:
+    """Record that `model` carries `calibration` (a loaded one), until it is removed."""
+    _ACTIVE[model] = calibration
+    calibration.on_remove(lambda: _ACTIVE.pop(model, None) if _ACTIVE.get(model) is calibration else None)
