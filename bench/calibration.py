@@ -23,7 +23,7 @@ def main() -> None:
     args = parse_calibration_bench(parser)
     for noise in args.noise.split(","):
         spec = run_spec(noise=[noise], strengths=[float(s) for s in args.strengths.split(",")],
-                        seeds=parse_seeds(args.seeds), methods=["none", "er", "rc", "romer", "best"],
+                        seeds=parse_seeds(args.seeds), methods=["none", "er", "rc", "romer", "tuned"],
                         max_tokens=args.max_tokens, routing_tokens=4096,
                         calibration={"calib_tokens": args.calib_tokens})
         folder = Path(args.out) / noise.replace(":", "_")

@@ -1,6 +1,6 @@
 """Issue-5 benchmark: a calibration fitted at one noise strength, used at ±20 % strength.
 
-    python bench/calibration_transfer.py [--noise cim-80c] [--method best] [--seeds 0-4] [--out runs/bench-transfer]
+    python bench/calibration_transfer.py [--noise cim-80c] [--method tuned] [--seeds 0-4] [--out runs/bench-transfer]
 
 For each chip seed, `--method` is fitted on the chip at strength 1.0, and the same chip (same
 random streams, every spread scaled by 0.8 or 1.2: the chip after its conditions drift) is then
@@ -31,7 +31,7 @@ WAYS = ("noisy", "transferred", "retuned_statistics", "native")
 
 def main() -> None:
     parser = calibration_bench_parser(__doc__, "runs/bench-transfer", "cim-80c")
-    parser.add_argument("--method", default="best")
+    parser.add_argument("--method", default="tuned")
     parser.add_argument("--strengths", default="0.8,1.2")
     args = parse_calibration_bench(parser)
     out = Path(args.out)

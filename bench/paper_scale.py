@@ -181,7 +181,7 @@ def run_part(args, model, folder: Path, record: Record) -> None:
         if repeat == 0:
             values["noisy_ppl"], values["noisy_s"] = evaluate(args, model, ids)
             values["noisy_peak"] = memory.peak()
-            values["on_chip_parameters"] = sum(t.param.numel() for t in handle.tensors)
+            values["on_chip_parameters"] = sum(handle.size(name) for name in handle.names())
             values["backup"] = type(handle.backup).__name__
         restores.append(timed(args.device, handle.restore)[1])
     values["program_s"], values["restore_s"] = statistics.median(programs), statistics.median(restores)
@@ -313,14 +313,14 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--calib-tokens", type=int, default=8192)
     parser.add_argument("--noise", default="cim-80c")
-    parser.add_argument("--methods", default="er,rc,romer,best,retune")
+    parser.add_argument("--methods", default="er,rc,romer,tuned,retune")
     parser.add_argument("--retune-steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2, help="programming and one-batch timings: median of N")
     parser.add_argument("--parts", default="run,calibrate,table")
     parser.add_argument("--test-tokens", type=int, default=300_000,
                         help="test tokens per evaluation in the extrapolated table (WikiText-2 raw test is about "
                              "300 k tokens; count it with the model's own tokenizer)")
-    parser.add_argument("--table-methods", default="er,rc,romer,best",
+    parser.add_argument("--table-methods", default="er,rc,romer,tuned",
                         help="the methods besides none in the extrapolated table (scripts/paper_olmoe.sh's)")
     parser.add_argument("--chips", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=5)

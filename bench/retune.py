@@ -1,7 +1,7 @@
-"""Issue-16 benchmark: `retune` against `romer` and `best`, its budget and calibration-token curves, and what
+"""Issue-16 benchmark: `retune` against `romer` and `tuned`, its budget and calibration-token curves, and what
 transfers to another chip or another noise strength. romer-tiny, paired over chip seeds.
 
-    python bench/retune.py --part table       # cim-25c, cim-80c, gaussian ×1, ×2: none / romer / best / retune
+    python bench/retune.py --part table       # cim-25c, cim-80c, gaussian ×1, ×2: none / romer / tuned / retune
     python bench/retune.py --part budget      # cim-80c: retune_budget 0, 0.1, 0.5, 1, 2 % of the on-chip weights
     python bench/retune.py --part tokens      # cim-80c: 2,048 / 8,192 / 32,768 / 65,536 calibration tokens
     python bench/retune.py --part transfer    # cim-80c: fitted on chip s, used on chip s+1, and at 0.8× / 1.2×
@@ -62,8 +62,8 @@ def table(args) -> None:
               f"{args.calib_tokens} calibration tokens, holdout {args.holdout or 0.25})")
         for method, values in m.items():
             extra = ""
-            if method == "retune" and {"best", "romer"} <= set(m):
-                extra = (f"  p vs best {paired_test(values['ppl'], m['best']['ppl'])['t_pvalue']:.2g}"
+            if method == "retune" and {"tuned", "romer"} <= set(m):
+                extra = (f"  p vs tuned {paired_test(values['ppl'], m['tuned']['ppl'])['t_pvalue']:.2g}"
                          f"  p vs romer {paired_test(values['ppl'], m['romer']['ppl'])['t_pvalue']:.2g}")
             print(line(method, values, extra))
         print("  on the clean model:", {k: f"{100 * v['change']:+.2f} %" for k, v in results["calibrated_clean"].items()})
@@ -131,7 +131,7 @@ def transfer(args) -> None:
             save_calibrated(bench.model, bench.tokenizer, calibration, folder)
             calibration.remove()
         loaded, _ = romer.load_model(str(folder))
-        fitted = loaded._romer_calibration
+        fitted = romer.load_calibration(loaded, folder)
         corrections = dict(fitted.corrections)
         row = {"seed": seed, "fit_s": fitted_seconds}
         for label, config, target in (("same chip", base, seed), ("next chip", base, seed + 1),
@@ -141,7 +141,7 @@ def transfer(args) -> None:
                 fitted.corrections.clear()
             with apply_noise_(bench.model, config, target):
                 noisy = score(bench.model)
-            with apply_noise_(loaded, config, target):
+            with apply_noise_(loaded, config, target, calibration=fitted):
                 tuned = score(loaded)
             fitted.corrections.update(corrections)
             row[label] = (noisy - tuned) / (noisy - clean)
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("table", "budget", "tokens", "transfer", "roles", "ablation"), default="table")
     parser.add_argument("--holdout", type=float, default=None,
                         help="share of the calibration tokens held out (default: the config's 0.25)")
-    parser.add_argument("--methods", default="none,romer,best,retune", help="methods of the table part")
+    parser.add_argument("--methods", default="none,romer,tuned,retune", help="methods of the table part")
     parser.add_argument("--plot-dir", default="docs", help="where the budget and token curves are drawn")
     parser.set_defaults(calib_tokens=32768)
     args = parse_calibration_bench(parser)

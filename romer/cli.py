@@ -431,6 +431,10 @@ def noise_fit_command(measurements: str = typer.Argument(..., help="CSV with tar
 
 
 def main() -> None:
+    import warnings
+
+    # a deprecation (a former method name) is one plain line on the command line, not a source location
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     app(prog_name="romer")
 
 

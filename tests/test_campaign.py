@@ -41,7 +41,7 @@ def spec_for(model_dir, texts, **extra):
                   max_tokens=64 * 6, window=64, routing_tokens=64 * 4,
                   calibration={"calib_tokens": 64 * 8, "digital_budget": 0.05})
     fields |= extra
-    if "tuned" not in fields["methods"]:  # an option that no method of the run reads is refused
+    if not {"tuned", "best"} & set(fields["methods"]):  # an option that no method of the run reads is refused
         fields["calibration"] = {k: v for k, v in fields["calibration"].items() if k != "digital_budget"}
     return run_spec(**fields)
 
@@ -219,3 +219,42 @@ def test_a_resume_refuses_units_made_with_other_calibration_settings(tiny_moe_di
     assert all(json.loads(line)["calibration"]["requested"] != "0" * 16
                for line in path.read_text().splitlines() if "calibration" in json.loads(line))
     assert run_campaign(spec, tmp_path / "run", progress=False)["methods"] == again["methods"]  # a clean resume
+
+
+def test_a_folder_made_under_the_former_name_best_resumes_as_tuned(tiny_moe_dir, texts, tmp_path):
+    """A run folder written before `best` became `tuned` (its spec, records and fingerprints say `best`) resumes with
+    nothing recomputed, under either name, and reports `tuned`."""
+    import warnings
+
+    from romer.campaign.trials import requested
+
+    spec = spec_for(tiny_moe_dir, texts, seeds=[0], clean_cost=False)
+    out = tmp_path / "old"
+    finished = run_campaign(spec, out, progress=False)
+    meta = json.loads((out / "run.json").read_text())  # rewrite the folder as the former romer wrote it
+    meta["spec"]["methods"] = ["none", "rc", "best"]
+    meta["fingerprint"] = spec.fingerprint(["none", "rc", "best"])
+    (out / "run.json").write_text(json.dumps(meta))
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for record in records:
+        if record.get("method") == "tuned":
+            record["method"] = "best"
+            record["calibration"]["config"]["method"] = "best"
+            record["calibration"]["requested"] = requested(spec, "tuned", "best")
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert requested(spec, "tuned", "best") != requested(spec, "tuned")
+    for methods in (["none", "rc", "best"], ["none", "rc", "tuned"]):
+        redone = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            resumed = run_campaign(spec_for(tiny_moe_dir, texts, seeds=[0], clean_cost=False, methods=methods), out,
+                                   progress=False, on_record=redone.append)
+        assert redone == []
+        assert "best" not in resumed["methods"]
+        assert resumed["methods"]["tuned"]["ppl"] == finished["methods"]["tuned"]["ppl"]
+
+
+def test_a_campaign_option_no_method_reads_is_refused(tiny_moe_dir, texts, tmp_path):
+    spec = spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none", "rc"], calibration={"retune_rank": 4})
+    with pytest.raises(RomerError, match="'retune_rank' is not used by any method of this run .* read by tuned, retune"):
+        run_campaign(spec, tmp_path / "out", progress=False)
