@@ -61,15 +61,29 @@ def test_ray_backend_equals_local_bit_for_bit(local_ray, local_reference, tmp_pa
     assert (tmp_path / "ray" / "report.md").exists()
 
 
-def test_killed_worker_is_retried_and_no_unit_counted_twice(local_ray, local_reference, tmp_path, monkeypatch):
-    from romer.scale.ray_backend import FAULT_ENV, RayBackend
+def test_killed_worker_is_retried_and_no_unit_counted_twice(local_ray, local_reference, tmp_path):
+    import os
+
+    from romer.scale.ray_backend import RayBackend, TrialWorker
 
     spec, reference = local_reference
-    marker = tmp_path / "died"
-    monkeypatch.setenv(FAULT_ENV, str(marker))  # the first worker to finish a unit exits mid-trial, once
+    marker = str(tmp_path / "died")
+
+    class DiesOnce(TrialWorker):
+        """The first worker to finish a unit exits mid-trial, once (a local class: Ray ships it by value)."""
+
+        def measured(self, record):
+            try:
+                with open(marker, "x"):
+                    pass
+            except FileExistsError:
+                return
+            os._exit(1)
+
     seen = []
-    run_campaign(spec, tmp_path / "ray", progress=False, backend=RayBackend(workers=2), on_record=seen.append)
-    assert marker.exists()  # a worker did die
+    run_campaign(spec, tmp_path / "ray", progress=False, backend=RayBackend(workers=2, worker=DiesOnce),
+                 on_record=seen.append)
+    assert os.path.exists(marker)  # a worker did die
     records = lines(tmp_path / "ray")
     keys = [tuple(by_unit([r])) for r in records]
     assert len(keys) == len(set(keys)) == len(reference) == len(seen)

@@ -68,8 +68,13 @@ def _registry() -> dict[str, Method]:
     return _METHODS
 
 
+BUILT_IN_ORDER = ("none", "er", "rc", "romer", "tuned", "retune")  # how lists show them, whatever the import order
+
+
 def method_names() -> list[str]:
-    return list(_registry())
+    """The built-in methods in their usual order, then the others in the order they were registered."""
+    names = list(_registry())
+    return [n for n in BUILT_IN_ORDER if n in names] + [n for n in names if n not in BUILT_IN_ORDER]
 
 
 def canonical_method(name: str) -> str:
@@ -81,7 +86,7 @@ def canonical_method(name: str) -> str:
                           FutureWarning, stacklevel=3)
         return ALIASES[name]
     if name not in _registry():
-        raise RomerError(f"unknown method '{name}'; methods are {', '.join(_registry())}")
+        raise RomerError(f"unknown method '{name}'; methods are {', '.join(method_names())}")
     return name
 
 
@@ -91,7 +96,7 @@ def get_method(name: str) -> Method:
 
 def users_of(option: str) -> list[str]:
     """The methods that read `option`."""
-    return [m.name for m in _registry().values() if option in m.fields()]
+    return [name for name in method_names() if option in _METHODS[name].fields()]
 
 
 def refuse_unused(config) -> None:

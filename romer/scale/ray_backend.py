@@ -19,9 +19,6 @@ from romer.campaign.spec import RunSpec
 from romer.campaign.trials import Trial, run_trial
 from romer.errors import RomerError
 
-FAULT_ENV = "ROMER_RAY_FAULT_MARKER"  # testing: the first worker to finish a unit dies once, mid-trial
-
-
 class TrialWorker:
     """The Ray actor: a work bench (model, tokens) loaded once."""
 
@@ -40,19 +37,11 @@ class TrialWorker:
         records = []
         for record in run_trial(self.bench, trial):
             records.append(record)
-            _maybe_die()
+            self.measured(record)
         return records
 
-
-def _maybe_die() -> None:
-    marker = os.environ.get(FAULT_ENV)
-    if marker:
-        try:
-            with open(marker, "x"):
-                pass
-        except FileExistsError:
-            return
-        os._exit(1)
+    def measured(self, record: dict) -> None:
+        """Called as each unit is measured, before the trial returns (a subclass may act here)."""
 
 
 def _cause(error: Exception) -> str:
@@ -68,10 +57,12 @@ class RayBackend:
     """Trials as Ray actor tasks on `workers` actors of `cpus` CPUs and `gpus` GPUs each."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, cpus: int = 1, gpus: float = 0,
-                 retries: int = 2) -> None:
+                 retries: int = 2, worker: type = TrialWorker) -> None:
+        """`worker`: the actor class, `TrialWorker` or a subclass of it."""
         if cpus < 1 or gpus < 0 or (workers is not None and workers < 1):
             raise RomerError("a Ray worker needs --worker-cpus ≥ 1, --worker-gpus ≥ 0 and --workers ≥ 1")
         self.address, self.workers, self.cpus, self.gpus, self.retries = address, workers, cpus, gpus, retries
+        self.worker = worker
         self.info: dict | None = None
 
     def _connect(self):
@@ -112,7 +103,7 @@ class RayBackend:
         ray = self._connect()
         env = {k: v for k, v in os.environ.items() if k.startswith("ROMER_")}
         actor = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.retries + 1,
-                           max_task_retries=self.retries, runtime_env={"env_vars": env})(TrialWorker)
+                           max_task_retries=self.retries, runtime_env={"env_vars": env})(self.worker)
         pool = [actor.remote(spec.model_dump_json(), self.cpus)
                 for _ in range(min(self._worker_count(ray), len(trials)))]
         queue = list(trials)
