@@ -145,3 +145,23 @@ def test_a_new_method_registers_from_outside_the_package_and_runs():
         from romer.calibration import methods
 
         methods._METHODS.pop("test-halved")
+
+
+def test_each_tuning_trial_runs_with_its_own_change_only(monkeypatch):
+    """A trial's settings are the method's settings, the choices of earlier stages and its own change: nothing of the
+    trial before it (the first trial switches replacement off; the four after it must replace)."""
+    from romer.calibration.romer import ExpertReplacement
+
+    seen = []
+    original = ExpertReplacement.run
+
+    def spying(self, context):
+        seen.append((context.config.pairing, context.config.tau))
+        return original(self, context)
+
+    monkeypatch.setattr(ExpertReplacement, "run", spying)
+    model = build("olmoe")
+    with apply_noise_(model, NOISE, seed=0):
+        calibration = calibrate_(model, CalibrationConfig(method="tuned", digital_budget=0.0), calib_ids())
+        calibration.remove()
+    assert seen[:4] == [("replica", 0.5), ("replica", 0.25), ("weights", 0.5), ("clone", 0.5)]

@@ -31,7 +31,6 @@ class CalibrationContext:
     needs: frozenset[str] = frozenset()  # what the steps will ask of the clean twin
     _routing: RoutingStats | None = field(default=None, repr=False)
     _teacher: Teacher | None = field(default=None, repr=False)
-    visited: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -40,7 +39,8 @@ class CalibrationContext:
     @torch.no_grad()
     def visit_clean_twin(self) -> None:
         """Compute, in one visit, everything `needs` names; a later request for something not planned visits again."""
-        wanted = set(self.needs) - {n for n, v in (("routing", self._routing), ("teacher", self._teacher)) if v}
+        have = {"routing": self._routing is not None, "teacher": self._teacher is not None}
+        wanted = {need for need in self.needs if not have[need]}
         if not wanted:
             return
         with self.chip.suspended() if self.chip is not None else nullcontext():
@@ -49,7 +49,6 @@ class CalibrationContext:
             if "teacher" in wanted:
                 self._teacher = clean_teacher(self.model, self.tokens, self.batch_size,
                                               hidden=self.config.retune_hidden_weight > 0)
-        self.visited = True
 
     def clean_routing(self) -> RoutingStats:
         """The clean twin's routing on the fit tokens: selection counts and router logits."""

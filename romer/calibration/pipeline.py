@@ -62,8 +62,7 @@ def calibrate_(model: nn.Module, config: CalibrationConfig, calib_ids: torch.Ten
     calibration.report["tokens"] = {"fit": tokens.fit.numel(), "holdout": tokens.holdout.numel(), "window": window}
     if brought:
         calibration.report["method_defaults"] = brought
-    _ACTIVE[model] = calibration
-    calibration.on_remove(lambda: _ACTIVE.pop(model, None) if _ACTIVE.get(model) is calibration else None)
+    carry(model, calibration)
     return calibration
 
 
@@ -82,6 +81,6 @@ def carried_calibration(model: nn.Module) -> Calibration | None:
 
 
 def carry(model: nn.Module, calibration: Calibration) -> None:
-    """Record that `model` carries `calibration` (a loaded one), until it is removed."""
+    """Record that `model` carries `calibration` (made here, or loaded), until it is removed."""
     _ACTIVE[model] = calibration
     calibration.on_remove(lambda: _ACTIVE.pop(model, None) if _ACTIVE.get(model) is calibration else None)

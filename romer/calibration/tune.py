@@ -56,17 +56,16 @@ class Tuner(Step):
 
     def run(self, context) -> None:
         holdout = context.tokens.require_holdout("tuning")
-        chosen: dict = {}
+        base, chosen = context.config, {}
         trials: list[dict] = []
         for stage in STAGES:
             best = None
             for change in stage:
-                candidate = context.config.model_copy(update=chosen | change)
-                undo = []
+                candidate = base.model_copy(update=chosen | change)  # each trial: the settings, the choices, its change
+                context.config, undo = candidate, []
                 try:
                     for step in self._tried_steps(candidate):
                         if step.enabled(candidate, context.chip):
-                            context.config = candidate
                             undo.append(step.apply(context))
                     ppl = sequence_perplexity(context.model, holdout, candidate.batch_size)
                 finally:
@@ -76,7 +75,7 @@ class Tuner(Step):
                 if best is None or ppl < best[0]:
                     best = (ppl, change)
             chosen |= best[1]
-        context.config = context.config.model_copy(update=chosen)
+        context.config = base.model_copy(update=chosen)
         context.calibration.report["tuning"] = trials
 
 
