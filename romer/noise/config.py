@@ -114,6 +114,20 @@ class NoiseConfig(BaseModel):
             raise ValueError("drift_nu is set but drift_time_s is 0; set a time since programming")
         return self
 
+    @classmethod
+    def from_aihwkit_lightning(cls, rpu_config, **overrides) -> "NoiseConfig":
+        """The chip an aihwkit-lightning `TorchInferenceRPUConfig` (or a mapping of its fields) describes, where the two
+        simulators overlap (romer/noise/aihwkit_lightning.py); a peer field romer cannot honour is a one-line error."""
+        from romer.noise.aihwkit_lightning import from_aihwkit_lightning
+
+        return validated(from_aihwkit_lightning(rpu_config) | overrides)
+
+    def to_aihwkit_lightning(self) -> dict:
+        """The aihwkit-lightning fields of this chip, as a nested dict; a field the peer lacks is a one-line error."""
+        from romer.noise.aihwkit_lightning import to_aihwkit_lightning
+
+        return to_aihwkit_lightning(self)
+
     def scaled(self, factor: float) -> "NoiseConfig":
         """The same chip with `factor` times this config's strength (the ±20 % sensitivity checks)."""
         return validated(self.model_dump() | {"strength": self.strength * factor})
@@ -138,7 +152,11 @@ class NoiseConfig(BaseModel):
             raise RomerError(f"noise file {path} is not valid YAML ({type(error).__name__}); fix its syntax") from None
         if not isinstance(data, dict):
             raise RomerError(f"noise file {path} must be a mapping of field: value")
-        base = data.pop("preset", None)
+        base, peer = data.pop("preset", None), data.pop("aihwkit_lightning", None)
+        if peer is not None:  # the fields of an aihwkit-lightning TorchInferenceRPUConfig, nested as the peer nests them
+            if base:
+                raise RomerError(f"noise file {path} names both a preset and aihwkit_lightning fields; keep one")
+            return NoiseConfig.from_aihwkit_lightning(peer, **data)
         return NoiseConfig.preset(base, **data) if base else validated(data)
 
 
