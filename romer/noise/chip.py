@@ -340,8 +340,10 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     physics = DevicePhysics.from_config(config)
     per_forward = config.mode == "analog" or config.read_sigma > 0 or physics.periphery.per_forward
     previous_impl = None
-    if per_forward and hasattr(model, "set_experts_implementation"):
-        # fused-expert kernels bypass F.linear; the eager path calls it once per expert
+    fused_on_chip = any(t.param.dim() == 3 for t in tensors)
+    if per_forward and fused_on_chip and hasattr(model, "set_experts_implementation"):
+        # fused-expert kernels bypass F.linear; the eager path calls it once per expert (only needed when experts are
+        # on this chip: attention-only chips keep the fused kernels)
         previous_impl = getattr(model.config, "_experts_implementation", None) or "eager"
         model.set_experts_implementation("eager")
     handle = ChipHandle(model, config, seed, tensors, physics, store, per_forward,
