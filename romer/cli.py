@@ -112,7 +112,7 @@ def _campaign(config: Optional[str], flags: dict, out_dir: str, force: bool, as_
     if as_json:
         print(json.dumps({k: v for k, v in results.items() if k != "spec"}))
         return
-    out.print(console.campaign_table(results))
+    out.print(console.campaign_table(results, width=out.width))
     out.print(f"report: {results['paths']['report']}", highlight=False)
 
 

@@ -258,3 +258,25 @@ def test_a_campaign_option_no_method_reads_is_refused(tiny_moe_dir, texts, tmp_p
     spec = spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none", "rc"], calibration={"retune_rank": 4})
     with pytest.raises(RomerError, match="'retune_rank' is not used by any method of this run .* read by tuned, retune"):
         run_campaign(spec, tmp_path / "out", progress=False)
+
+
+def test_the_campaign_table_fits_an_80_column_terminal(tiny_moe_dir, texts, tmp_path):
+    """Tried as a new user would: a plain 80-column terminal gets method, PPL ± std, recovery and p, each row on one
+    line and nothing cut short; a wide one gets every column."""
+    import io
+
+    from rich.console import Console
+
+    from romer.report.console import campaign_table
+
+    results = run_campaign(spec_for(tiny_moe_dir, texts, seeds=[0, 1], clean_cost=False), tmp_path, progress=False)
+    for width, columns in ((80, 4), (160, 9)):
+        console = Console(width=width, file=io.StringIO(), color_system=None)
+        table = campaign_table(results, width=width)
+        console.print(table)
+        lines = console.file.getvalue().splitlines()
+        assert len(table.columns) == columns
+        assert all(len(line) <= width for line in lines) and not any("…" in line for line in lines)
+        for method in ("noisy (none)", "rc", "tuned"):
+            row = [line for line in lines if f" {method} " in line]
+            assert len(row) == 1 and f"{results['methods'][method.split()[-1].strip('()')]['ppl_mean']:.3f}" in row[0]

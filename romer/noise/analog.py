@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from romer.errors import RomerError
 from romer.noise.config import NoiseConfig
 from romer.noise.digital import ColumnCorrection
 from romer.noise.mapping import ConductanceMapping
@@ -82,34 +83,76 @@ class TileProgram:
 
 
 class AnalogWeight(torch.Tensor):
-    """A weight on the chip; `F.linear` with it runs `analog_linear`."""
+    """A weight on the chip; `F.linear` with it runs `analog_linear`.
+
+    Any other product that reaches an on-chip weight (`matmul`, `bmm`, `grouped_mm`, `einsum`, ...), directly or
+    through a transpose, view or reshape of it, is a one-line `RomerError` naming the op: a product romer does not
+    handle would silently compute with the stored weights alone, without the chip's offsets, read noise or analog
+    tile path."""
 
     program: TileProgram
     slot: int | None
+    derived: bool = False  # a transpose, view or reshape of the weight: no longer in F.linear's [out, in] layout
 
     @staticmethod
-    def wrap(weight: torch.Tensor, program: TileProgram, slot: int | None = None) -> "AnalogWeight":
+    def wrap(weight: torch.Tensor, program: TileProgram, slot: int | None = None,
+             derived: bool = False) -> "AnalogWeight":
         wrapped = weight.as_subclass(AnalogWeight)
-        wrapped.program, wrapped.slot = program, slot
+        wrapped.program, wrapped.slot, wrapped.derived = program, slot, derived
         return wrapped
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.linear and isinstance(args[1], AnalogWeight):
+        if func is F.linear and isinstance(args[1], AnalogWeight) and not args[1].derived:
             weight = args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             return analog_linear(args[0], weight.as_subclass(torch.Tensor), bias, weight.program, weight.slot)
+        if is_product(func):
+            weight = next(a for a in _flat(args, kwargs) if isinstance(a, AnalogWeight))
+            raise RomerError(f"on-chip weight {weight.program.name} reached {op_name(func)}, a product romer does not "
+                             "simulate (only F.linear on the weight itself is); run the model's eager expert / linear "
+                             "path (model.set_experts_implementation('eager')) or move the tensor off the chip")
         with torch._C.DisableTorchFunctionSubclass():
             result = func(*args, **kwargs)
         source = args[0] if args else None
         if isinstance(source, AnalogWeight) and isinstance(result, torch.Tensor):
-            if func is torch.Tensor.__getitem__ and source.dim() == 3 and _is_slot(args[1]):
+            if func is torch.Tensor.__getitem__ and source.dim() == 3 and _is_slot(args[1]) and not source.derived:
                 return AnalogWeight.wrap(result, source.program, int(args[1]))
             if func in _KEEPS_WEIGHT and result.shape == source.shape:
                 # a cast or copy is still the same weights on the same chip (DeepSeek's routers cast to float32)
-                return AnalogWeight.wrap(result, source.program, source.slot)
+                return AnalogWeight.wrap(result, source.program, source.slot, source.derived)
+            if op_name(func) in _REARRANGES:  # still the chip's weights, in another layout: watched, never multiplied
+                return AnalogWeight.wrap(result, source.program, source.slot, derived=True)
         return result
+
+
+# names (split at non-letters) that mark a product of a tensor with a weight
+_PRODUCT_WORDS = {"mm", "bmm", "addmm", "baddbmm", "addbmm", "matmul", "rmatmul", "einsum", "mv", "addmv", "dot",
+                  "vdot", "tensordot", "bilinear", "linear", "inner", "outer", "kron", "conv1d", "conv2d", "conv3d"}
+_REARRANGES = {"transpose", "t", "permute", "view", "reshape", "flatten", "unflatten", "unsqueeze", "squeeze",
+               "expand", "narrow", "T", "mT", "swapaxes", "movedim", "__getitem__", "split", "chunk", "unbind"}
+
+
+def op_name(func) -> str:
+    name = getattr(func, "__name__", None) or str(func)
+    if name == "__get__":  # a property of Tensor (T, mT): its name is on the descriptor's owner
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    return name
+
+
+def is_product(func) -> bool:
+    import re
+
+    return bool(set(re.split(r"[^a-z0-9]+", op_name(func).lower())) & _PRODUCT_WORDS)
+
+
+def _flat(args, kwargs):
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, (list, tuple)):
+            yield from value
+        else:
+            yield value
 
 
 _KEEPS_WEIGHT = {torch.Tensor.to, torch.Tensor.type, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16,
@@ -156,26 +199,44 @@ def chip_linear(x: torch.Tensor, weight: torch.Tensor, program: TileProgram, slo
         return y
 
     flat = x.reshape(-1, in_dim).float()
-    x_max = input_scale(flat)
     tiles = scales.shape[-1]
     rows = in_dim if tiles == 1 else c.tile_rows  # a single tile needs no zero padding
     pad = tiles * rows - in_dim
+    w_norm = F.pad(w, (0, pad)).view(out_dim, tiles, rows) / (scales.unsqueeze(-1) * c.g_max_us)
+    adc_rng = program.next_stream(slot, "adc", x.device) if c.mode == "analog" and c.sigma_adc * c.strength > 0 else None
+    chunk = tokens_per_chunk(tiles, out_dim)
+    y = torch.cat([_tile_products(flat[start:start + chunk], w_norm, scales, errors, c, ir_drop, adc_rng, step, pad)
+                   for start in range(0, flat.shape[0], chunk)]) if flat.shape[0] else flat.new_zeros(0, out_dim)
+    return y.to(x.dtype).view(*x.shape[:-1], out_dim)
+
+
+MAX_PARTIAL_BYTES = 256 * 2**20  # per-tile partial sums of one call's chunk of tokens (their ADC noise as much again)
+
+
+def tokens_per_chunk(tiles: int, out_dim: int) -> int:
+    """Tokens whose per-tile partial sums [tokens, tiles, out] in float32 fit MAX_PARTIAL_BYTES, a multiple of 16 (so
+    that on a CPU the ADC noise drawn chunk by chunk is the noise one draw for all tokens gives, bit for bit)."""
+    return max(16, MAX_PARTIAL_BYTES // (4 * tiles * out_dim) // 16 * 16)
+
+
+def _tile_products(flat: torch.Tensor, w_norm: torch.Tensor, scales: torch.Tensor, errors, c: NoiseConfig,
+                   ir_drop: IrDrop, adc_rng: torch.Generator | None, step: float, pad: int) -> torch.Tensor:
+    """The tile-level product for a chunk of tokens [n, in]: DAC, per-tile partial sums, the ADC, the digital sum."""
+    out_dim, tiles, rows = w_norm.shape
+    x_max = input_scale(flat)
     x_in = F.pad(flat / x_max, (0, pad)).view(-1, tiles, rows)
     if c.mode == "analog":
         x_in = quantize(x_in, c.dac_bits)
-    w_norm = F.pad(w, (0, pad)).view(out_dim, tiles, rows) / (scales.unsqueeze(-1) * c.g_max_us)
     partial = torch.einsum("nkr,okr->nko", x_in, w_norm)  # per-tile outputs, in full-scale device units
     if ir_drop.active:
         partial = partial - ir_drop.loss(x_in, w_norm)
     if c.mode == "analog" and errors is not None and errors.gain is not None:
         partial = partial * errors.gain.t()
-    if c.mode == "analog" and c.sigma_adc * c.strength > 0:
-        rng = program.next_stream(slot, "adc", x.device)
+    if adc_rng is not None:
         sigma = c.sigma_adc * c.strength * c.adc_full_scale
-        partial = partial + torch.randn(partial.shape, generator=rng, device=partial.device) * sigma
+        partial = partial + torch.randn(partial.shape, generator=adc_rng, device=partial.device) * sigma
     if errors is not None and errors.offset_lsb is not None:
         partial = partial + errors.offset_lsb.t() * step
     if c.mode == "analog":
         partial = quantize(partial / c.adc_full_scale, c.adc_bits) * c.adc_full_scale
-    y = (partial * (scales.t() * c.g_max_us)).sum(dim=1) * x_max
-    return y.to(x.dtype).view(*x.shape[:-1], out_dim)
+    return (partial * (scales.t() * c.g_max_us)).sum(dim=1) * x_max

@@ -205,6 +205,13 @@ class ChipHandle:
         else:
             tensor.module._parameters[tensor.attribute] = param
 
+    def use_eager_experts(self) -> None:
+        """Fused expert kernels (grouped_mm) bypass F.linear, which carries the chip's per-forward effects and digital
+        corrections; the eager path calls it once per expert. Restored with the chip."""
+        if self.experts_implementation is None and hasattr(self.model, "set_experts_implementation"):
+            self.experts_implementation = getattr(self.model.config, "_experts_implementation", None) or "eager"
+            self.model.set_experts_implementation("eager")
+
     def attach_correction(self, name: str, correction: ColumnCorrection | None) -> None:
         """Set (or, with None, remove) the digital corrections after one tensor's ADCs; no conductance changes."""
         tensor = self.tensor(name)
@@ -212,6 +219,8 @@ class ChipHandle:
             self.corrections.pop(name, None)
         else:
             self.corrections[name] = correction
+            if self.originals[name].dim() == 3:
+                self.use_eager_experts()
         if name in self.programs:
             self.programs[name].correction = correction
         if name not in self.digital:
@@ -339,15 +348,9 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     store = MemoryBackup() if backup == "memory" else DiskBackup()
     physics = DevicePhysics.from_config(config)
     per_forward = config.mode == "analog" or config.read_sigma > 0 or physics.periphery.per_forward
-    previous_impl = None
-    fused_on_chip = any(t.param.dim() == 3 for t in tensors)
-    if per_forward and fused_on_chip and hasattr(model, "set_experts_implementation"):
-        # fused-expert kernels bypass F.linear; the eager path calls it once per expert (only needed when experts are
-        # on this chip: attention-only chips keep the fused kernels)
-        previous_impl = getattr(model.config, "_experts_implementation", None) or "eager"
-        model.set_experts_implementation("eager")
-    handle = ChipHandle(model, config, seed, tensors, physics, store, per_forward,
-                        previous_impl)
+    handle = ChipHandle(model, config, seed, tensors, physics, store, per_forward)
+    if per_forward and any(t.param.dim() == 3 for t in tensors):
+        handle.use_eager_experts()  # attention-only chips keep the fused kernels
     for tensor in tensors:
         handle.originals[tensor.name] = tensor.param
         store.save(tensor.name, tensor.param)
@@ -355,6 +358,8 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
         # a loaded calibration names tensors that its chip keeps in the digital periphery, and their corrections
         handle.digital |= set(carried.digital_names()) & set(handle.originals)
         handle.corrections |= {n: c for n, c in carried.correction_items() if n in handle.originals}
+        if any(handle.originals[n].dim() == 3 for n in handle.corrections):
+            handle.use_eager_experts()
     handle._install()
     _CHIPS[model] = handle
     if carried is not None:

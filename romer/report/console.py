@@ -31,20 +31,34 @@ def eval_table(record: dict) -> Table:
     return table
 
 
-def campaign_table(results: dict) -> Table:
-    table = Table(title=f"{results['model']} on {results['noise']['name']} (× {results['strength']:g}), "
-                        f"{results['dataset']['name']}/{results['dataset']['split']} {results['dataset']['tokens']:,} "
-                        f"tokens, seeds {results['methods']['none']['seeds']}: clean PPL {results['clean']['ppl']:.3f}")
-    for column in ("method", "PPL mean ± std", "95 % CI", "reduction", "recovery", "load CV", "top-k agr.",
-                   "p vs noisy", "clean-model cost"):
-        table.add_column(column, justify="right")
+FULL_TABLE_COLUMNS = 132  # below this terminal width the campaign table keeps the columns that matter
+
+
+def campaign_table(results: dict, width: int | None = None) -> Table:
+    """The campaign's methods, one row each. A terminal narrower than FULL_TABLE_COLUMNS (an 80-column one) gets
+    method, PPL ± std, recovery and p vs noisy; report.md always has every column."""
+    compact = width is not None and width < FULL_TABLE_COLUMNS
+    data = results["dataset"]
+    title = (f"{results['model']} on {results['noise']['name']} (× {results['strength']:g}), {data['name']}/"
+             f"{data['split']} {data['tokens']:,} tokens, seeds {results['methods']['none']['seeds']}: clean PPL "
+             f"{results['clean']['ppl']:.3f}")
+    table = Table(title=title, caption="every column: report.md" if compact else None)
+    columns = (("method", "PPL mean ± std", "recovery", "p vs noisy") if compact else
+               ("method", "PPL mean ± std", "95 % CI", "reduction", "recovery", "load CV", "top-k agr.", "p vs noisy",
+                "clean-model cost"))
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
     for method, m in results["methods"].items():
         cost = results["calibrated_clean"].get(method)
         p = m.get("vs_none", {}).get("t_pvalue")
-        table.add_row("noisy (none)" if method == "none" else method, f"{m['ppl_mean']:.3f} ± {m['ppl_std']:.3f}",
-                      f"[{m['ppl_ci95'][0]:.2f}, {m['ppl_ci95'][1]:.2f}]", f"{100 * m['reduction_mean']:+.1f} %",
-                      f"{100 * m['recovery_mean']:+.1f} %", f"{m['load_cv_mean']:.3f}", f"{m['topk_agreement_mean']:.3f}",
-                      "—" if p is None else f"{p:.3g}", "—" if cost is None else f"{100 * cost['change']:+.2f} %")
+        cells = {"method": "noisy (none)" if method == "none" else method,
+                 "PPL mean ± std": f"{m['ppl_mean']:.3f} ± {m['ppl_std']:.3f}",
+                 "95 % CI": f"[{m['ppl_ci95'][0]:.2f}, {m['ppl_ci95'][1]:.2f}]",
+                 "reduction": f"{100 * m['reduction_mean']:+.1f} %", "recovery": f"{100 * m['recovery_mean']:+.1f} %",
+                 "load CV": f"{m['load_cv_mean']:.3f}", "top-k agr.": f"{m['topk_agreement_mean']:.3f}",
+                 "p vs noisy": "—" if p is None else f"{p:.3g}",
+                 "clean-model cost": "—" if cost is None else f"{100 * cost['change']:+.2f} %"}
+        table.add_row(*(cells[column] for column in columns))
     return table
 
 
