@@ -82,3 +82,22 @@ def test_analog_mode_in_token_chunks_is_bit_identical_and_bounded(monkeypatch):
         with apply_noise_(model, config, seed=1):
             chunked = model(input_ids=ids()).logits
     assert torch.equal(whole, chunked)
+
+
+@pytest.mark.parametrize("family", ["olmoe", "qwen2_moe", "mixtral", "deepseek_v3", "qwen3_moe", "deepseek_v2"])
+def test_fused_experts_with_column_offsets_equal_the_eager_path(family):
+    """A weights-mode chip whose only per-forward effect is its column offsets keeps the experts fused (offsets added
+    per expert after the grouped product): the same chip seed gives the eager path's logits to float rounding."""
+    model = build(family)
+    config = NoiseConfig.preset("cim-80c", adc_offset_sigma=4.0)  # offsets large enough to matter
+    with torch.no_grad(), apply_noise_(model, config, seed=2) as chip:
+        assert chip.experts_path() == "fused, offsets per expert"
+        fused = model(input_ids=ids()).logits
+        chip.use_eager_experts()
+        assert chip.experts_path() == "eager"
+        eager = model(input_ids=ids()).logits
+    with torch.no_grad(), apply_noise_(model, config.model_copy(update={"adc_offset_sigma": 0.0,
+                                                                        "adc_offset_per_c": 0.0}), seed=2):
+        without_offsets = model(input_ids=ids()).logits
+    assert torch.allclose(fused, eager, rtol=1e-4, atol=1e-5 * float(eager.abs().max()))
+    assert not torch.allclose(fused, without_offsets, rtol=1e-3, atol=1e-3)  # the offsets do act

@@ -135,7 +135,8 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
                 calibration = calibrate_(bench.model, calibration_for(spec, method), bench.calib_ids, chip=chip)
             seconds = time.perf_counter() - started
             record = {"kind": "chip", "noise": trial.noise, "strength": trial.strength, "seed": trial.seed,
-                      "method": method, "calib_seconds": seconds, **bench.measure(with_routing=True)}
+                      "method": method, "calib_seconds": seconds, "experts_path": chip.experts_path(),
+                      **bench.measure(with_routing=True)}
             if calibration is not None:
                 summary = calibration.as_dict()
                 record["calibration"] = {"config": summary["config"], "requested": requested(spec, method),

@@ -28,6 +28,7 @@ from romer.noise.analog import AnalogWeight, TileProgram
 from romer.noise.backup import DiskBackup, MemoryBackup
 from romer.noise.config import NoiseConfig
 from romer.noise.digital import ColumnCorrection
+from romer.noise.fused_experts import NAME as FUSED_ON_CHIP, fused_path_possible
 from romer.noise.periphery import ColumnErrors
 from romer.noise.physics import DevicePhysics
 from romer.noise.roles import ChipTensor, on_chip_tensors
@@ -85,8 +86,8 @@ class ChipHandle:
         return self._restored
 
     def describe(self) -> dict:
-        """The chip instance, for a record: its seed and its noise configuration."""
-        return {"seed": self.seed, "noise": self.config.model_dump(mode="json")}
+        """The chip instance, for a record: its seed, its noise configuration and how it computes fused experts."""
+        return {"seed": self.seed, "noise": self.config.model_dump(mode="json"), "experts_path": self.experts_path()}
 
     def names(self) -> list[str]:
         """Every tensor this chip holds, on the chip or moved to the digital periphery, in model order."""
@@ -208,9 +209,27 @@ class ChipHandle:
     def use_eager_experts(self) -> None:
         """Fused expert kernels (grouped_mm) bypass F.linear, which carries the chip's per-forward effects and digital
         corrections; the eager path calls it once per expert. Restored with the chip."""
-        if self.experts_implementation is None and hasattr(self.model, "set_experts_implementation"):
+        self._set_experts("eager")
+
+    def use_fused_chip_experts(self) -> None:
+        """Keep the experts fused, their column offsets added per expert after the grouped product (fused_experts.py):
+        for a weights-mode chip whose only per-forward effect is its offsets."""
+        self._set_experts(FUSED_ON_CHIP)
+
+    def _set_experts(self, implementation: str) -> None:
+        if not hasattr(self.model, "set_experts_implementation"):
+            return
+        if self.experts_implementation is None:
             self.experts_implementation = getattr(self.model.config, "_experts_implementation", None) or "eager"
-            self.model.set_experts_implementation("eager")
+        self.model.set_experts_implementation(implementation)
+
+    def experts_path(self) -> str:
+        """How this chip computes fused experts: `fused` (the model's own grouped kernel: no expert needs the chip per
+        forward), `fused, offsets per expert` (romer_chip), or `eager` (one F.linear per expert)."""
+        now = getattr(self.model.config, "_experts_implementation", None)
+        if self.experts_implementation is None or now == self.experts_implementation:
+            return "fused"
+        return "fused, offsets per expert" if now == FUSED_ON_CHIP else "eager"
 
     def attach_correction(self, name: str, correction: ColumnCorrection | None) -> None:
         """Set (or, with None, remove) the digital corrections after one tensor's ADCs; no conductance changes."""
@@ -349,8 +368,12 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     physics = DevicePhysics.from_config(config)
     per_forward = config.mode == "analog" or config.read_sigma > 0 or physics.periphery.per_forward
     handle = ChipHandle(model, config, seed, tensors, physics, store, per_forward)
-    if per_forward and any(t.param.dim() == 3 for t in tensors):
-        handle.use_eager_experts()  # attention-only chips keep the fused kernels
+    if per_forward and any(t.param.dim() == 3 for t in tensors):  # attention-only chips keep the fused kernels
+        offsets_only = config.mode == "weights" and config.read_sigma * config.strength == 0 and config.ir_drop == 0
+        if offsets_only and fused_path_possible(model):
+            handle.use_fused_chip_experts()
+        else:
+            handle.use_eager_experts()
     for tensor in tensors:
         handle.originals[tensor.name] = tensor.param
         store.save(tensor.name, tensor.param)
