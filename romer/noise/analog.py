@@ -18,6 +18,8 @@ folded into the stored weights when the chip is programmed.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -141,10 +143,19 @@ def op_name(func) -> str:
     return name
 
 
-def is_product(func) -> bool:
-    import re
-
+def _names_a_product(func) -> bool:
     return bool(set(re.split(r"[^a-z0-9]+", op_name(func).lower())) & _PRODUCT_WORDS)
+
+
+_cached_product_check = functools.lru_cache(maxsize=None)(_names_a_product)
+
+
+def is_product(func) -> bool:
+    """Whether `func` multiplies by a weight; looked up once per op (this runs on every op an on-chip weight meets)."""
+    try:
+        return _cached_product_check(func)
+    except TypeError:  # an op that cannot be a dictionary key
+        return _names_a_product(func)
 
 
 def _flat(args, kwargs):
