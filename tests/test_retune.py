@@ -169,3 +169,52 @@ def test_least_squares_start_finds_a_planted_column_gain_and_offset_exactly():
     assert torch.allclose(correction.gain, gain, atol=1e-4) and torch.allclose(correction.offset, offset, atol=1e-4)
     corrected = correction(y, x, lambda: input_scale(x))
     assert torch.allclose(corrected, x @ clean.t(), atol=1e-4)
+
+
+def test_gradient_checkpointing_fits_in_eval_mode():
+    """With checkpointing on, the fit recomputes each decoder layer instead of keeping its activations, and the model
+    stays in eval mode: attention dropout (here 0.5) never fires, so the fit equals the fit without checkpointing."""
+    reports = {}
+    for checkpointing in ("off", "on"):
+        model = build("olmoe")
+        for module in model.modules():
+            if hasattr(module, "attention_dropout"):
+                module.attention_dropout = 0.5
+        torch.manual_seed(0)
+        with apply_noise_(model, NOISE, seed=2):
+            calibration = calibrate_(model, RomerConfig(**FAST, retune_checkpointing=checkpointing), ids())
+            reports[checkpointing] = calibration.report["retune"]
+            assert not any(m.training for m in model.modules())
+            calibration.remove()
+    assert reports["on"]["checkpointing"] and not reports["off"]["checkpointing"]
+    assert reports["on"]["holdout_kl_after"] == pytest.approx(reports["off"]["holdout_kl_after"], rel=1e-5)
+    assert reports["on"]["fit_loss_last_epoch"] == pytest.approx(reports["off"]["fit_loss_last_epoch"], rel=1e-5)
+
+
+def test_top_k_teacher_targets_bound_the_full_kl_and_equal_it_at_full_k():
+    from romer.calibration.teacher import Targets
+
+    generator = torch.Generator().manual_seed(0)
+    log_p = (torch.randn(2, 5, 50, generator=generator) * 3).log_softmax(-1)
+    log_q = (torch.randn(2, 5, 50, generator=generator) * 3).log_softmax(-1)
+    full = Targets(log_p).kl(log_q)
+    for k in (50, 10, 1):
+        values, ids = log_p.topk(k, dim=-1)
+        bucketed = Targets(values, top_ids=ids).kl(log_q)
+        if k == 50:
+            assert torch.allclose(bucketed, full, atol=1e-5)
+        assert bool((bucketed <= full + 1e-5).all()) and bool((bucketed >= -1e-6).all())
+
+
+def test_a_teacher_too_large_for_the_host_keeps_the_top_k(monkeypatch):
+    import romer.calibration.teacher as teacher
+
+    monkeypatch.setattr(teacher, "MAX_TEACHER_BYTES", 0)
+    monkeypatch.setattr(teacher, "TOP_K", 8)
+    model = build("olmoe")
+    with apply_noise_(model, NOISE, seed=0):
+        calibration = calibrate_(model, RomerConfig(**FAST), ids())
+        report = calibration.report["retune"]
+        assert report["teacher_top_k"] == 8
+        assert report["holdout_kl_after"] < report["holdout_kl_before"]
+        calibration.remove()

@@ -20,9 +20,11 @@ an on-chip weight (the chip's weights are detached inside `analog_linear`), and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -116,14 +118,34 @@ def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
     return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, sum(p.numel() for p in gains.values()))
 
 
+@contextlib.contextmanager
+def checkpointed_in_eval_mode(model: nn.Module) -> Iterator[None]:
+    """Gradient checkpointing per decoder layer (each layer recomputed in the backward pass instead of keeping its
+    activations) with the model in eval mode: transformers checkpoints a layer only while that layer is training, so
+    only the decoder layers themselves are marked training, never their modules (dropout, router jitter stay off)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if hasattr(model, "activation_checkpointing_enable"):  # the newer name; the older one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
 def _loss(model: nn.Module, batch: torch.Tensor, target: Targets, hidden_weight: float = 0.0) -> torch.Tensor:
     """Mean over tokens of KL(clean ‖ chip), plus `hidden_weight` × the mean over decoder layers of the relative
     squared error of the layer's output (more signal per calibration token than the logits alone)."""
     device = next(model.parameters()).device
     result = model(input_ids=batch.to(device), output_hidden_states=bool(hidden_weight and target.hidden))
-    log_q = result.logits.float().log_softmax(-1)
-    log_p = target.log_probs.to(device, torch.float32)
-    loss = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean()
+    loss = target.kl(result.logits.float().log_softmax(-1)).mean()
     if hidden_weight and target.hidden:
         errors = []
         for mine, clean in zip(result.hidden_states[1:], target.hidden):
@@ -155,8 +177,10 @@ def retune(context) -> None:
     trainable: list[nn.Parameter] = []
     for name in sorted(set(chosen.columns) | set(chosen.ranks)):
         slots, out_dim, in_dim = _shape(chip, name)
+        module, attribute = chip.module_of(name)
         correction = ColumnCorrection(out_dim, in_dim, slots, columns=name in chosen.columns,
-                                      rank=chosen.ranks.get(name, 0), seed=chip.describe()["seed"], device=device)
+                                      rank=chosen.ranks.get(name, 0), seed=chip.describe()["seed"],
+                                      device=getattr(module, attribute).device)  # beside the tensor it corrects
         calibration.attach_correction(name, correction)
         trainable += list(correction.parameters())
     if chosen.router_bias:
@@ -180,17 +204,12 @@ def retune(context) -> None:
         param.requires_grad_(True)
     checkpointing = config.retune_checkpointing == "on" or (config.retune_checkpointing == "auto"
                                                              and device.type != "cpu")
-    if checkpointing:  # recompute each decoder layer in the backward pass instead of keeping its activations
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()
     fit_started = time.perf_counter()
     try:
-        with torch.enable_grad():  # callers may evaluate under no_grad; the fit needs gradients of the digital part
+        # callers may evaluate under no_grad; the fit needs gradients of the digital part
+        with torch.enable_grad(), checkpointed_in_eval_mode(model) if checkpointing else contextlib.nullcontext():
             history = _fit(model, trainable, tokens.fit, teacher_fit, holdout, teacher_holdout, config)
     finally:
-        if checkpointing:
-            model.gradient_checkpointing_disable()
-            model.eval()
         for param in frozen:
             param.requires_grad_(True)
     for param in trainable:
@@ -200,7 +219,7 @@ def retune(context) -> None:
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
         "budget_fraction_used": chosen.added / chip.on_chip_parameters, "norm_parameters": chosen.norm_parameters,
         "on_chip_weights": chip.on_chip_parameters, "least_squares_start": len(started_by),
-        "holdout_kl_before": programmed_kl, "seconds": time.perf_counter() - started,
+        "holdout_kl_before": programmed_kl, "teacher_top_k": teacher.top_k, "seconds": time.perf_counter() - started,
         "seconds_before_fit": fit_started - started, "fit_seconds": time.perf_counter() - fit_started, **history}
 
 

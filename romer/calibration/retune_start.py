@@ -64,7 +64,8 @@ def least_squares_start(model: nn.Module, chip: ChipHandle, sequences: torch.Ten
     layers = _linear_layers(chip)
     if not layers:
         return []
-    clean = {name: chip.clean_value(name).float() for name in layers}
+    clean = {name: chip.clean_value(name).float().to(module.weight.device)  # to each layer's device once, not per batch
+             for name, module in layers.items()}
     moments = {name: _Moments() for name in layers}
 
     def record(name):
@@ -73,7 +74,7 @@ def least_squares_start(model: nn.Module, chip: ChipHandle, sequences: torch.Ten
             y = output.reshape(-1, output.shape[-1]).float()
             if module.bias is not None:
                 y = y - module.bias.float()
-            moments[name].add(x, y, x @ clean[name].to(x.device).t() - y)
+            moments[name].add(x, y, x @ clean[name].t() - y)
         return hook
 
     device = next(model.parameters()).device
