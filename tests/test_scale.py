@@ -120,6 +120,16 @@ def test_estimate_counts_parameters_exactly_and_fits_a_batch(tiny_moe_dir):
     room = estimate.device_bytes(5)
     assert estimate.fit_batch_size(int(room / 0.9) + 1) == 5
     assert estimate.fit_batch_size(estimate.device_bytes(0)) == 0
+    text = model.config
+    layer_outputs = 24576 * text.num_hidden_layers * text.hidden_size * 2  # the fit tokens' decoder-layer outputs
+    assert estimate.retune_host_bytes() == 32768 * text.vocab_size * 2 + layer_outputs  # full distributions
+    import romer.calibration.teacher as teacher
+
+    bound, teacher.MAX_TEACHER_BYTES = teacher.MAX_TEACHER_BYTES, 0
+    try:  # beyond the bound: each position's top 64 (int32 ids and float16 log-probabilities)
+        assert estimate.retune_host_bytes() == 32768 * 64 * 6 + layer_outputs
+    finally:
+        teacher.MAX_TEACHER_BYTES = bound
 
 
 def test_estimate_cli_and_bad_input(tiny_moe_dir):

@@ -154,4 +154,5 @@ def estimate(model: str, dtype: str, window: int | None, batch_size: int | None,
     return found.as_dict() | {"available_bytes": available, "batch_size": batch, "fitted_batch_size": fitted,
                               "peak_bytes": peak, "fits": peak <= available, "retune_batch_size": retune_batch,
                               "retune_peak_bytes": found.retune_bytes(retune_batch),
-                              "retune_peak_bytes_unchecked": found.retune_bytes(retune_batch, checkpointing=False)}
+                              "retune_peak_bytes_unchecked": found.retune_bytes(retune_batch, checkpointing=False),
+                              "retune_host_bytes": found.retune_host_bytes()}

@@ -142,6 +142,7 @@ def estimate_table(record: dict) -> Table:
     table.add_row(f"retune fit, {record['retune_batch_size']} × {record['window']} tokens per step, with gradient "
                   "checkpointing (without)",
                   f"{_gib(record['retune_peak_bytes'])} ({_gib(record['retune_peak_bytes_unchecked'])})")
+    table.add_row("retune teacher on the host (32,768 calibration tokens)", _gib(record["retune_host_bytes"]))
     table.add_row(f"clean copy for restore() ({record['backup']})", _gib(record["backup_bytes"]))
     return table
 

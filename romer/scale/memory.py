@@ -17,7 +17,7 @@ pass needs: every decoder layer's activations (or, with gradient checkpointing, 
 input and one layer's activations at a time), the float32 logits, their log-softmax and its gradient,
 and the clean twin's log-probabilities and decoder-layer outputs of that batch (float16); before the
 fit, the least-squares start holds the moments of every on-chip linear layer at once (float32
-in² + 2·in·out + in each). Estimates, not measurements:
+in² + 2·in·out + in each). On the host, the teacher for every calibration token (`retune_host_bytes`). Estimates, not measurements:
 `bench/scale.py` measures.
 """
 
@@ -58,6 +58,8 @@ class MemoryEstimate:
     retune_per_sequence_bytes: int = 0              # all activations kept for the backward pass
     retune_checkpointed_per_sequence_bytes: int = 0  # with gradient checkpointing per decoder layer
     retune_start_bytes: int = 0                      # the least-squares start's moments, all linear layers
+    vocab: int = 0
+    hidden_states_bytes_per_token: int = 0           # the teacher's decoder-layer outputs of one token, float16
 
     def device_bytes(self, batch_size: int) -> int:
         return self.weights_bytes + self.programming_bytes + self.telemetry_bytes + batch_size * self.per_sequence_bytes
@@ -68,6 +70,16 @@ class MemoryEstimate:
         fit = batch_size * per
         start = self.retune_start_bytes + batch_size * self.per_sequence_bytes  # inference passes with the moments
         return self.weights_bytes + self.programming_bytes + max(fit, start)
+
+    def retune_host_bytes(self, calib_tokens: int = 32768, holdout: float = 0.25) -> int:
+        """The teacher a `retune` fit keeps on the host for all its calibration tokens: next-token distributions (in
+        full, or each position's top k beyond MAX_TEACHER_BYTES: ids and float16 log-probabilities) and, for the fit
+        tokens, every decoder layer's output."""
+        from romer.calibration.teacher import teacher_top_k
+
+        top_k = teacher_top_k(self.vocab, calib_tokens)
+        distributions = calib_tokens * (self.vocab * 2 if top_k is None else top_k * (2 + 4))
+        return distributions + int(calib_tokens * (1 - holdout)) * self.hidden_states_bytes_per_token
 
     def fit_batch_size(self, free_bytes: int) -> int:
         """The largest batch (≤ 64 windows) whose peak fits in `HEADROOM` × `free_bytes`; 0 if none does."""
@@ -140,7 +152,7 @@ def estimate_memory(spec: str, dtype: str = "float32", window: int | None = None
                           telemetry_bytes=MAX_LOGIT_ROWS * max(experts, 1) * FLOAT32 * layers,
                           per_sequence_bytes=per_sequence, backup=backup, backup_bytes=backup_bytes,
                           retune_per_sequence_bytes=retune_all, retune_checkpointed_per_sequence_bytes=retune_checkpointed,
-                          retune_start_bytes=start_bytes)
+                          retune_start_bytes=start_bytes, vocab=vocab, hidden_states_bytes_per_token=layers * hidden * 2)
 
 
 def free_device_bytes(device: str) -> int:
