@@ -111,8 +111,9 @@ class AnalogWeight(torch.Tensor):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             return analog_linear(args[0], weight.as_subclass(torch.Tensor), bias, weight.program, weight.slot)
         if is_product(func):
-            weight = next(a for a in _flat(args, kwargs) if isinstance(a, AnalogWeight))
-            raise RomerError(f"on-chip weight {weight.program.name} reached {op_name(func)}, a product romer does not "
+            weight = next((a for a in _flat(args, kwargs) if isinstance(a, AnalogWeight)), None)
+            name = weight.program.name if weight is not None else "(nested in the arguments)"
+            raise RomerError(f"on-chip weight {name} reached {op_name(func)}, a product romer does not "
                              "simulate (only F.linear on the weight itself is); run the model's eager expert / linear "
                              "path (model.set_experts_implementation('eager')) or move the tensor off the chip")
         with torch._C.DisableTorchFunctionSubclass():
