@@ -68,7 +68,7 @@ def _registry() -> dict[str, Method]:
     return _METHODS
 
 
-BUILT_IN_ORDER = ("none", "er", "rc", "romer", "tuned", "retune")  # how lists show them, whatever the import order
+BUILT_IN_ORDER = ("none", "er", "rc", "romer", "tuned", "retune", "compensate", "compensate-global")  # how lists show them, whatever the import order
 
 
 def method_names() -> list[str]:
