@@ -68,7 +68,8 @@ def _registry() -> dict[str, Method]:
     return _METHODS
 
 
-BUILT_IN_ORDER = ("none", "er", "rc", "romer", "tuned", "retune", "compensate", "compensate-global")  # how lists show them, whatever the import order
+# how lists show the built-in methods, whatever order their modules were imported in
+BUILT_IN_ORDER = ("none", "er", "rc", "romer", "tuned", "retune", "compensate", "compensate-global")
 
 
 def method_names() -> list[str]:
@@ -99,15 +100,26 @@ def users_of(option: str) -> list[str]:
     return [name for name in method_names() if option in _METHODS[name].fields()]
 
 
+def former_names(method: str) -> list[str]:
+    """The names `method` had before (ALIASES read backwards)."""
+    return [old for old, new in ALIASES.items() if new == method]
+
+
+def refuse_unread(options, reads: set[str], by: str) -> None:
+    """The first of `options` outside `reads` is a one-line error naming it, who does not read it (`by`), and the
+    methods that do."""
+    for option in sorted(set(options) - reads):
+        readers = users_of(option)
+        where = f"; it is read by {', '.join(readers)}" if readers else ""
+        raise RomerError(f"calibration option '{option}' is not used by {by}{where}: drop it, or choose a method "
+                         "that reads it")
+
+
 def refuse_unused(config) -> None:
     """A field set explicitly that the method does not read is a one-line error naming it, the method, and the
     methods that do read it."""
     method = get_method(config.method)
-    for option in sorted(set(config.explicit()) - method.fields()):
-        readers = users_of(option)
-        where = f"; it is read by {', '.join(readers)}" if readers else ""
-        raise RomerError(f"calibration option '{option}' is not used by method '{method.name}'{where}: "
-                         f"drop it, or choose one of those methods")
+    refuse_unread(config.explicit(), method.fields(), f"method '{method.name}'")
 
 
 def with_defaults(config):

@@ -75,7 +75,7 @@ def run_steps(context: CalibrationContext, method) -> None:
 
 
 def carried_calibration(model: nn.Module) -> Calibration | None:
-    """The calibration `model` carries now (made by `calibrate_`, or installed by `install_calibration`), or None."""
+    """The calibration `model` carries now (made by `calibrate_`, or installed by `load_calibration`), or None."""
     calibration = _ACTIVE.get(model)
     return calibration if calibration is not None and not calibration.removed else None
 

@@ -27,16 +27,15 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from romer.calibration.methods import Method, register_method
 from romer.calibration.offload import tensor_sensitivity
 from romer.calibration.retune_start import least_squares_start
 from romer.calibration.state import Calibration
-from romer.evaluation.perplexity import sequence_perplexity
 from romer.calibration.step import Step, register_step
 from romer.calibration.teacher import Targets
+from romer.evaluation.perplexity import sequence_perplexity
 from romer.noise.chip import ChipHandle
 from romer.noise.digital import ColumnCorrection
 

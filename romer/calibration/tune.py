@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from romer.calibration.methods import Method, get_method, register_method
 from romer.calibration.romer import in_configured_order
-from romer.evaluation.perplexity import sequence_perplexity
 from romer.calibration.step import Step, register_step
+from romer.evaluation.perplexity import sequence_perplexity
 from romer.moe.metrics import STARVED_FRACTION_OF_UNIFORM as STARVED
 
 STAGES: list[list[dict]] = [
@@ -62,15 +62,14 @@ class Tuner(Step):
             best = None
             for change in stage:
                 candidate = base.model_copy(update=chosen | change)  # each trial: the settings, the choices, its change
-                context.config, undo = candidate, []
+                context.config, mark = candidate, context.calibration.mark()
                 try:
                     for step in self._tried_steps(candidate):
                         if step.enabled(candidate, context.chip):
-                            undo.append(step.apply(context))
+                            step.run(context)
                     ppl = sequence_perplexity(context.model, holdout, candidate.batch_size)
                 finally:
-                    for function in reversed(undo):
-                        function()
+                    context.calibration.rollback(mark)  # the trial undone, whatever it changed
                 trials.append({"change": change, "holdout_ppl": ppl})
                 if best is None or ppl < best[0]:
                     best = (ppl, change)

@@ -150,10 +150,9 @@ class RunSpec(BaseModel):
     def fingerprints(self) -> set[str]:
         """This spec's fingerprint, and the one it had with its methods under their former names (a folder made
         before a rename resumes)."""
-        from romer.calibration.methods import ALIASES
+        from romer.calibration.methods import former_names
 
-        former = {new: old for old, new in ALIASES.items()}
-        return {self.fingerprint(), self.fingerprint([former.get(m, m) for m in self.methods])}
+        return {self.fingerprint(), self.fingerprint([(former_names(m) or [m])[0] for m in self.methods])}
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from romer.calibration import calibrate_, calibration_config, get_method
-from romer.calibration.methods import ALIASES
+from romer.calibration.methods import former_names, refuse_unread
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
-from romer.errors import RomerError
 from romer.noise import parse_noise_spec
 
 
@@ -50,14 +49,9 @@ def calibration_for(spec: RunSpec, method: str):
 
 def refuse_unread_options(spec: RunSpec) -> None:
     """A campaign option that no method of the run reads is a one-line error naming it."""
-    from romer.calibration.methods import users_of
-
     calibration_config(**spec.calibration)  # every option exists and is valid
-    reads = set().union(*(get_method(m).fields() for m in spec.methods))
-    for option in sorted(set(spec.calibration) - reads):
-        readers = users_of(option)
-        raise RomerError(f"calibration option '{option}' is not used by any method of this run "
-                         f"({', '.join(spec.methods)}); it is read by {', '.join(readers) or 'no method'}")
+    refuse_unread(spec.calibration, set().union(*(get_method(m).fields() for m in spec.methods)),
+                  f"any method of this run ({', '.join(spec.methods)})")
 
 
 def requested(spec: RunSpec, method: str, name: str | None = None) -> str:
@@ -65,10 +59,6 @@ def requested(spec: RunSpec, method: str, name: str | None = None) -> str:
     `name`: the method's name as written in the settings (a former name, for units recorded under it)."""
     settings = calibration_for(spec, method).model_dump(mode="json") | {"method": name or method}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def former_names(method: str) -> list[str]:
-    return [old for old, new in ALIASES.items() if new == method]
 
 
 def stale_unit(spec: RunSpec, log: ResultsLog) -> dict | None:

@@ -360,7 +360,6 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
         raise RomerError(f"the chip seed must be a non-negative integer, got {seed!r}")
     if chip_of(model) is not None:
         raise RomerError("this model already sits on a chip; restore() the previous handle first")
-    carried = calibration
     tensors = on_chip_tensors(model, config.roles)
     if backup == "auto":
         backup = choose_backup(tensors)
@@ -377,16 +376,16 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     for tensor in tensors:
         handle.originals[tensor.name] = tensor.param
         store.save(tensor.name, tensor.param)
-    if carried is not None:
+    if calibration is not None:
         # a loaded calibration names tensors that its chip keeps in the digital periphery, and their corrections
-        handle.digital |= set(carried.digital_names()) & set(handle.originals)
-        handle.corrections |= {n: c for n, c in carried.correction_items() if n in handle.originals}
+        handle.digital |= set(calibration.digital_names()) & set(handle.originals)
+        handle.corrections |= {n: c for n, c in calibration.correction_items() if n in handle.originals}
         if any(handle.originals[n].dim() == 3 for n in handle.corrections):
             handle.use_eager_experts()
     handle._install()
     _CHIPS[model] = handle
-    if carried is not None:
-        carried.bind_chip(handle)
+    if calibration is not None:
+        calibration.bind_chip(handle)
     return handle
 
 
