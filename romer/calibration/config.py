@@ -58,6 +58,10 @@ class CalibrationConfig(BaseModel):
     bias_rate: float = Field(1.0, gt=0, le=4, description="step size of the bias update on log(load ratio)")
     digital_budget: float = Field(0.0, ge=0, le=1, description="fraction of on-chip weights that may move to the "
                                                                "digital periphery, most noise-sensitive first")
+    digital_attention: bool = Field(True, description="hetero: the attention projections run in digital units as "
+                                                      "well, as the paper places them")
+    digital_experts: float = Field(0.125, ge=0, le=1, description="hetero: fraction of each MoE layer's experts that "
+                                                                  "run in digital units (the paper: 0.125 to 0.25)")
     tune: bool = Field(False, description="choose pairing, τ, router calibration and load bias on held-out "
                                           "calibration tokens")
 

@@ -27,7 +27,7 @@ from romer.calibration.state import Calibration
 from romer.calibration.config import calibration_config
 from romer.calibration.pipeline import carry
 from romer.errors import RomerError
-from romer.noise.chip import ChipHandle
+from romer.noise.chip import ChipHandle, parse_digital_key
 
 RECORD = "romer_calibration.json"
 DIGITAL = "romer_retune.safetensors"  # a re-tuned chip's digital parameters: corrections and norm gains
@@ -134,8 +134,8 @@ def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
         transform = calibration.transform(int(layer))
         transform.__dict__.update(loaded.__dict__)
     if chip is not None:
-        for name in record["digital"]:
-            calibration.make_digital(name)
+        for key in record["digital"]:
+            calibration.make_digital(*parse_digital_key(key))
     else:
         calibration.digital = list(record["digital"])  # applied when the model is put on a chip
     calibration.report = record.get("report", {})

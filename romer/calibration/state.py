@@ -13,7 +13,7 @@ from romer.calibration.config import CalibrationConfig
 from romer.calibration.replacement import Replacement, write_replacement
 from romer.calibration.router import LayerTransform
 from romer.moe.adapter import MoeAdapter, adapter_for
-from romer.noise.chip import ChipHandle
+from romer.noise.chip import ChipHandle, digital_key, parse_digital_key
 
 
 @dataclass
@@ -115,10 +115,32 @@ class Calibration:
             while len(self._undo) > mark:
                 self._undo.pop()()
 
-    def make_digital(self, name: str) -> None:
-        self.chip.make_digital(name)
-        self._undo.append(lambda: self.chip.make_digital(name, False))
-        self.digital.append(name)
+    def make_digital(self, name: str, slot: int | None = None) -> None:
+        """One on-chip tensor (or one expert slot of a fused tensor) moved to the digital periphery."""
+        key = digital_key(name, slot)
+        self.chip.make_digital(name, slot=slot)
+
+        def undo() -> None:
+            self.chip.make_digital(name, False, slot=slot)
+            self.digital.remove(key)
+
+        self._undo.append(undo)
+        self.digital.append(key)
+
+    def digital_weights(self) -> int:
+        """What this calibration keeps in digital units, in weights: the on-chip weights it moved to the digital
+        periphery, and every digital parameter it added after the ADCs (gains, offsets, adapters). One count
+        for every method, so that methods compare at equal digital share (`digital_share`)."""
+        moved = 0
+        if self.chip is not None and not self.chip.restored:
+            for key in self.digital:
+                name, slot = parse_digital_key(key)
+                moved += self.chip.size(name) // (self.chip.shape(name)[0] if slot is not None else 1)
+        return moved + sum(c.stored_parameters for c in self.corrections.values())
+
+    def digital_share(self) -> float:
+        """`digital_weights()` as a fraction of every weight the chip was asked to hold."""
+        return self.digital_weights() / self.chip.total_parameters if self.chip is not None else 0.0
 
     def remove(self) -> None:
         """Undo everything, last change first: the model is as it was before `calibrate_`."""
@@ -164,6 +186,7 @@ class Calibration:
             "replacements": [r.as_dict() for r in self.replacements],
             "router": {str(layer): t.as_dict() for layer, t in sorted(self.transforms.items()) if t.active},
             "digital": list(self.digital),
+            "digital_share": self.digital_share() if self.chip is not None and not self.chip.restored else None,
             "corrections": {name: {"slots": c.slots, "out": c.out_dim, "in": c.in_dim, "columns": c.gain is not None,
                                    "rank": c.rank} for name, c in self.corrections.items()},
             "norms": list(self.norms),

@@ -52,6 +52,7 @@ class TileProgram:
     errors: ColumnErrors | None = None  # the columns' fixed periphery errors, [(E,) out, in_tiles]
     correction: ColumnCorrection | None = None  # digital corrections after the ADCs, set per chip (retune)
     calls: int = field(default=0)
+    digital_slots: set[int] = field(default_factory=set)  # expert slots computed digitally: clean weights, no periphery
     _column_offset: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -66,6 +67,8 @@ class TileProgram:
             c = self.config
             self._column_offset = (self.errors.offset_lsb * lsb(c.adc_bits, c.adc_full_scale) * self.scales
                                    * c.g_max_us).sum(dim=-1)
+            for digital in self.digital_slots:
+                self._column_offset[digital] = 0
         return self._column_offset if slot is None else self._column_offset[slot]
 
     def set_slot(self, slot: int, scales: torch.Tensor, errors: ColumnErrors | None) -> None:
@@ -78,6 +81,11 @@ class TileProgram:
                     mine[slot] = theirs
         self._column_offset = None
         self.calls = 0
+
+    def set_digital(self, slot: int, digital: bool) -> None:
+        """One expert slot moved to the digital periphery (or back): its products skip every chip effect."""
+        (self.digital_slots.add if digital else self.digital_slots.discard)(slot)
+        self._column_offset = None
 
     def next_stream(self, slot: int | None, purpose: str, device) -> torch.Generator:
         self.calls += 1
@@ -190,6 +198,8 @@ def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def chip_linear(x: torch.Tensor, weight: torch.Tensor, program: TileProgram, slot: int | None) -> torch.Tensor:
+    if slot is not None and slot in program.digital_slots:
+        return F.linear(x, weight.to(x.dtype))  # a digital expert: its clean weights, no chip effect
     c = program.config
     scales = program.scales if slot is None else program.scales[slot]
     errors = None if program.errors is None else program.errors.slot(slot)

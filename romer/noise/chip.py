@@ -76,6 +76,7 @@ class ChipHandle:
     originals: dict[str, nn.Parameter] = field(default_factory=dict)
     targets: dict[tuple[str, int | None], torch.Tensor] = field(default_factory=dict)
     digital: set[str] = field(default_factory=set)
+    digital_slots: set[tuple[str, int]] = field(default_factory=set)  # expert slots of fused tensors, kept digital
     corrections: dict[str, ColumnCorrection] = field(default_factory=dict)
     _restored: bool = field(default=False)
 
@@ -97,8 +98,22 @@ class ChipHandle:
         """The tensors held in conductances now (not moved to the digital periphery), in model order."""
         return [t.name for t in self.tensors if t.name not in self.digital]
 
-    def is_digital(self, name: str) -> bool:
-        return name in self.digital
+    def is_digital(self, name: str, slot: int | None = None) -> bool:
+        """Whether the tensor (or, with `slot`, that expert slot of a fused tensor) runs in the digital periphery."""
+        return name in self.digital or (slot is not None and (name, slot) in self.digital_slots)
+
+    def role(self, name: str) -> str:
+        """The tensor's role on the chip: router, experts, shared_experts, attention, dense_mlp or lm_head."""
+        return self.tensor(name).role
+
+    @property
+    def total_parameters(self) -> int:
+        """Every weight this chip was asked to hold, on the chip or moved to the digital periphery since."""
+        return sum(self.originals[t.name].numel() for t in self.tensors)
+
+    def digital_parameters(self) -> int:
+        """The weights moved to the digital periphery: whole tensors and single expert slots."""
+        return self.total_parameters - self.on_chip_parameters
 
     def shape(self, name: str) -> torch.Size:
         """The tensor's shape: [out, in] for a matrix of its own, [experts, out, in] for a fused expert tensor."""
@@ -156,7 +171,9 @@ class ChipHandle:
 
     @property
     def on_chip_parameters(self) -> int:
-        return sum(self.originals[t.name].numel() for t in self.tensors if t.name not in self.digital)
+        """The weights held in conductances now."""
+        whole = sum(self.originals[t.name].numel() for t in self.tensors if t.name not in self.digital)
+        return whole - sum(self.originals[n][s].numel() for n, s in self.digital_slots if n not in self.digital)
 
     # ---- programming -------------------------------------------------------------------------
     def _program_slot(self, name: str, slot: int | None, device) -> tuple[torch.Tensor, torch.Tensor, ColumnErrors | None]:
@@ -181,12 +198,14 @@ class ChipHandle:
             per_slot = []
             for slot in range(param.shape[0]):  # one slot at a time: the scratch is one expert's size
                 noisy, slot_scales, slot_errors = self._program_slot(tensor.name, slot, param.device)
-                param[slot].copy_(noisy)
+                param[slot].copy_(self.clean_value(tensor.name, slot) if (tensor.name, slot) in self.digital_slots
+                                  else noisy)
                 per_slot.append((slot_scales, slot_errors))
             scales = torch.stack([s for s, _ in per_slot])
             errors = None if per_slot[0][1] is None else ColumnErrors.stack([e for _, e in per_slot])
         self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors,
-                                                 self.corrections.get(tensor.name))
+                                                 self.corrections.get(tensor.name),
+                                                 digital_slots={s for n, s in self.digital_slots if n == tensor.name})
         self._wrap(tensor)
 
     def _program_one_slot(self, tensor: ChipTensor, slot: int) -> None:
@@ -194,7 +213,7 @@ class ChipHandle:
         whole tensor again would cost a full programming per replaced expert at scale)."""
         param = self.originals[tensor.name]
         noisy, scales, errors = self._program_slot(tensor.name, slot, param.device)
-        param[slot].copy_(noisy)
+        param[slot].copy_(self.clean_value(tensor.name, slot) if (tensor.name, slot) in self.digital_slots else noisy)
         self.programs[tensor.name].set_slot(slot, scales, errors)
 
     def _wrap(self, tensor: ChipTensor) -> None:
@@ -299,9 +318,21 @@ class ChipHandle:
             self._program_tensor(tensor)
 
     @torch.no_grad()
-    def make_digital(self, name: str, digital: bool = True) -> None:
-        """Move one tensor to the digital periphery (its clean weights, no noise), or back onto the chip."""
+    def make_digital(self, name: str, digital: bool = True, slot: int | None = None) -> None:
+        """Move one tensor (or, with `slot`, one expert slot of a fused tensor) to the digital periphery (its clean
+        weights, no noise and no periphery errors), or back onto the chip. A slot moved back is programmed again from
+        its own stream, so it holds the bits it held before."""
         tensor = self.tensor(name)
+        if slot is not None:
+            if self.originals[name].dim() != 3:
+                raise RomerError(f"'{name}' is a matrix of its own, not a fused expert tensor; move it whole")
+            (self.digital_slots.add if digital else self.digital_slots.discard)((name, slot))
+            if name in self.digital:
+                return
+            if name in self.programs:
+                self.programs[name].set_digital(slot, digital)
+                self._program_one_slot(tensor, slot)
+            return
         if digital:
             self.digital.add(name)
             self._write_digital(tensor)
@@ -332,6 +363,7 @@ class ChipHandle:
             return
         self.targets.clear()
         self.digital.clear()
+        self.digital_slots.clear()
         self.corrections.clear()
         self._uninstall()
         if self.experts_implementation is not None:
@@ -378,7 +410,9 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
         store.save(tensor.name, tensor.param)
     if calibration is not None:
         # a loaded calibration names tensors that its chip keeps in the digital periphery, and their corrections
-        handle.digital |= set(calibration.digital_names()) & set(handle.originals)
+        for name, slot in (parse_digital_key(key) for key in calibration.digital_names()):
+            if name in handle.originals and (slot is None or handle.originals[name].dim() == 3):
+                (handle.digital.add(name) if slot is None else handle.digital_slots.add((name, slot)))
         handle.corrections |= {n: c for n, c in calibration.correction_items() if n in handle.originals}
         if any(handle.originals[n].dim() == 3 for n in handle.corrections):
             handle.use_eager_experts()
@@ -387,6 +421,20 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     if calibration is not None:
         calibration.bind_chip(handle)
     return handle
+
+
+def digital_key(name: str, slot: int | None) -> str:
+    """How a calibration records a tensor (or one expert slot of it) moved to the digital periphery: `name` or
+    `name[slot]`."""
+    return name if slot is None else f"{name}[{slot}]"
+
+
+def parse_digital_key(key: str) -> tuple[str, int | None]:
+    if key.endswith("]") and "[" in key:
+        name, slot = key[:-1].rsplit("[", 1)
+        if slot.isdigit():
+            return name, int(slot)
+    return key, None
 
 
 def chip_of(model: nn.Module) -> ChipHandle | None:

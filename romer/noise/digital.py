@@ -41,6 +41,12 @@ class ColumnCorrection(nn.Module):
     def parameters_added(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def stored_parameters(self) -> int:
+        """The parameters a chip must store: those not left at exactly zero (a part that stays zero, such as the
+        offsets of a gain-only compensation, needs no register)."""
+        return sum(p.numel() for p in self.parameters() if bool(p.detach().any()))
+
     def forward(self, y: torch.Tensor, x: torch.Tensor, x_max, slot: int | None = None) -> torch.Tensor:
         """Corrected outputs y [..., out] for inputs x [..., in]; `x_max` [..., 1] is the token's input
         scale (a function that computes it, so the plain path pays only when an offset asks for it)."""
