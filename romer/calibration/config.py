@@ -81,6 +81,9 @@ class CalibrationConfig(BaseModel):
                                      "by least squares against the clean weights on the chip's own inputs, or zero")
     retune_hidden_weight: float = Field(1.0, ge=0, le=100, description="weight of the hidden-state term of the fit's "
                                         "loss (each decoder layer's output against the clean twin's, relative MSE)")
+    retune_over_chips: int = Field(4, ge=2, le=64, description="retune-agnostic: chip draws the one set of digital "
+                                                               "corrections is fitted over (never the chips it is "
+                                                               "evaluated on)")
     retune_eval_every: int = Field(25, ge=1, description="steps between held-out checks (the best step is kept)")
     retune_checkpointing: Literal["auto", "on", "off"] = Field(
         "auto", description="gradient checkpointing per decoder layer during the fit (auto: on an accelerator), "

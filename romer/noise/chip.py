@@ -358,6 +358,19 @@ class ChipHandle:
             finally:
                 programmed.close()
 
+    @contextmanager
+    def other_instance(self, seed: int) -> Iterator["ChipHandle"]:
+        """Chip instance `seed` of this chip's configuration in place of this one for the block (its own handle,
+        restored on exit), then this chip again, bit for bit: a fit over many chip draws (retune-agnostic) visits
+        them one at a time on the same model."""
+        with self.suspended():
+            del _CHIPS[self.model]
+            try:
+                with apply_noise_(self.model, self.config, seed) as other:
+                    yield other
+            finally:
+                _CHIPS[self.model] = self
+
     def restore(self) -> None:
         if self.restored:
             return

@@ -1,0 +1,249 @@
+"""Every post-training remedy side by side on the same chips: the leaderboard and the Pareto plot (issue 23).
+
+    python bench/remedies.py [--model romer-tiny] [--noise cim-80c,cim-25c] [--seeds 0-4] [--variants all]
+                             [--max-tokens 16384] [--calib-tokens 32768] [--out runs/bench-remedies]
+    python bench/remedies.py --report runs/bench-remedies [--plot docs/remedies-pareto.png]
+
+Each variant is a registered method at stated options (VARIANTS: the published ones at their authors' settings,
+ours labelled as ours). Every variant runs on the same chip seeds, the same first test tokens and, if it reads any,
+the same calibration tokens; one line per (model, noise, seed, variant) in results.jsonl, so the bench resumes.
+The leaderboard per (model, noise): perplexity and recovery of the noisy gap (mean ± std over seeds), the paper's
+perplexity reduction (1 − PPL/noisy), the digital share of the chip's weights (`Calibration.digital_share`: moved
+weights plus stored digital parameters, one count for every method), calibration tokens read, seconds per chip,
+the method's perplexity on the clean model (what it costs where there is no noise), and paired t-test p-values
+against `romer` and against `retune` on the common seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from romer.calibration import calibrate_, calibration_config
+from romer.campaign.run import Workbench
+from romer.campaign.spec import parse_seeds, run_spec
+from romer.evaluation import perplexity
+from romer.evaluation.statistics import paired_test, recovery, reduction, summarize
+from romer.noise import apply_noise_, parse_noise_spec
+
+# name → (method, options, source); options beyond the method's defaults
+VARIANTS: dict[str, tuple[str, dict, str]] = {
+    "none": ("none", {}, "-"),
+    "romer": ("romer", {}, "published (Zhou, Feng et al. 2026)"),
+    "compensate-global": ("compensate-global", {}, "published (IBM aihwkit)"),
+    "compensate": ("compensate", {}, "published (IBM aihwkit)"),
+    "hetero": ("hetero", {}, "published (Chowdhury et al. 2026): attention + 12.5 % of experts"),
+    "hetero-25": ("hetero", {"digital_experts": 0.25}, "published: attention + 25 % of experts"),
+    "hetero-experts-3": ("hetero", {"digital_attention": False, "digital_experts": 0.03125},
+                         "published ranking, experts only, 3.1 % of experts"),
+    "hetero-experts-12": ("hetero", {"digital_attention": False}, "published ranking, experts only, 12.5 %"),
+    "hetero-measured": ("hetero-measured", {}, "ours: hetero's placement, measured ranking"),
+    "hetero-measured-experts-3": ("hetero-measured", {"digital_attention": False, "digital_experts": 0.03125},
+                                  "ours: measured ranking, experts only, 3.1 %"),
+    "retune-0.5": ("retune", {"retune_budget": 0.005}, "ours, budget 0.5 %"),
+    "retune": ("retune", {}, "ours, budget 1 %"),
+    "retune-2": ("retune", {"retune_budget": 0.02}, "ours, budget 2 %"),
+    "over-chips": ("retune-agnostic", {}, "ours, after AHWA-LoRA: one fit over 4 other chips, budget 1 %"),
+}
+DATA_FREE = {"none", "compensate", "compensate-global", "hetero"}  # read no calibration text
+
+
+def variant_config(name: str, calib_tokens: int):
+    method, options, _ = VARIANTS[name]
+    return calibration_config(method=method, **options, **({} if method in DATA_FREE else
+                                                            {"calib_tokens": calib_tokens}))
+
+
+def run(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "results.jsonl"
+    done = {(r["model"], r["noise"], r["seed"], r["variant"]) for r in read_log(log)}
+    variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    bench = Workbench.load(run_spec(model=args.model, max_tokens=args.max_tokens))
+
+    def ppl() -> float:
+        return perplexity(bench.model, bench.ids, bench.window, bench.window, bench.batch_size).ppl
+
+    def write(record: dict) -> None:
+        with log.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(json.dumps({k: record[k] for k in ("model", "noise", "seed", "variant", "ppl", "seconds")
+                          if k in record}), flush=True)
+
+    if (args.model, "clean", -1, "none") not in done:
+        write({"model": args.model, "noise": "clean", "seed": -1, "variant": "none", "ppl": ppl(),
+               "test_tokens": int(bench.ids.numel())})
+    for name in variants:  # the method on the clean model: what it costs where there is no noise
+        if (args.model, "clean", -1, name) in done or name == "none":
+            continue
+        started = time.perf_counter()
+        calibration = calibrate_(bench.model, variant_config(name, args.calib_tokens), bench.calib_ids)
+        write({"model": args.model, "noise": "clean", "seed": -1, "variant": name, "ppl": ppl(),
+               "seconds": time.perf_counter() - started})
+        calibration.remove()
+    for noise in args.noise.split(","):
+        for seed in parse_seeds(args.seeds):
+            pending = [v for v in variants if (args.model, noise, seed, v) not in done]
+            if not pending:
+                continue
+            with apply_noise_(bench.model, parse_noise_spec(noise), seed) as chip:
+                for name in pending:
+                    started = time.perf_counter()
+                    calibration = None
+                    if name != "none":
+                        calibration = calibrate_(bench.model, variant_config(name, args.calib_tokens),
+                                                 bench.calib_ids, chip=chip)
+                    seconds = time.perf_counter() - started
+                    record = {"model": args.model, "noise": noise, "seed": seed, "variant": name, "ppl": ppl(),
+                              "seconds": seconds, "test_tokens": int(bench.ids.numel()),
+                              "calib_tokens": 0 if VARIANTS[name][0] in DATA_FREE else args.calib_tokens,
+                              "digital_share": calibration.digital_share() if calibration else 0.0,
+                              "digital_weights": calibration.digital_weights() if calibration else 0,
+                              "chip_weights": chip.total_parameters}
+                    if calibration is not None:
+                        calibration.remove()
+                    write(record)
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def p_value(a: dict, b: dict) -> float | None:
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    return paired_test([a[s] for s in seeds], [b[s] for s in seeds])["t_pvalue"]
+
+
+def leaderboard(records: list[dict]) -> dict:
+    """(model, noise) → variant → its row; every row paired on the seeds it shares with `none`."""
+    clean = {r["model"]: r["ppl"] for r in records if r["noise"] == "clean" and r["variant"] == "none"}
+    clean_cost = {(r["model"], r["variant"]): r["ppl"] for r in records if r["noise"] == "clean"}
+    by = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        if r["noise"] != "clean":
+            by[(r["model"], r["noise"])][r["variant"]][r["seed"]] = r
+    tables = {}
+    for (model, noise), variants in by.items():
+        noisy = {s: r["ppl"] for s, r in variants.get("none", {}).items()}
+        rows = {}
+        for name, seeds in variants.items():
+            paired = sorted(set(seeds) & set(noisy))
+            ppl = {s: seeds[s]["ppl"] for s in paired}
+            recoveries = [recovery(ppl[s], noisy[s], clean[model]) for s in paired]
+            rows[name] = {
+                "seeds": paired, "ppl": summarize(list(ppl.values())), "recovery": summarize(recoveries),
+                "reduction": summarize([reduction(ppl[s], noisy[s]) for s in paired]),
+                "digital_share": summarize([seeds[s].get("digital_share", 0.0) for s in paired]),
+                "calib_tokens": seeds[paired[0]].get("calib_tokens", 0) if paired else 0,
+                "seconds": summarize([seeds[s].get("seconds", 0.0) for s in paired]),
+                "clean_cost": clean_cost.get((model, name), clean[model]), "ppl_by_seed": ppl}
+        for row in rows.values():
+            row["p_vs_romer"] = p_value(row["ppl_by_seed"], rows["romer"]["ppl_by_seed"]) if "romer" in rows else None
+            row["p_vs_retune"] = p_value(row["ppl_by_seed"], rows["retune"]["ppl_by_seed"]) if "retune" in rows else None
+        tables[(model, noise)] = {"clean": clean[model], "rows": rows}
+    return tables
+
+
+def markdown(tables: dict) -> str:
+    def p(value):
+        return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+
+    lines = []
+    for (model, noise), table in tables.items():
+        rows = table["rows"]
+        seeds = rows["none"]["seeds"]
+        lines += [f"**{model}, {noise}** (clean PPL {table['clean']:.3f}; chip seeds {seeds[0]}–{seeds[-1]}, "
+                  f"paired; ranked by recovery)", "",
+                  "| method | source | PPL | recovery of the gap | PPL reduction | digital share | calib tokens "
+                  "| s / chip | PPL on the clean model | p vs romer | p vs retune |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        order = sorted(rows, key=lambda n: -rows[n]["recovery"]["mean"] if n != "none" else math.inf)
+        for name in order:
+            row = rows[name]
+            lines.append(
+                f"| {name} | {VARIANTS.get(name, ('', {}, '?'))[2]} | {row['ppl']['mean']:.3f} ± {row['ppl']['std']:.3f} "
+                f"| {100 * row['recovery']['mean']:+.1f} ± {100 * row['recovery']['std']:.1f} % "
+                f"| {100 * row['reduction']['mean']:+.1f} % | {100 * row['digital_share']['mean']:.2f} % "
+                f"| {row['calib_tokens']} | {row['seconds']['mean']:.1f} | {row['clean_cost']:.3f} "
+                f"| {p(row['p_vs_romer'])} | {p(row['p_vs_retune'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(tables: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = {"romer": ("romer", "o"), "compensate": ("compensate", "s"), "hetero-measured": ("hetero-measured", "v"),
+                "hetero": ("hetero", "^"), "retune": ("retune", "*"), "hpd": ("hpd", "D"), "over-chips": ("over-chips", "P")}
+    panels = list(tables)
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for axis, key in zip(axes[0], panels):
+        rows = tables[key]["rows"]
+        groups = defaultdict(list)
+        for name, row in rows.items():
+            if name == "none":
+                continue
+            family = next((f for f in sorted(families, key=len, reverse=True) if name.startswith(f)), name)
+            groups[family].append((100 * row["digital_share"]["mean"], 100 * row["recovery"]["mean"],
+                                   100 * row["recovery"]["std"], name))
+        for family, points in groups.items():
+            points.sort()
+            label, marker = families.get(family, (family, "x"))
+            axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                          marker=marker, capsize=3, label=label, linestyle="-" if len(points) > 1 else "none")
+        axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set_xscale("symlog", linthresh=0.1)
+        axis.set_xlabel("digital share of the chip's weights (%)")
+        axis.set_ylabel("recovery of the noisy gap (%)")
+        axis.set_title(f"{key[0]}, {key[1]} ({len(rows['none']['seeds'])} chip seeds)")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="romer-tiny")
+    parser.add_argument("--noise", default="cim-80c,cim-25c")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--variants", default="all")
+    parser.add_argument("--max-tokens", type=int, default=16384, help="test tokens (the first N of the test split)")
+    parser.add_argument("--calib-tokens", type=int, default=32768, help="calibration tokens (romer's default)")
+    parser.add_argument("--out", default="runs/bench-remedies")
+    parser.add_argument("--report", help="print the leaderboard of this results folder (no run)")
+    parser.add_argument("--plot", help="with --report: write the Pareto plot here")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.report:
+        tables = leaderboard(read_log(Path(args.report) / "results.jsonl"))
+        text = markdown(tables)
+        (Path(args.report) / "leaderboard.md").write_text(text)
+        print(text)
+        if args.plot:
+            plot(tables, Path(args.plot))
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
