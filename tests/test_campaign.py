@@ -261,7 +261,7 @@ def test_a_campaign_option_no_method_reads_is_refused(tiny_moe_dir, texts, tmp_p
 
 
 def test_the_campaign_table_fits_an_80_column_terminal(tiny_moe_dir, texts, tmp_path):
-    """Tried as a new user would: a plain 80-column terminal gets method, PPL ± std, recovery and p, each row on one
+    """Tried as a new user would: a plain 80-column terminal gets method, PPL ± std, recovery, digital share and p, each row on one
     line and nothing cut short; a wide one gets every column."""
     import io
 
@@ -270,7 +270,7 @@ def test_the_campaign_table_fits_an_80_column_terminal(tiny_moe_dir, texts, tmp_
     from romer.report.console import campaign_table
 
     results = run_campaign(spec_for(tiny_moe_dir, texts, seeds=[0, 1], clean_cost=False), tmp_path, progress=False)
-    for width, columns in ((80, 4), (160, 9)):
+    for width, columns in ((80, 5), (160, 10)):
         console = Console(width=width, file=io.StringIO(), color_system=None)
         table = campaign_table(results, width=width)
         console.print(table)

@@ -130,7 +130,8 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
             if calibration is not None:
                 summary = calibration.as_dict()
                 record["calibration"] = {"config": summary["config"], "requested": requested(spec, method),
-                                         "replacements": len(summary["replacements"]), "digital": summary["digital"]}
+                                         "replacements": len(summary["replacements"]), "digital": summary["digital"],
+                                         "digital_share": calibration.digital_share()}
                 if "retune" in calibration.report:  # what the fit added, counted against its budget
                     fit = calibration.report["retune"]
                     record["calibration"]["retune"] = {k: fit[k] for k in (

@@ -36,16 +36,16 @@ FULL_TABLE_COLUMNS = 132  # below this terminal width the campaign table keeps t
 
 def campaign_table(results: dict, width: int | None = None) -> Table:
     """The campaign's methods, one row each. A terminal narrower than FULL_TABLE_COLUMNS (an 80-column one) gets
-    method, PPL ± std, recovery and p vs noisy; report.md always has every column."""
+    method, PPL ± std, recovery, digital share and p vs noisy; report.md always has every column."""
     compact = width is not None and width < FULL_TABLE_COLUMNS
     data = results["dataset"]
     title = (f"{results['model']} on {results['noise']['name']} (× {results['strength']:g}), {data['name']}/"
              f"{data['split']} {data['tokens']:,} tokens, seeds {results['methods']['none']['seeds']}: clean PPL "
              f"{results['clean']['ppl']:.3f}")
     table = Table(title=title, caption="every column: report.md" if compact else None)
-    columns = (("method", "PPL mean ± std", "recovery", "p vs noisy") if compact else
-               ("method", "PPL mean ± std", "95 % CI", "reduction", "recovery", "load CV", "top-k agr.", "p vs noisy",
-                "clean-model cost"))
+    columns = (("method", "PPL mean ± std", "recovery", "digital", "p vs noisy") if compact else
+               ("method", "PPL mean ± std", "95 % CI", "reduction", "recovery", "digital", "load CV", "top-k agr.",
+                "p vs noisy", "clean-model cost"))
     for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     for method, m in results["methods"].items():
@@ -55,6 +55,7 @@ def campaign_table(results: dict, width: int | None = None) -> Table:
                  "PPL mean ± std": f"{m['ppl_mean']:.3f} ± {m['ppl_std']:.3f}",
                  "95 % CI": f"[{m['ppl_ci95'][0]:.2f}, {m['ppl_ci95'][1]:.2f}]",
                  "reduction": f"{100 * m['reduction_mean']:+.1f} %", "recovery": f"{100 * m['recovery_mean']:+.1f} %",
+                 "digital": f"{100 * m.get('digital_share_mean', 0.0):.1f} %",
                  "load CV": f"{m['load_cv_mean']:.3f}", "top-k agr.": f"{m['topk_agreement_mean']:.3f}",
                  "p vs noisy": "—" if p is None else f"{p:.3g}",
                  "clean-model cost": "—" if cost is None else f"{100 * cost['change']:+.2f} %"}

@@ -9,14 +9,14 @@ def _p(value) -> str:
 
 def method_table(results: dict, chip: dict | None = None) -> list[str]:
     methods = (chip or results)["methods"]
-    lines = ["| method | PPL mean ± std | 95 % CI | reduction | recovery | load CV | top-k agr. | p vs noisy (t / Wilcoxon) | p vs romer (t) | calib. s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | PPL mean ± std | 95 % CI | reduction | recovery | digital share | load CV | top-k agr. | p vs noisy (t / Wilcoxon) | p vs romer (t) | calib. s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
         vs = m.get("vs_none", {})
         lines.append(
             f"| {'noisy (none)' if name == 'none' else name} | {m['ppl_mean']:.3f} ± {m['ppl_std']:.3f} | "
             f"[{m['ppl_ci95'][0]:.3f}, {m['ppl_ci95'][1]:.3f}] | {100 * m['reduction_mean']:+.1f} % | "
-            f"{100 * m['recovery_mean']:+.1f} % | {m['load_cv_mean']:.3f} | {m['topk_agreement_mean']:.3f} | "
+            f"{100 * m['recovery_mean']:+.1f} % | {100 * m.get('digital_share_mean', 0.0):.2f} % | {m['load_cv_mean']:.3f} | {m['topk_agreement_mean']:.3f} | "
             f"{_p(vs.get('t_pvalue'))} / {_p(vs.get('wilcoxon_pvalue'))} | {_p(m.get('vs_romer', {}).get('t_pvalue'))} | "
             f"{m['calib_seconds_mean']:.1f} |")
     return lines

@@ -42,6 +42,9 @@ def chip_summary(records: list[dict], methods: list[str], clean_ppl: float) -> d
             "topk_agreement": _mean([r["topk_agreement"] for r in rows if "topk_agreement" in r]),
             "frequency": _mean([r["frequency"] for r in rows if "frequency" in r]) if rows and "frequency" in rows[0] else [],
             "calib_seconds_mean": float(np.mean([r.get("calib_seconds", 0.0) for r in rows])) if rows else math.nan,
+            # the share of the chip's weights the method keeps in digital units (Calibration.digital_share)
+            "digital_share_mean": float(np.mean([r.get("calibration", {}).get("digital_share", 0.0) for r in rows]))
+            if rows else math.nan,
         }
         for key in ("reduction", "recovery"):
             entry[f"{key}_mean"] = float(np.mean(entry[key])) if entry[key] else math.nan
