@@ -136,8 +136,11 @@ def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
     if chip is not None:
         for key in record["digital"]:
             calibration.make_digital(*parse_digital_key(key))
+        for name in record.get("decomposed", []):
+            calibration.decompose(name)
     else:
         calibration.digital = list(record["digital"])  # applied when the model is put on a chip
+        calibration.decomposed = list(record.get("decomposed", []))
     calibration.report = record.get("report", {})
     if folder is not None:
         _install_digital(calibration, record, folder)

@@ -25,6 +25,7 @@ class Calibration:
     replacements: list[Replacement] = field(default_factory=list)
     transforms: dict[int, LayerTransform] = field(default_factory=dict)
     digital: list[str] = field(default_factory=list)
+    decomposed: list[str] = field(default_factory=list)  # tensors held as HPD's factors
     corrections: dict = field(default_factory=dict)  # tensor name → ColumnCorrection (retune)
     norms: dict = field(default_factory=dict)        # parameter name → (norm gain, its value before) (retune)
     report: dict = field(default_factory=dict)  # statistics and choices, for the record
@@ -127,15 +128,27 @@ class Calibration:
         self._undo.append(undo)
         self.digital.append(key)
 
+    def decompose(self, name: str) -> None:
+        """One on-chip matrix held as its SVD factors, U·Σ on the chip and Vᵀ in digital units (HPD)."""
+        self.chip.decompose(name)
+
+        def undo() -> None:
+            self.chip.decompose(name, False)
+            self.decomposed.remove(name)
+
+        self._undo.append(undo)
+        self.decomposed.append(name)
+
     def digital_weights(self) -> int:
         """What this calibration keeps in digital units, in weights: the on-chip weights it moved to the digital
-        periphery, and every digital parameter it added after the ADCs (gains, offsets, adapters). One count
-        for every method, so that methods compare at equal digital share (`digital_share`)."""
+        periphery, the digital factors Vᵀ of the matrices it decomposed, and every digital parameter it added after
+        the ADCs (gains, offsets, adapters). One count for every method, so that methods compare at equal digital share (`digital_share`)."""
         moved = 0
         if self.chip is not None and not self.chip.restored:
             for key in self.digital:
                 name, slot = parse_digital_key(key)
                 moved += self.chip.size(name) // (self.chip.shape(name)[0] if slot is not None else 1)
+            moved += sum(self.chip.factor_weights(name) for name in self.decomposed)
         return moved + sum(c.stored_parameters for c in self.corrections.values())
 
     def digital_share(self) -> float:
@@ -163,6 +176,10 @@ class Calibration:
         """The tensors this calibration keeps in the digital periphery."""
         return list(self.digital)
 
+    def decomposed_names(self) -> list[str]:
+        """The tensors this calibration holds as HPD's factors."""
+        return list(self.decomposed)
+
     def correction_items(self) -> list[tuple[str, object]]:
         """(tensor name, its digital corrections) for every corrected tensor."""
         return list(self.corrections.items())
@@ -186,6 +203,7 @@ class Calibration:
             "replacements": [r.as_dict() for r in self.replacements],
             "router": {str(layer): t.as_dict() for layer, t in sorted(self.transforms.items()) if t.active},
             "digital": list(self.digital),
+            "decomposed": list(self.decomposed),
             "digital_share": self.digital_share() if self.chip is not None and not self.chip.restored else None,
             "corrections": {name: {"slots": c.slots, "out": c.out_dim, "in": c.in_dim, "columns": c.gain is not None,
                                    "rank": c.rank} for name, c in self.corrections.items()},

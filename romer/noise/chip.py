@@ -78,6 +78,7 @@ class ChipHandle:
     digital: set[str] = field(default_factory=set)
     digital_slots: set[tuple[str, int]] = field(default_factory=set)  # expert slots of fused tensors, kept digital
     corrections: dict[str, ColumnCorrection] = field(default_factory=dict)
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # HPD: name → (U·Σ, Vᵀ)
     _restored: bool = field(default=False)
 
     # ---- what calibration may ask ------------------------------------------------------------
@@ -171,9 +172,20 @@ class ChipHandle:
 
     @property
     def on_chip_parameters(self) -> int:
-        """The weights held in conductances now."""
+        """The weights held in conductances now (a decomposed tensor's arrays hold U·Σ)."""
         whole = sum(self.originals[t.name].numel() for t in self.tensors if t.name not in self.digital)
-        return whole - sum(self.originals[n][s].numel() for n, s in self.digital_slots if n not in self.digital)
+        factored = sum(self.originals[n].numel() - on_chip.numel() for n, (on_chip, _) in self.factors.items()
+                       if n not in self.digital)
+        return whole - factored - sum(self.originals[n][s].numel() for n, s in self.digital_slots
+                                      if n not in self.digital)
+
+    def decomposed_names(self) -> list[str]:
+        """The tensors held as HPD's factors (`decompose`)."""
+        return list(self.factors)
+
+    def factor_weights(self, name: str) -> int:
+        """The weights of a decomposed tensor's digital factor Vᵀ."""
+        return self.factors[name][1].numel()
 
     # ---- programming -------------------------------------------------------------------------
     def _program_slot(self, name: str, slot: int | None, device) -> tuple[torch.Tensor, torch.Tensor, ColumnErrors | None]:
@@ -189,7 +201,29 @@ class ChipHandle:
             errors = ColumnErrors(None, errors.offset_lsb)
         return noisy, scales, errors
 
+    def _program_factor(self, tensor: ChipTensor) -> None:
+        """A decomposed tensor: its arrays hold U·Σ [out, r], programmed from their own streams (seed, name,
+        "factor"), with their own tiles and periphery; its inputs pass through the digital Vᵀ first."""
+        on_chip, digital = self.factors[tensor.name]
+        device = self.originals[tensor.name].device
+        target = on_chip.to(device)
+        noisy, scales = self.physics.program(target, stream(self.seed, tensor.name, "factor", device=device))
+        errors = self.physics.periphery.draw(target.shape[-2], scales.shape[-1],
+                                             stream(self.seed, tensor.name, "factor", "periphery", device=device),
+                                             device)
+        if errors is not None and errors.gain is not None and self.config.mode == "weights":
+            noisy = noisy * self.physics.mapping.expand(errors.gain, target.shape[-1])
+            errors = ColumnErrors(None, errors.offset_lsb)
+        program = TileProgram(tensor.name, self.config, self.seed, scales, errors, self.corrections.get(tensor.name),
+                              input_transform=digital.to(device))
+        self.programs[tensor.name] = program
+        weight = noisy.to(self.originals[tensor.name].dtype)
+        tensor.module._parameters[tensor.attribute] = AnalogWeight.wrap(weight, program)
+
     def _program_tensor(self, tensor: ChipTensor) -> None:
+        if tensor.name in self.factors:
+            self._program_factor(tensor)
+            return
         param = self.originals[tensor.name]
         if param.dim() == 2:
             noisy, scales, errors = self._program_slot(tensor.name, None, param.device)
@@ -219,6 +253,9 @@ class ChipHandle:
     def _wrap(self, tensor: ChipTensor) -> None:
         """Route the tensor's products through `analog_linear` when a forward pass must see the chip (analog mode,
         read noise, periphery offsets) or a digital correction; otherwise it is an ordinary weight."""
+        if tensor.name in self.factors:
+            self.programs[tensor.name].correction = self.corrections.get(tensor.name)
+            return  # a decomposed tensor is always wrapped (its digital factor comes first)
         param = self.originals[tensor.name]
         if self.per_forward or tensor.name in self.corrections:  # the wrapper shares the parameter's storage
             tensor.module._parameters[tensor.attribute] = AnalogWeight.wrap(param.detach(), self.programs[tensor.name])
@@ -287,7 +324,7 @@ class ChipHandle:
         for tensor in self.tensors:
             if tensor.name in self.digital:
                 self._write_digital(tensor)
-            elif programmed is not None and tensor.name in programmed:
+            elif programmed is not None and tensor.name in programmed and tensor.name not in self.factors:
                 self._reinstate(tensor, programmed)
             else:
                 self._program_tensor(tensor)
@@ -340,14 +377,32 @@ class ChipHandle:
             self.digital.discard(name)
             self._program_tensor(tensor)
 
+    @torch.no_grad()
+    def decompose(self, name: str, decomposed: bool = True) -> None:
+        """HPD (Feng, Zhou et al. 2025): hold a matrix W [out, in] as its SVD factors, U·Σ [out, r] in the arrays and
+        Vᵀ [r, in] in digital units (r = min(out, in), exact before noise); or, with False, as the plain matrix again."""
+        tensor = self.tensor(name)
+        if decomposed:
+            if self.originals[name].dim() != 2:
+                raise RomerError(f"'{name}' is a fused expert tensor; HPD decomposes matrices of their own")
+            self.factors[name] = self._svd_factors(name)
+        elif self.factors.pop(name, None) is not None:
+            self._write_digital(tensor)  # the plain parameter back in the module
+        if name not in self.digital:
+            self._program_tensor(tensor)
+
+    def _svd_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        u, sigma, vt = torch.linalg.svd(self.clean_value(name).double(), full_matrices=False)
+        return (u * sigma).float(), vt.float()
+
     @contextmanager
     def suspended(self) -> Iterator[None]:
         """The clean model (its software twin) for the duration of the block, then this chip again, bit for bit.
         The programmed weights wait in a second store of the backup's kind (host memory, or disk for a large CPU
         model): a copy each way instead of programming the chip again, which at scale costs far more."""
         programmed = type(self.backup)()
-        for tensor in self.tensors:
-            if tensor.name not in self.digital:
+        for tensor in self.tensors:  # a decomposed tensor is programmed again from its streams instead: the same bits
+            if tensor.name not in self.digital and tensor.name not in self.factors:
                 programmed.save(tensor.name, self.originals[tensor.name])
         self._uninstall()
         try:
@@ -378,6 +433,7 @@ class ChipHandle:
         self.digital.clear()
         self.digital_slots.clear()
         self.corrections.clear()
+        self.factors.clear()
         self._uninstall()
         if self.experts_implementation is not None:
             self.model.set_experts_implementation(self.experts_implementation)
@@ -397,8 +453,8 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     """Program `model` onto chip instance `seed` of the chip `config` describes, in place.
 
     `calibration`: a calibration loaded with the model (`romer.load_calibration`) whose tensors kept in the
-    digital periphery, and whose digital corrections, this chip takes on; it answers `digital_names()`,
-    `correction_items()` and `bind_chip(handle)`."""
+    digital periphery, whose decomposed tensors and whose digital corrections this chip takes on; it answers
+    `digital_names()`, `decomposed_names()`, `correction_items()` and `bind_chip(handle)`."""
     if not isinstance(config, NoiseConfig):
         raise RomerError("apply_noise_ needs a NoiseConfig; build one with NoiseConfig.preset(name)")
     if not isinstance(seed, int) or seed < 0:
@@ -427,6 +483,9 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
             if name in handle.originals and (slot is None or handle.originals[name].dim() == 3):
                 (handle.digital.add(name) if slot is None else handle.digital_slots.add((name, slot)))
         handle.corrections |= {n: c for n, c in calibration.correction_items() if n in handle.originals}
+        for name in calibration.decomposed_names():
+            if name in handle.originals and handle.originals[name].dim() == 2:
+                handle.factors[name] = handle._svd_factors(name)
         if any(handle.originals[n].dim() == 3 for n in handle.corrections):
             handle.use_eager_experts()
     handle._install()

@@ -1,0 +1,83 @@
+"""hpd, the ROMER authors' hybrid projection decomposition: U·Σ in the arrays, Vᵀ in digital units."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import romer
+from romer import CalibrationConfig, NoiseConfig, apply_noise_, calibrate_
+from romer.calibration.persist import save_calibrated
+from tests.families import build
+
+
+def ids(seed: int = 0, tokens: int = 64 * 8) -> torch.Tensor:
+    return torch.randint(1, 128, (tokens,), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids(5, 64 * 4).view(-1, 64)).logits
+
+
+def matrices(chip) -> list[str]:
+    return [n for n in chip.names() if len(chip.shape(n)) == 2]
+
+
+def test_the_decomposition_is_exact_before_noise_and_the_arrays_hold_u_sigma():
+    model = build("olmoe")
+    clean = logits(model)
+    with apply_noise_(model, NoiseConfig.preset("ideal"), seed=0) as chip:
+        for name in matrices(chip):
+            chip.decompose(name)
+        torch.testing.assert_close(logits(model), clean, rtol=1e-4, atol=1e-4)
+        expected = chip.total_parameters - sum(chip.size(n) - chip.shape(n)[0] * min(chip.shape(n))
+                                               for n in matrices(chip))
+        assert chip.on_chip_parameters == expected
+
+
+def test_the_factor_is_programmed_from_its_own_streams_and_undecomposing_restores_the_bits():
+    model = build("qwen2_moe")
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=4) as chip:
+        noisy = logits(model)
+        name = matrices(chip)[0]
+        chip.decompose(name)
+        first = logits(model)
+        with chip.suspended():
+            pass
+        assert torch.equal(logits(model), first)  # programmed again from the same streams
+        chip.decompose(name, False)
+        assert torch.equal(logits(model), noisy)
+
+
+@pytest.mark.parametrize("family", ["olmoe", "mixtral"])
+def test_hpd_decomposes_within_its_budget_counts_the_digital_factor_and_undoes_exactly(family):
+    model = build(family)
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=1) as chip:
+        noisy = logits(model)
+        calibration = calibrate_(model, CalibrationConfig(method="hpd", digital_budget=0.2), ids())
+        decomposed = calibration.report["hpd"]["decomposed"]
+        assert decomposed and all(len(chip.shape(n)) == 2 for n in decomposed)
+        digital = sum(min(chip.shape(n)) * chip.shape(n)[1] for n in decomposed)
+        assert calibration.digital_weights() == digital <= 0.2 * chip.total_parameters
+        assert calibration.digital_share() == pytest.approx(digital / chip.total_parameters)
+        gains = {r["tensor"]: r["gain_per_mweight"] for r in calibration.report["hpd"]["sensitivity"]}
+        assert all(gains[n] > 0 for n in decomposed)
+        calibration.remove()
+        assert chip.decomposed_names() == []
+        assert torch.equal(logits(model), noisy)
+
+
+def test_hpd_saves_and_reloads_bit_for_bit(tiny_moe_dir, tmp_path):
+    model, tokenizer = romer.load_model(str(tiny_moe_dir))
+    config = NoiseConfig.preset("cim-80c")
+    with apply_noise_(model, config, seed=3):
+        calibration = calibrate_(model, CalibrationConfig(method="hpd", digital_budget=0.05), ids())
+        assert calibration.decomposed_names()
+        expected = logits(model)
+        save_calibrated(model, tokenizer, calibration, tmp_path / "hpd")
+        calibration.remove()
+    loaded, _ = romer.load_model(str(tmp_path / "hpd"))
+    carried = romer.load_calibration(loaded, tmp_path / "hpd")
+    with apply_noise_(loaded, config, seed=3, calibration=carried):
+        assert torch.equal(logits(loaded), expected)
