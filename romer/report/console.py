@@ -120,7 +120,13 @@ def calibrate_table(record: dict) -> Table:
     table.add_row("replacements", ", ".join(f"L{r['layer']}: {r['hot']}→{r['cold']}" for r in cal["replacements"])
                   or "none")
     table.add_row("router transforms", f"{len(cal['router'])} layers")
-    table.add_row("digital tensors", ", ".join(cal["digital"]) or "none")
+    digital = cal["digital"]
+    table.add_row("digital tensors", (", ".join(digital) if len(digital) <= 6 else
+                                      f"{len(digital)} tensors and expert slots (the record lists them)") or "none")
+    if cal.get("decomposed"):
+        table.add_row("decomposed (HPD)", ", ".join(cal["decomposed"]))
+    if cal.get("digital_share") is not None:
+        table.add_row("digital share", f"{100 * cal['digital_share']:.2f} % of the chip's weights")
     if cal.get("corrections") or cal.get("norms"):
         table.add_row("re-tuned digital periphery", f"{len(cal['corrections'])} tensors corrected, "
                                                     f"{len(cal['norms'])} norm gains")
