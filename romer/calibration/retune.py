@@ -63,18 +63,18 @@ def norm_gains(model: nn.Module) -> dict[str, nn.Parameter]:
     return gains
 
 
-def _shape(chip: ChipHandle, name: str) -> tuple[int | None, int, int]:
+def matrix_shape(chip: ChipHandle, name: str) -> tuple[int | None, int, int]:
     shape = chip.shape(name)
     return (None, *shape) if len(shape) == 2 else tuple(shape)
 
 
 def _column_cost(chip: ChipHandle, name: str) -> int:
-    slots, out_dim, _ = _shape(chip, name)
+    slots, out_dim, _ = matrix_shape(chip, name)
     return 2 * out_dim * (slots or 1)
 
 
 def _rank_cost(chip: ChipHandle, name: str) -> int:
-    slots, out_dim, in_dim = _shape(chip, name)
+    slots, out_dim, in_dim = matrix_shape(chip, name)
     return (out_dim + in_dim) * (slots or 1)
 
 
@@ -139,7 +139,7 @@ def checkpointed_in_eval_mode(model: nn.Module) -> Iterator[None]:
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
 
-def _loss(model: nn.Module, batch: torch.Tensor, target: Targets, hidden_weight: float = 0.0) -> torch.Tensor:
+def fit_loss(model: nn.Module, batch: torch.Tensor, target: Targets, hidden_weight: float = 0.0) -> torch.Tensor:
     """Mean over tokens of KL(clean ‖ chip), plus `hidden_weight` × the mean over decoder layers of the relative
     squared error of the layer's output (more signal per calibration token than the logits alone)."""
     device = next(model.parameters()).device
@@ -155,10 +155,10 @@ def _loss(model: nn.Module, batch: torch.Tensor, target: Targets, hidden_weight:
 
 
 @torch.no_grad()
-def _holdout_kl(model: nn.Module, sequences: torch.Tensor, targets: list[Targets], batch_size: int) -> float:
+def holdout_kl(model: nn.Module, sequences: torch.Tensor, targets: list[Targets], batch_size: int) -> float:
     total = 0.0
     for i, target in enumerate(targets):
-        total += float(_loss(model, sequences[i * batch_size:(i + 1) * batch_size], target)) * len(target)
+        total += float(fit_loss(model, sequences[i * batch_size:(i + 1) * batch_size], target)) * len(target)
     return total / len(sequences)
 
 
@@ -175,7 +175,7 @@ def retune(context) -> None:
 
     trainable: list[nn.Parameter] = []
     for name in sorted(set(chosen.columns) | set(chosen.ranks)):
-        slots, out_dim, in_dim = _shape(chip, name)
+        slots, out_dim, in_dim = matrix_shape(chip, name)
         module, attribute = chip.module_of(name)
         correction = ColumnCorrection(out_dim, in_dim, slots, columns=name in chosen.columns,
                                       rank=chosen.ranks.get(name, 0), seed=chip.describe()["seed"],
@@ -188,7 +188,7 @@ def retune(context) -> None:
             start = transform.bias if transform.bias is not None else torch.zeros(calibration.layers[index].num_experts)
             calibration.assign(transform, "bias", nn.Parameter(start.detach().clone().float().to(device)))
             trainable.append(transform.bias)
-    programmed_kl = _holdout_kl(model, holdout, teacher_holdout, config.batch_size)
+    programmed_kl = holdout_kl(model, holdout, teacher_holdout, config.batch_size)
     started_by = (least_squares_start(model, chip, tokens.fit, config.batch_size)
                   if config.retune_start == "least_squares" else [])
     gains = norm_gains(model)
@@ -230,7 +230,7 @@ def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teache
     optimizer = torch.optim.Adam(params, lr=config.retune_lr)
     order = torch.Generator().manual_seed(0)
     batches = len(teacher_fit)
-    start_kl = best_kl = _holdout_kl(model, holdout, teacher_holdout, batch)
+    start_kl = best_kl = holdout_kl(model, holdout, teacher_holdout, batch)
     best_state, best_step = [p.detach().clone() for p in params], 0
     fit_losses = []
     permutation: list[int] = []
@@ -238,13 +238,13 @@ def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teache
         if not permutation:
             permutation = torch.randperm(batches, generator=order).tolist()
         index = permutation.pop()
-        loss = _loss(model, fit[index * batch:(index + 1) * batch], teacher_fit[index], config.retune_hidden_weight)
+        loss = fit_loss(model, fit[index * batch:(index + 1) * batch], teacher_fit[index], config.retune_hidden_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         fit_losses.append(float(loss.detach()))
         if step % config.retune_eval_every == 0 or step == config.retune_steps:
-            held = _holdout_kl(model, holdout, teacher_holdout, batch)
+            held = holdout_kl(model, holdout, teacher_holdout, batch)
             if held < best_kl:
                 best_kl, best_step = held, step
                 best_state = [p.detach().clone() for p in params]

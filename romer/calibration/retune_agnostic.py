@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from romer.calibration.methods import Method, register_method
-from romer.calibration.retune import RETUNE_OPTIONS, _holdout_kl, _loss, _shape, norm_gains, plan
+from romer.calibration.retune import RETUNE_OPTIONS, holdout_kl, fit_loss, matrix_shape, norm_gains, plan
 from romer.calibration.state import Calibration
 from romer.calibration.step import Step, register_step
 from romer.noise.digital import ColumnCorrection
@@ -60,7 +60,7 @@ def fit_over_chips(context) -> Fitted:
     device = next(model.parameters()).device
     with chip.other_instance(seeds[0]) as first:
         chosen = plan(Calibration(model, config, first), config, holdout)
-    shapes = {name: _shape(chip, name) for name in sorted(set(chosen.columns) | set(chosen.ranks))}
+    shapes = {name: matrix_shape(chip, name) for name in sorted(set(chosen.columns) | set(chosen.ranks))}
     corrections = {name: ColumnCorrection(out_dim, in_dim, slots, columns=name in chosen.columns,
                                           rank=chosen.ranks.get(name, 0), seed=0,
                                           device=getattr(chip.module_of(name)[0], chip.module_of(name)[1]).device)
@@ -110,13 +110,13 @@ def _fit(context, seeds, corrections, biases, chosen, gains, trainable, started)
                             if not permutation:
                                 permutation = torch.randperm(batches, generator=order).tolist()
                             index = permutation.pop()
-                            loss = _loss(model, tokens.fit[index * batch:(index + 1) * batch], teacher.fit[index],
+                            loss = fit_loss(model, tokens.fit[index * batch:(index + 1) * batch], teacher.fit[index],
                                          config.retune_hidden_weight)
                             optimizer.zero_grad(set_to_none=True)
                             loss.backward()
                             optimizer.step()
                         with torch.no_grad():
-                            held.append(_holdout_kl(model, holdout, teacher.holdout, batch))
+                            held.append(holdout_kl(model, holdout, teacher.holdout, batch))
                 mean_kl = sum(held) / len(held)
                 history.append(mean_kl)
                 if mean_kl < best[0]:

@@ -112,10 +112,6 @@ class ChipHandle:
         """Every weight this chip was asked to hold, on the chip or moved to the digital periphery since."""
         return sum(self.originals[t.name].numel() for t in self.tensors)
 
-    def digital_parameters(self) -> int:
-        """The weights moved to the digital periphery: whole tensors and single expert slots."""
-        return self.total_parameters - self.on_chip_parameters
-
     def shape(self, name: str) -> torch.Size:
         """The tensor's shape: [out, in] for a matrix of its own, [experts, out, in] for a fused expert tensor."""
         return self.originals[name].shape
