@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -51,6 +52,7 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "retune-0.5": ("retune", {"retune_budget": 0.005}, "ours, budget 0.5 %"),
     "retune": ("retune", {}, "ours, budget 1 %"),
     "retune-2": ("retune", {"retune_budget": 0.02}, "ours, budget 2 %"),
+    "attention-retune": ("attention-retune", {}, "ours: attention digital, then retune at 1 % of the rest"),
     "over-chips": ("retune-agnostic", {}, "ours, after AHWA-LoRA: one fit over 4 other chips, budget 1 %"),
 }
 DATA_FREE = {"none", "compensate", "compensate-global", "hetero"}  # read no calibration text
@@ -151,7 +153,7 @@ def leaderboard(records: list[dict]) -> dict:
                 "reduction": summarize([reduction(ppl[s], noisy[s]) for s in paired]),
                 "digital_share": summarize([seeds[s].get("digital_share", 0.0) for s in paired]),
                 "calib_tokens": seeds[paired[0]].get("calib_tokens", 0) if paired else 0,
-                "seconds": summarize([seeds[s].get("seconds", 0.0) for s in paired]),
+                "seconds": statistics.median([seeds[s].get("seconds", 0.0) for s in paired]) if paired else 0.0,
                 "clean_cost": clean_cost.get((model, name), clean[model]), "ppl_by_seed": ppl}
         for row in rows.values():
             row["p_vs_romer"] = p_value(row["ppl_by_seed"], rows["romer"]["ppl_by_seed"]) if "romer" in rows else None
@@ -171,7 +173,7 @@ def markdown(tables: dict) -> str:
         lines += [f"**{model}, {noise}** (clean PPL {table['clean']:.3f}; chip seeds {seeds[0]}–{seeds[-1]}, "
                   f"paired; ranked by recovery)", "",
                   "| method | source | PPL | recovery of the gap | PPL reduction | digital share | calib tokens "
-                  "| s / chip | PPL on the clean model | p vs romer | p vs retune |",
+                  "| s / chip (median) | PPL on the clean model | p vs romer | p vs retune |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         order = sorted(rows, key=lambda n: -rows[n]["recovery"]["mean"] if n != "none" else math.inf)
         for name in order:
@@ -180,7 +182,7 @@ def markdown(tables: dict) -> str:
                 f"| {name} | {VARIANTS.get(name, ('', {}, '?'))[2]} | {row['ppl']['mean']:.3f} ± {row['ppl']['std']:.3f} "
                 f"| {100 * row['recovery']['mean']:+.1f} ± {100 * row['recovery']['std']:.1f} % "
                 f"| {100 * row['reduction']['mean']:+.1f} % | {100 * row['digital_share']['mean']:.2f} % "
-                f"| {row['calib_tokens']} | {row['seconds']['mean']:.1f} | {row['clean_cost']:.3f} "
+                f"| {row['calib_tokens']} | {row['seconds']:.1f} | {row['clean_cost']:.3f} "
                 f"| {p(row['p_vs_romer'])} | {p(row['p_vs_retune'])} |")
         lines.append("")
     return "\n".join(lines)

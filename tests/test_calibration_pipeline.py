@@ -79,7 +79,8 @@ def test_methods_that_need_no_clean_twin_never_visit_it(clean_twin_visits):
 IGNORED = {"none": ("tau", "er"), "er": ("router", "rc"), "rc": ("tau", "er"), "romer": ("digital_budget", "tuned"),
            "tuned": ("retune_rank", None), "retune": ("load_bias", "tuned"), "compensate": ("tau", "er"),
            "compensate-global": ("router", "rc"), "hetero": ("tau", "er"), "hetero-measured": ("retune_rank", "retune"),
-           "retune-agnostic": ("tau", "er"), "hpd": ("tau", "er")}
+           "retune-agnostic": ("tau", "er"), "hpd": ("tau", "er"),
+           "attention-retune": ("tau", "er")}
 
 
 @pytest.mark.parametrize("method", sorted(IGNORED))

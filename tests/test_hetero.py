@@ -114,3 +114,19 @@ def test_hetero_saves_and_reloads_bit_for_bit(tiny_moe_dir, tmp_path):
     with apply_noise_(loaded, config, seed=3, calibration=carried) as chip:
         assert torch.equal(logits(loaded), expected)
         assert carried.digital_share() == pytest.approx(share)
+
+
+def test_attention_retune_moves_attention_then_fits_the_rest_within_its_budget():
+    model = build("olmoe")
+    fast = dict(calib_tokens=64 * 12, window=64, retune_steps=6, retune_eval_every=3, retune_budget=0.05)
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=1) as chip:
+        noisy = logits(model)
+        calibration = calibrate_(model, CalibrationConfig(method="attention-retune", **fast), ids(tokens=64 * 12))
+        attention = [n for n in chip.names() if chip.role(n) == "attention"]
+        assert sorted(calibration.digital) == sorted(attention)  # no expert moved
+        assert not set(calibration.corrections) & set(attention)  # the fit corrects what stays on the chip
+        stored = sum(c.stored_parameters for c in calibration.corrections.values())
+        assert stored <= 0.05 * chip.on_chip_parameters
+        assert calibration.digital_weights() == sum(chip.size(n) for n in attention) + stored
+        calibration.remove()
+        assert torch.equal(logits(model), noisy)

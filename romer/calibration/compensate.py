@@ -48,7 +48,8 @@ class DriftCompensation(Step):
             shape = chip.shape(name)
             slots, (out_dim, in_dim) = (shape[0] if len(shape) == 3 else None), shape[-2:]
             probe = torch.eye(in_dim, device=weight.device, dtype=weight.dtype)
-            correction = ColumnCorrection(out_dim, in_dim, slots, columns=True, rank=0, device=weight.device)
+            correction = ColumnCorrection(out_dim, in_dim, slots, columns=True, rank=0, device=weight.device,
+                                          per_matrix=not self.per_column)
             for slot in range(slots) if slots is not None else (None,):
                 on_chip = weight if slot is None else weight[slot]
                 measured = readout(torch.nn.functional.linear(probe, on_chip).float(), self.per_column)

@@ -70,7 +70,8 @@ def _registry() -> dict[str, Method]:
 
 # how lists show the built-in methods, whatever order their modules were imported in
 BUILT_IN_ORDER = ("none", "er", "rc", "romer", "tuned", "retune", "compensate", "compensate-global", "hetero",
-                 "hetero-measured", "hpd", "retune-agnostic")
+                 "hetero-measured", "hpd", "retune-agnostic",
+                 "attention-retune")
 
 
 def method_names() -> list[str]:

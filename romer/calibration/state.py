@@ -206,7 +206,7 @@ class Calibration:
             "decomposed": list(self.decomposed),
             "digital_share": self.digital_share() if self.chip is not None and not self.chip.restored else None,
             "corrections": {name: {"slots": c.slots, "out": c.out_dim, "in": c.in_dim, "columns": c.gain is not None,
-                                   "rank": c.rank} for name, c in self.corrections.items()},
+                                   "rank": c.rank, "per_matrix": c.per_matrix} for name, c in self.corrections.items()},
             "norms": list(self.norms),
             "chip": None if self.chip is None else self.chip.describe(),
             "report": self.report,

@@ -21,8 +21,9 @@ class ColumnCorrection(nn.Module):
     """The digital corrections of one on-chip matrix, [out, in] (slots = None), or of E expert slots."""
 
     def __init__(self, out_dim: int, in_dim: int, slots: int | None = None, columns: bool = True, rank: int = 0,
-                 seed: int = 0, device=None) -> None:
+                 seed: int = 0, device=None, per_matrix: bool = False) -> None:
         super().__init__()
+        self.per_matrix = per_matrix  # one gain shared by every column of a matrix (stored once)
         lead = () if slots is None else (slots,)
         self.slots, self.out_dim, self.in_dim = slots, out_dim, in_dim
         self.gain = nn.Parameter(torch.zeros(*lead, out_dim, device=device)) if columns else None
@@ -44,8 +45,10 @@ class ColumnCorrection(nn.Module):
     @property
     def stored_parameters(self) -> int:
         """The parameters a chip must store: those not left at exactly zero (a part that stays zero, such as the
-        offsets of a gain-only compensation, needs no register)."""
-        return sum(p.numel() for p in self.parameters() if bool(p.detach().any()))
+        offsets of a gain-only compensation, needs no register); a per-matrix gain is one value per matrix."""
+        matrices = self.slots or 1
+        return sum(matrices if self.per_matrix and p.dim() == (1 if self.slots is None else 2) else p.numel()
+                   for p in self.parameters() if bool(p.detach().any()))
 
     def forward(self, y: torch.Tensor, x: torch.Tensor, x_max, slot: int | None = None) -> torch.Tensor:
         """Corrected outputs y [..., out] for inputs x [..., in]; `x_max` [..., 1] is the token's input
