@@ -195,7 +195,9 @@ def plot(tables: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     families = {"romer": ("romer", "o"), "compensate": ("compensate", "s"), "hetero-measured": ("hetero-measured", "v"),
-                "hetero": ("hetero", "^"), "retune": ("retune", "*"), "hpd": ("hpd", "D"), "over-chips": ("over-chips", "P")}
+                "hetero": ("hetero (attention + experts)", "^"), "hetero-experts": ("hetero, experts only", "<"),
+                "retune": ("retune", "*"), "hpd": ("hpd", "D"), "over-chips": ("retune-agnostic (over 4 chips)", "P"),
+                "attention-retune": ("attention-retune", "X")}
     panels = list(tables)
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for axis, key in zip(axes[0], panels):
@@ -207,13 +209,21 @@ def plot(tables: dict, path: Path) -> None:
             family = next((f for f in sorted(families, key=len, reverse=True) if name.startswith(f)), name)
             groups[family].append((100 * row["digital_share"]["mean"], 100 * row["recovery"]["mean"],
                                    100 * row["recovery"]["std"], name))
+        floor = -40.0  # a point below it is drawn on the floor with its value written beside it
         for family, points in groups.items():
             points.sort()
             label, marker = families.get(family, (family, "x"))
-            axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                          marker=marker, capsize=3, label=label, linestyle="-" if len(points) > 1 else "none")
+            shown = [max(p[1], floor) for p in points]
+            lines = axis.errorbar([p[0] for p in points], shown, yerr=[p[2] if p[1] > floor else 0 for p in points],
+                                  marker=marker, capsize=3, label=label, linestyle="-" if len(points) > 1 else "none")
+            for (share, value, _, _), y in zip(points, shown):
+                if value < floor:
+                    axis.annotate(f"{value:.0f} %", (share, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                                  color=lines[0].get_color())
         axis.axhline(0, color="grey", linewidth=0.8)
         axis.set_xscale("symlog", linthresh=0.1)
+        axis.set_xlim(0, 60)
+        axis.set_ylim(floor - 5, 100)
         axis.set_xlabel("digital share of the chip's weights (%)")
         axis.set_ylabel("recovery of the noisy gap (%)")
         axis.set_title(f"{key[0]}, {key[1]} ({len(rows['none']['seeds'])} chip seeds)")
