@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from romer.calibration.methods import Method, register_method
-from romer.calibration.retune import RETUNE_OPTIONS, holdout_kl, fit_loss, matrix_shape, norm_gains, plan
+from romer.calibration.retune import RETUNE_OPTIONS, Retune, holdout_kl, fit_loss, matrix_shape, norm_gains, plan
 from romer.calibration.state import Calibration
-from romer.calibration.step import Step, register_step
+from romer.calibration.step import register_step
 from romer.noise.digital import ColumnCorrection
 
 AGNOSTIC_SEED_BASE = 1_000_000  # the fit's chip seeds: AGNOSTIC_SEED_BASE, AGNOSTIC_SEED_BASE + 1, ...
@@ -141,19 +141,12 @@ def _fit(context, seeds, corrections, biases, chosen, gains, trainable, started)
     return fitted
 
 
-class RetuneAgnostic(Step):
+class RetuneAgnostic(Retune):
+    """retune's step (on a chip, with held-out tokens and the clean teacher), fitted over other chips instead."""
+
     name = "retune-agnostic"
     options = tuple(o for o in RETUNE_OPTIONS if o not in ("retune_start", "retune_checkpointing")) + (
         "retune_over_chips",)
-
-    def enabled(self, config, chip) -> bool:
-        return chip is not None
-
-    def needs_holdout(self, config, chip) -> bool:
-        return self.enabled(config, chip)
-
-    def clean_needs(self, config, chip) -> frozenset[str]:
-        return frozenset({"teacher"})
 
     @torch.no_grad()
     def run(self, context) -> None:
