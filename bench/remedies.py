@@ -54,8 +54,15 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "retune-2": ("retune", {"retune_budget": 0.02}, "ours, budget 2 %"),
     "attention-retune": ("attention-retune", {}, "ours: attention digital, then retune at 1 % of the rest"),
     "over-chips": ("retune-agnostic", {}, "ours, after AHWA-LoRA: one fit over 4 other chips, budget 1 %"),
+    "outliers-0.1": ("outliers", {"outlier_fraction": 0.0005}, "ours: 0.05 % largest weights per tile digital"),
+    "outliers-0.2": ("outliers", {"outlier_fraction": 0.001}, "ours: 0.1 % largest weights per tile digital"),
+    "outliers": ("outliers", {}, "ours: 0.25 % largest weights per tile digital"),
+    "outliers-1": ("outliers", {"outlier_fraction": 0.005}, "ours: 0.5 % largest weights per tile digital"),
+    "outlier-retune": ("outlier-retune", {}, "ours: outliers 0.25 %, then retune at 0.5 %"),
+    "outlier-retune-0.2": ("outlier-retune", {"outlier_fraction": 0.001, "retune_budget": 0.008},
+                           "ours: outliers 0.1 %, then retune at 0.8 %"),
 }
-DATA_FREE = {"none", "compensate", "compensate-global", "hetero"}  # read no calibration text
+DATA_FREE = {"none", "compensate", "compensate-global", "hetero", "outliers"}  # read no calibration text
 
 
 def variant_config(name: str, calib_tokens: int):

@@ -80,7 +80,8 @@ IGNORED = {"none": ("tau", "er"), "er": ("router", "rc"), "rc": ("tau", "er"), "
            "tuned": ("retune_rank", None), "retune": ("load_bias", "tuned"), "compensate": ("tau", "er"),
            "compensate-global": ("router", "rc"), "hetero": ("tau", "er"), "hetero-measured": ("retune_rank", "retune"),
            "retune-agnostic": ("tau", "er"), "hpd": ("tau", "er"),
-           "attention-retune": ("tau", "er")}
+           "attention-retune": ("tau", "er"), "outliers": ("retune_rank", "retune"),
+           "outlier-retune": ("tau", "er")}
 
 
 @pytest.mark.parametrize("method", sorted(IGNORED))

@@ -62,6 +62,9 @@ class CalibrationConfig(BaseModel):
                                                       "well, as the paper places them")
     digital_experts: float = Field(0.125, ge=0, le=1, description="hetero: fraction of each MoE layer's experts that "
                                                                   "run in digital units (the paper: 0.125 to 0.25)")
+    outlier_fraction: float = Field(0.0025, ge=0, lt=0.5, description="outliers: share of the weights of each scale "
+                                    "segment (a tile, or a column within a tile) held in digital units, largest |w| "
+                                    "first; each costs two digital numbers (its value and its position)")
     tune: bool = Field(False, description="choose pairing, τ, router calibration and load bias on held-out "
                                           "calibration tokens")
 

@@ -139,9 +139,12 @@ def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
             calibration.make_digital(*parse_digital_key(key))
         for name in record.get("decomposed", []):
             calibration.decompose(name)
+        for name, fraction in record.get("outliers", {}).items():
+            calibration.split_outliers(name, fraction)
     else:
         calibration.digital = list(record["digital"])  # applied when the model is put on a chip
         calibration.decomposed = list(record.get("decomposed", []))
+        calibration.outliers = dict(record.get("outliers", {}))
     calibration.report = record.get("report", {})
     if folder is not None:
         _install_digital(calibration, record, folder)

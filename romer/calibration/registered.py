@@ -5,4 +5,4 @@ from romer.calibration.methods import Method, register_method
 
 register_method(Method("none", "no calibration: the noisy model as it is"))
 
-from romer.calibration import romer, load_bias, offload, tune, retune, compensate, hetero, hpd, retune_agnostic, attention_retune  # noqa: E402,F401
+from romer.calibration import romer, load_bias, offload, tune, retune, compensate, hetero, hpd, retune_agnostic, attention_retune, outliers  # noqa: E402,F401

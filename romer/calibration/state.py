@@ -26,6 +26,7 @@ class Calibration:
     transforms: dict[int, LayerTransform] = field(default_factory=dict)
     digital: list[str] = field(default_factory=list)
     decomposed: list[str] = field(default_factory=list)  # tensors held as HPD's factors
+    outliers: dict = field(default_factory=dict)  # tensor name → share of each scale segment held digital
     corrections: dict = field(default_factory=dict)  # tensor name → ColumnCorrection (retune)
     norms: dict = field(default_factory=dict)        # parameter name → (norm gain, its value before) (retune)
     report: dict = field(default_factory=dict)  # statistics and choices, for the record
@@ -139,16 +140,30 @@ class Calibration:
         self._undo.append(undo)
         self.decomposed.append(name)
 
+    def split_outliers(self, name: str, fraction: float) -> None:
+        """One on-chip tensor programmed again with its outlier weights held in digital units (`noise/outliers.py`)."""
+        before = self.chip.outlier_fraction(name)
+        self.chip.split_outliers(name, fraction)
+
+        def undo() -> None:
+            self.chip.split_outliers(name, before)
+            self.outliers.pop(name, None)
+
+        self._undo.append(undo)
+        self.outliers[name] = float(fraction)
+
     def digital_weights(self) -> int:
         """What this calibration keeps in digital units, in weights: the on-chip weights it moved to the digital
-        periphery, the digital factors Vᵀ of the matrices it decomposed, and every digital parameter it added after
-        the ADCs (gains, offsets, adapters). One count for every method, so that methods compare at equal digital share (`digital_share`)."""
+        periphery, the digital factors Vᵀ of the matrices it decomposed, its outlier weights (two numbers each: the
+        value and its position), and every digital parameter it added after the ADCs (gains, offsets, adapters). One
+        count for every method, so that methods compare at equal digital share (`digital_share`)."""
         moved = 0
         if self.chip is not None and not self.chip.restored:
             for key in self.digital:
                 name, slot = parse_digital_key(key)
                 moved += self.chip.size(name) // (self.chip.shape(name)[0] if slot is not None else 1)
             moved += sum(self.chip.factor_weights(name) for name in self.decomposed)
+            moved += 2 * sum(self.chip.outlier_weights(name) for name in self.outliers)
         return moved + sum(c.stored_parameters for c in self.corrections.values())
 
     def digital_share(self) -> float:
@@ -180,6 +195,10 @@ class Calibration:
         """The tensors this calibration holds as HPD's factors."""
         return list(self.decomposed)
 
+    def outlier_items(self) -> list[tuple[str, float]]:
+        """(tensor name, share of each scale segment held digital) for every tensor with outliers split off."""
+        return list(self.outliers.items())
+
     def correction_items(self) -> list[tuple[str, object]]:
         """(tensor name, its digital corrections) for every corrected tensor."""
         return list(self.corrections.items())
@@ -204,6 +223,7 @@ class Calibration:
             "router": {str(layer): t.as_dict() for layer, t in sorted(self.transforms.items()) if t.active},
             "digital": list(self.digital),
             "decomposed": list(self.decomposed),
+            "outliers": dict(self.outliers),
             "digital_share": self.digital_share() if self.chip is not None and not self.chip.restored else None,
             "corrections": {name: {"slots": c.slots, "out": c.out_dim, "in": c.in_dim, "columns": c.gain is not None,
                                    "rank": c.rank, "per_matrix": c.per_matrix} for name, c in self.corrections.items()},

@@ -54,6 +54,7 @@ class TileProgram:
     calls: int = field(default=0)
     digital_slots: set[int] = field(default_factory=set)  # expert slots computed digitally: clean weights, no periphery
     input_transform: torch.Tensor | None = None  # a digital factor [r, in] the inputs pass through first (HPD's Vᵀ)
+    outliers: dict = field(default_factory=dict)  # slot (None: a matrix of its own) → its DigitalOutliers
     _column_offset: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -72,10 +73,14 @@ class TileProgram:
                 self._column_offset[digital] = 0
         return self._column_offset if slot is None else self._column_offset[slot]
 
-    def set_slot(self, slot: int, scales: torch.Tensor, errors: ColumnErrors | None) -> None:
-        """One expert slot programmed again: its scales and periphery errors; the per-forward streams start
-        again, as a tensor programmed anew does."""
+    def set_slot(self, slot: int, scales: torch.Tensor, errors: ColumnErrors | None, outliers=None) -> None:
+        """One expert slot programmed again: its scales, periphery errors and digital outliers; the per-forward
+        streams start again, as a tensor programmed anew does."""
         self.scales[slot] = scales
+        if outliers is None:
+            self.outliers.pop(slot, None)
+        else:
+            self.outliers[slot] = outliers
         if errors is not None:
             for mine, theirs in ((self.errors.gain, errors.gain), (self.errors.offset_lsb, errors.offset_lsb)):
                 if mine is not None:
@@ -223,6 +228,10 @@ def chip_linear(x: torch.Tensor, weight: torch.Tensor, program: TileProgram, slo
             return torch.addcmul(y, input_scale(x).to(y.dtype), offset.to(y.dtype))
         return y
 
+    outliers = program.outliers.get(slot)
+    digital = outliers.dense(w.device) if outliers is not None and len(outliers) else None
+    if digital is not None:
+        w = w - digital  # the weight holds the digital outliers too; only the rest passes the tiles and ADCs
     flat = x.reshape(-1, in_dim).float()
     tiles = scales.shape[-1]
     rows = in_dim if tiles == 1 else c.tile_rows  # a single tile needs no zero padding
@@ -232,6 +241,8 @@ def chip_linear(x: torch.Tensor, weight: torch.Tensor, program: TileProgram, slo
     chunk = tokens_per_chunk(tiles, out_dim)
     y = torch.cat([_tile_products(flat[start:start + chunk], w_norm, scales, errors, c, ir_drop, adc_rng, step, pad)
                    for start in range(0, flat.shape[0], chunk)]) if flat.shape[0] else flat.new_zeros(0, out_dim)
+    if digital is not None:
+        y = y + flat @ digital.t()
     return y.to(x.dtype).view(*x.shape[:-1], out_dim)
 
 

@@ -29,6 +29,7 @@ from romer.noise.backup import DiskBackup, MemoryBackup
 from romer.noise.config import NoiseConfig
 from romer.noise.digital import ColumnCorrection
 from romer.noise.fused_experts import NAME as FUSED_ON_CHIP, fused_path_possible
+from romer.noise.outliers import DigitalOutliers, split_outliers
 from romer.noise.periphery import ColumnErrors
 from romer.noise.physics import DevicePhysics
 from romer.noise.roles import ChipTensor, on_chip_tensors
@@ -79,6 +80,8 @@ class ChipHandle:
     digital_slots: set[tuple[str, int]] = field(default_factory=set)  # expert slots of fused tensors, kept digital
     corrections: dict[str, ColumnCorrection] = field(default_factory=dict)
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # HPD: name → (U·Σ, Vᵀ)
+    outlier_fractions: dict[str, float] = field(default_factory=dict)  # name → share of each scale segment digital
+    outliers: dict[tuple[str, int | None], DigitalOutliers] = field(default_factory=dict)  # their digital parts
     _restored: bool = field(default=False)
 
     # ---- what calibration may ask ------------------------------------------------------------
@@ -183,18 +186,38 @@ class ChipHandle:
         """The weights of a decomposed tensor's digital factor Vᵀ."""
         return self.factors[name][1].numel()
 
+    def outlier_fraction(self, name: str) -> float:
+        """The share of each scale segment of the tensor held in digital units as outliers (`split_outliers`)."""
+        return self.outlier_fractions.get(name, 0.0)
+
+    def outlier_weights(self, name: str | None = None) -> int:
+        """The outlier weights held in digital units now, of one tensor or of every tensor still on the chip (a
+        tensor or expert slot moved to the digital periphery whole holds none apart)."""
+        return sum(len(part) for (n, slot), part in self.outliers.items()
+                   if (name is None or n == name) and n in self.outlier_fractions and n not in self.digital
+                   and (n, slot) not in self.digital_slots)
+
     # ---- programming -------------------------------------------------------------------------
     def _program_slot(self, name: str, slot: int | None, device) -> tuple[torch.Tensor, torch.Tensor, ColumnErrors | None]:
         """(weights as the chip holds them, scales, periphery errors) of one matrix: a tensor of its own
         (slot None) or one expert slot of a fused tensor, each from its own streams."""
         key = (name,) if slot is None else (name, slot)
         target = self.clean_value(name, slot).to(device).float()
+        digital = None
+        if self.outlier_fraction(name) > 0:
+            target, digital = split_outliers(target, self.outlier_fraction(name), self.physics.mapping)
+            self.outliers[(name, slot)] = digital
+        else:
+            self.outliers.pop((name, slot), None)
         noisy, scales = self.physics.program(target, stream(self.seed, *key, device=device))
         errors = self.physics.periphery.draw(target.shape[-2], scales.shape[-1],
                                              stream(self.seed, *key, "periphery", device=device), device)
         if errors is not None and errors.gain is not None and self.config.mode == "weights":
             noisy = noisy * self.physics.mapping.expand(errors.gain, target.shape[-1])  # folds exactly
             errors = ColumnErrors(None, errors.offset_lsb)
+        if digital is not None and len(digital):
+            # the weight holds what the products see; the tile-level path takes the digital part out again
+            noisy = noisy + digital.dense(noisy.device)
         return noisy, scales, errors
 
     def _program_factor(self, tensor: ChipTensor) -> None:
@@ -235,7 +258,9 @@ class ChipHandle:
             errors = None if per_slot[0][1] is None else ColumnErrors.stack([e for _, e in per_slot])
         self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors,
                                                  self.corrections.get(tensor.name),
-                                                 digital_slots={s for n, s in self.digital_slots if n == tensor.name})
+                                                 digital_slots={s for n, s in self.digital_slots if n == tensor.name},
+                                                 outliers={s: part for (n, s), part in self.outliers.items()
+                                                           if n == tensor.name})
         self._wrap(tensor)
 
     def _program_one_slot(self, tensor: ChipTensor, slot: int) -> None:
@@ -244,7 +269,7 @@ class ChipHandle:
         param = self.originals[tensor.name]
         noisy, scales, errors = self._program_slot(tensor.name, slot, param.device)
         param[slot].copy_(self.clean_value(tensor.name, slot) if (tensor.name, slot) in self.digital_slots else noisy)
-        self.programs[tensor.name].set_slot(slot, scales, errors)
+        self.programs[tensor.name].set_slot(slot, scales, errors, self.outliers.get((tensor.name, slot)))
 
     def _wrap(self, tensor: ChipTensor) -> None:
         """Route the tensor's products through `analog_linear` when a forward pass must see the chip (analog mode,
@@ -374,6 +399,25 @@ class ChipHandle:
             self._program_tensor(tensor)
 
     @torch.no_grad()
+    def split_outliers(self, name: str, fraction: float) -> None:
+        """Program the tensor again with the ⌊fraction × segment size⌋ largest |w| of each scale segment held in
+        digital units, exactly (`outliers.py`), or, with 0, whole again. The arrays draw the same noise from the same
+        streams either way: only their targets, and so their scales, change."""
+        tensor = self.tensor(name)
+        if name in self.factors:
+            raise RomerError(f"'{name}' is held as HPD's factors; split outliers of a plain matrix")
+        if not 0 <= fraction < 1:
+            raise RomerError(f"the outlier fraction must be in [0, 1), got {fraction}")
+        if fraction > 0:
+            self.outlier_fractions[name] = float(fraction)
+        else:
+            self.outlier_fractions.pop(name, None)
+            for key in [k for k in self.outliers if k[0] == name]:
+                del self.outliers[key]
+        if name not in self.digital:
+            self._program_tensor(tensor)
+
+    @torch.no_grad()
     def decompose(self, name: str, decomposed: bool = True) -> None:
         """HPD (Feng, Zhou et al. 2025): hold a matrix W [out, in] as its SVD factors, U·Σ [out, r] in the arrays and
         Vᵀ [r, in] in digital units (r = min(out, in), exact before noise); or, with False, as the plain matrix again."""
@@ -449,8 +493,9 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     """Program `model` onto chip instance `seed` of the chip `config` describes, in place.
 
     `calibration`: a calibration loaded with the model (`romer.load_calibration`) whose tensors kept in the
-    digital periphery, whose decomposed tensors and whose digital corrections this chip takes on; it answers
-    `digital_names()`, `decomposed_names()`, `correction_items()` and `bind_chip(handle)`."""
+    digital periphery, whose decomposed tensors, whose outlier splits and whose digital corrections this chip takes
+    on; it answers `digital_names()`, `decomposed_names()`, `outlier_items()`, `correction_items()` and
+    `bind_chip(handle)`."""
     if not isinstance(config, NoiseConfig):
         raise RomerError("apply_noise_ needs a NoiseConfig; build one with NoiseConfig.preset(name)")
     if not isinstance(seed, int) or seed < 0:
@@ -482,6 +527,8 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
         for name in calibration.decomposed_names():
             if name in handle.originals and handle.originals[name].dim() == 2:
                 handle.factors[name] = handle._svd_factors(name)
+        handle.outlier_fractions |= {n: f for n, f in calibration.outlier_items()
+                                     if n in handle.originals and n not in handle.factors}
         if any(handle.originals[n].dim() == 3 for n in handle.corrections):
             handle.use_eager_experts()
     handle._install()

@@ -1,0 +1,168 @@
+"""outliers and outlier-retune (ours): each scale segment's largest weights in digital units, the rest programmed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy import stats
+
+import romer
+from romer import CalibrationConfig, NoiseConfig, apply_noise_, calibrate_
+from romer.calibration.persist import save_calibrated
+from romer.noise.mapping import ConductanceMapping
+from romer.noise.outliers import split_outliers
+from romer.noise.physics import DevicePhysics
+from romer.noise.streams import stream
+from tests.families import build
+
+
+def ids(seed: int = 0, tokens: int = 64 * 8) -> torch.Tensor:
+    return torch.randint(1, 128, (tokens,), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids(5, 64 * 4).view(-1, 64)).logits
+
+
+@pytest.mark.parametrize("per_column", [False, True])
+@pytest.mark.parametrize("shape", [(300, 200), (64, 520), (17, 33)])
+def test_the_split_adds_up_exactly_and_takes_each_segments_largest_weights(per_column, shape):
+    weight = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    weight[0, :5] = 0.0  # zeros never move
+    mapping = ConductanceMapping(32, 16, 25.0, per_column)
+    analog, digital = split_outliers(weight, 0.05, mapping)
+    assert torch.equal(analog + digital.dense(), weight)
+    moved = digital.dense() != 0
+    assert torch.equal(analog[moved], torch.zeros(int(moved.sum())))
+    expected = 0
+    for top in range(0, shape[0], 16):
+        for left in range(0, shape[1], 32):
+            rows = range(top, min(top + 16, shape[0])) if per_column else [slice(top, top + 16)]
+            for row in rows:
+                block, taken = weight[row, left:left + 32], moved[row, left:left + 32]
+                count = int(0.05 * block.numel())
+                expected += count
+                assert int(taken.sum()) == count
+                if count:
+                    assert block[taken].abs().min() >= block[~taken].abs().max()
+    assert len(digital) == expected
+    assert torch.all(mapping.scales(analog) <= mapping.scales(weight))
+
+
+def test_a_fraction_too_small_for_a_segment_moves_nothing():
+    weight = torch.randn(8, 8)
+    analog, digital = split_outliers(weight, 0.01, ConductanceMapping(8, 8, 25.0, per_column=False))
+    assert len(digital) == 0 and analog is weight
+
+
+def test_the_arrays_errors_shrink_with_their_scale_and_keep_their_distribution():
+    """Programming noise is a share of g_max: a weight's error in weight units follows its tile's scale. The errors
+    of the weights left on the arrays, over their scale, are the same distribution with or without the split; their
+    std in weight units falls by the ratio of the scales."""
+    config = NoiseConfig.preset("gaussian", scaling="tile", tile_rows=64, tile_cols=64)
+    physics = DevicePhysics.from_config(config)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.rand(512, 512, generator=generator) * 2 - 1
+    tiles = weight.view(8, 64, 8, 64)  # four outliers of ±3 in each 64 × 64 tile set its range
+    for row, column in torch.randint(0, 64, (4, 2), generator=generator).tolist():
+        tiles[:, row, :, column] = 3.0 * torch.sign(tiles[:, row, :, column])
+    analog, digital = split_outliers(weight, 0.001, physics.mapping)  # ⌊0.001 × 4096⌋ = 4 per tile
+    assert len(digital) == 4 * 64 and float(analog.abs().max()) < 1
+    before, scales_before = physics.program(weight, stream(0, "w"))
+    after, scales_after = physics.program(analog, stream(1, "w"))
+    kept = digital.dense() == 0
+    # devices clip at 0: compare weights whose conductance is clear of both ends under either mapping
+    sigma = config.sigma_dev * config.g_max_us
+    for scales in (physics.mapping.scales(weight), physics.mapping.scales(analog)):
+        g = weight.abs() / physics.mapping.expand(scales, 512)
+        kept &= (g > 4 * sigma) & (g < config.g_max_us - 4 * sigma)
+    scale_before = physics.mapping.expand(scales_before, 512)
+    scale_after = physics.mapping.expand(scales_after, 512)
+    assert float(scale_after.mean()) < 0.4 * float(scale_before.mean())
+    error_before, error_after = (before - weight)[kept], (after - analog)[kept]
+    normalised_before = (error_before / scale_before[kept]).numpy()
+    normalised_after = (error_after / scale_after[kept]).numpy()
+    assert stats.ks_2samp(normalised_before, normalised_after).pvalue > 0.01
+    expected = float(scale_after[kept].pow(2).mean().sqrt() / scale_before[kept].pow(2).mean().sqrt())
+    assert float(error_after.pow(2).mean().sqrt() / error_before.pow(2).mean().sqrt()) == pytest.approx(expected,
+                                                                                                        rel=0.05)
+    assert int(kept.sum()) > 10000
+
+
+def test_the_tile_level_path_adds_the_digital_part_once_outside_the_adcs():
+    """Analog mode with converters fine enough to be exact and no noise: the products equal the clean model's, with
+    the outliers split or not (a digital part lost, or passed through the tiles twice, would show)."""
+    model = build("mixtral")
+    clean = logits(model)
+    config = NoiseConfig.preset("ideal", mode="analog", dac_bits=24, adc_bits=24, adc_full_scale=64.0)
+    with apply_noise_(model, config, seed=0) as chip:
+        for name in chip.names():
+            chip.split_outliers(name, 0.05)
+        assert chip.outlier_weights() > 0
+        torch.testing.assert_close(logits(model), clean, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["olmoe", "qwen2_moe"])
+def test_fused_experts_with_outliers_equal_the_eager_path(family):
+    model = build(family)
+    config = NoiseConfig.preset("cim-80c", adc_offset_sigma=4.0)
+    with torch.no_grad(), apply_noise_(model, config, seed=2) as chip:
+        for name in chip.names():
+            chip.split_outliers(name, 0.01)
+        assert chip.experts_path() == "fused, offsets per expert"
+        fused = logits(model)
+        chip.use_eager_experts()
+        eager = logits(model)
+    assert torch.allclose(fused, eager, rtol=1e-4, atol=1e-5 * float(eager.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["olmoe", "deepseek_v2"])
+def test_outliers_count_two_numbers_each_undo_exactly_and_repeat_bit_for_bit(family):
+    model = build(family)
+    config = NoiseConfig.preset("cim-80c")
+    with apply_noise_(model, config, seed=1) as chip:
+        noisy = logits(model)
+        calibration = calibrate_(model, CalibrationConfig(method="outliers", outlier_fraction=0.01), ids())
+        count = chip.outlier_weights()
+        assert count == calibration.report["outliers"]["weights"] > 0
+        assert calibration.digital_weights() == 2 * count
+        assert calibration.digital_share() == pytest.approx(2 * count / chip.total_parameters)
+        assert 0.5 * 0.02 < calibration.digital_share() <= 0.02
+        split = logits(model)
+        assert not torch.equal(split, noisy)
+        calibration.remove()
+        assert chip.outlier_weights() == 0
+        assert torch.equal(logits(model), noisy)
+        again = calibrate_(model, CalibrationConfig(method="outliers", outlier_fraction=0.01), ids())
+        assert torch.equal(logits(model), split)
+        again.remove()
+
+
+def test_outliers_do_nothing_on_the_clean_model():
+    model = build("olmoe")
+    clean = logits(model)
+    calibration = calibrate_(model, CalibrationConfig(method="outliers"), ids())
+    assert calibration.digital_weights() == 0 and torch.equal(logits(model), clean)
+
+
+def test_outlier_retune_fits_within_its_share_and_saves_and_reloads_bit_for_bit(tiny_moe_dir, tmp_path):
+    model, tokenizer = romer.load_model(str(tiny_moe_dir))
+    config = NoiseConfig.preset("cim-80c")
+    with apply_noise_(model, config, seed=3) as chip:
+        noisy = logits(model)
+        calibration = calibrate_(model, CalibrationConfig(method="outlier-retune", outlier_fraction=0.01,
+                                                          retune_steps=4, retune_eval_every=2), ids(tokens=64 * 16))
+        assert chip.outlier_weights() > 0 and calibration.corrections
+        share = calibration.digital_share()
+        corrections = sum(c.stored_parameters for c in calibration.corrections.values())
+        assert calibration.digital_weights() == 2 * chip.outlier_weights() + corrections
+        assert share <= 0.02 + 0.005 * chip.on_chip_parameters / chip.total_parameters
+        expected = logits(model)
+        save_calibrated(model, tokenizer, calibration, tmp_path / "outlier-retune")
+        calibration.remove()
+        assert torch.equal(logits(model), noisy)
+    loaded, _ = romer.load_model(str(tmp_path / "outlier-retune"))
+    carried = romer.load_calibration(loaded, tmp_path / "outlier-retune")
+    with apply_noise_(loaded, config, seed=3, calibration=carried):
+        assert torch.equal(logits(loaded), expected)
