@@ -9,7 +9,10 @@ that scale, and with it the error of every weight that stays on the chip. The sp
 keeps the weights that quantize worst in high precision; here the criterion is the one the chip's scale sets.
 
 Per scale segment (a tile with tile scaling, one output column within a tile with column scaling) the
-⌊fraction × the weights it holds⌋ largest |w| move to digital units; zeros never do. The digital part costs one value and
+⌊fraction × the weights it holds⌋ largest |w| move to digital units; what that leaves of the matrix's ⌊fraction ×
+its weights⌋ goes one weight each to the segments where one more outlier lowers the arrays' error most (its weights
+× the drop of its squared scale: with column scaling and a fraction under one weight per column, those columns
+whose largest weight stands furthest above the next). Zeros never move. The digital part costs one value and
 one position per weight (`Calibration.digital_weights` counts both).
 """
 
@@ -58,6 +61,17 @@ def split_outliers(weight: torch.Tensor, fraction: float,
     magnitude = segments(weight.abs().float())
     real = segments(torch.ones_like(weight, dtype=torch.float32)).sum(-1)  # an edge tile holds fewer weights
     keep = (fraction * real).floor().long()  # per segment
+    remainder = int(fraction * weight.numel()) - int(keep.sum())
+    top = magnitude.topk(min(int(keep.max()) + 2, magnitude.shape[-1]), dim=-1)
+    if remainder > 0:
+        # what ⌊fraction × segment⌋ leaves of the matrix's share goes, one weight each, to the segments where one
+        # more outlier lowers the arrays' error most: the segment's weights × the drop of its squared scale
+        values = F.pad(top.values, (0, 2))
+        largest = values.gather(-1, keep.unsqueeze(-1)).squeeze(-1)
+        after = values.gather(-1, (keep + 1).unsqueeze(-1)).squeeze(-1)
+        gain = (real * (largest.pow(2) - after.pow(2))).flatten()
+        extra = gain.topk(min(remainder, gain.numel())).indices
+        keep = keep.flatten().index_add_(0, extra, torch.ones_like(extra)).view_as(keep)
     most = int(keep.max()) if keep.numel() else 0
     if most == 0:
         return weight, DigitalOutliers(torch.zeros(0, dtype=torch.long), torch.zeros(0), (out_dim, in_dim))
