@@ -204,7 +204,8 @@ def plot(tables: dict, path: Path) -> None:
     families = {"romer": ("romer", "o"), "compensate": ("compensate", "s"), "hetero-measured": ("hetero-measured", "v"),
                 "hetero": ("hetero (attention + experts)", "^"), "hetero-experts": ("hetero, experts only", "<"),
                 "retune": ("retune", "*"), "hpd": ("hpd", "D"), "over-chips": ("retune-agnostic (over 4 chips)", "P"),
-                "attention-retune": ("attention-retune", "X")}
+                "attention-retune": ("attention-retune", "X"), "outliers": ("outliers (ours)", "h"),
+                "outlier-retune": ("outlier-retune (ours)", "H")}
     panels = list(tables)
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for axis, key in zip(axes[0], panels):
