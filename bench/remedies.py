@@ -207,8 +207,12 @@ def plot(tables: dict, path: Path) -> None:
                 "attention-retune": ("attention-retune", "X"), "outliers": ("outliers (ours)", "h"),
                 "outlier-retune": ("outlier-retune (ours)", "H")}
     panels = list(tables)
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
-    for axis, key in zip(axes[0], panels):
+    columns = min(2, len(panels))
+    grid = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(grid, columns, figsize=(6.5 * columns, 4.5 * grid), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for axis, key in zip(axes.flat, panels):
         rows = tables[key]["rows"]
         groups = defaultdict(list)
         for name, row in rows.items():
