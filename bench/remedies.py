@@ -54,6 +54,7 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "retune-2": ("retune", {"retune_budget": 0.02}, "ours, budget 2 %"),
     "attention-retune": ("attention-retune", {}, "ours: attention digital, then retune at 1 % of the rest"),
     "over-chips": ("retune-agnostic", {}, "ours, after AHWA-LoRA: one fit over 4 other chips, budget 1 %"),
+    "from-agnostic": ("retune-from-agnostic", {}, "ours: retune per chip, started from the over-chips fit"),
     "outliers-0.1": ("outliers", {"outlier_fraction": 0.0005}, "ours: 0.05 % largest weights per tile digital"),
     "outliers-0.2": ("outliers", {"outlier_fraction": 0.001}, "ours: 0.1 % largest weights per tile digital"),
     "outliers": ("outliers", {}, "ours: 0.25 % largest weights per tile digital"),

@@ -73,3 +73,38 @@ def test_retune_agnostic_saves_and_reloads_bit_for_bit(tmp_path, tiny_moe_dir):
     carried = romer.load_calibration(loaded, tmp_path / "agnostic")
     with apply_noise_(loaded, NOISE, seed=3, calibration=carried), torch.no_grad():
         assert torch.equal(loaded(input_ids=tokens[:256].view(-1, 64)).logits, expected)
+
+
+def test_the_per_chip_fit_started_from_the_agnostic_one_goes_on_from_its_values_and_undoes_exactly(monkeypatch):
+    """retune-from-agnostic: retune's fit on this chip starts where the chip-agnostic fit left the corrections (the
+    same plan when adapters are off: columns everywhere, chosen by the budget alone), router biases and norm gains."""
+    import romer.calibration.retune as retune_module
+
+    model = build("olmoe")
+    options = FAST | dict(retune_rank=0)
+    at_start = {}
+    fit = retune_module._fit
+
+    def recording_fit(*args, **kwargs):
+        at_start.update({n: chip.correction(n).gain.detach().clone() for n in chip.corrected_names()})
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(retune_module, "_fit", recording_fit)
+    with apply_noise_(model, NOISE, seed=0) as chip:
+        noisy = outputs(model)
+        agnostic = calibrate_(model, CalibrationConfig(**options), ids())
+        agnostic_kl = agnostic.report["retune"]["holdout_kl_before"] if "retune" in agnostic.report else None
+        installed = {n: c.gain.detach().clone() for n, c in agnostic.corrections.items()}
+        agnostic.remove()
+        assert agnostic_kl is None and torch.equal(outputs(model), noisy)
+        calibration = calibrate_(model, CalibrationConfig(**(options | dict(method="retune-from-agnostic"))), ids())
+        report = calibration.report["retune"]
+        assert report["least_squares_start"] == 0
+        assert sorted(report["continued_from_installed"]) == sorted(installed)
+        assert all(torch.equal(at_start[n], installed[n]) for n in installed)  # the fit starts at the agnostic values
+        assert calibration.report["retune-agnostic"]["reused"]  # the fit over chips was not run again
+        fitted = {n: c.gain.detach() for n, c in calibration.corrections.items()}
+        assert any(not torch.equal(fitted[n], installed[n]) for n in installed)  # and this chip's fit moved them
+        calibration.remove()
+        assert torch.equal(outputs(model), noisy)
+        assert not calibration.norms

@@ -79,9 +79,11 @@ class CalibrationConfig(BaseModel):
     retune_router_bias: bool = Field(True, description="per-expert router-logit bias")
     retune_steps: int = Field(200, ge=1, le=100000, description="Adam steps, one calibration batch each")
     retune_lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
-    retune_start: Literal["least_squares", "zero"] = Field(
+    retune_start: Literal["least_squares", "zero", "installed"] = Field(
         "least_squares", description="where the fit starts: each linear layer's column gains, offsets and adapter set "
-                                     "by least squares against the clean weights on the chip's own inputs, or zero")
+                                     "by least squares against the clean weights on the chip's own inputs, zero, or "
+                                     "the corrections an earlier step installed (retune-from-agnostic), zero where "
+                                     "there is none of the same shape")
     retune_hidden_weight: float = Field(1.0, ge=0, le=100, description="weight of the hidden-state term of the fit's "
                                         "loss (each decoder layer's output against the clean twin's, relative MSE)")
     retune_over_chips: int = Field(4, ge=2, le=64, description="retune-agnostic: chip draws the one set of digital "

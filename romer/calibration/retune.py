@@ -174,12 +174,19 @@ def retune(context) -> None:
     teacher_fit, teacher_holdout = teacher.fit, teacher.holdout
 
     trainable: list[nn.Parameter] = []
+    installed = dict(calibration.correction_items()) if config.retune_start == "installed" else {}
+    continued = []
     for name in sorted(set(chosen.columns) | set(chosen.ranks)):
         slots, out_dim, in_dim = matrix_shape(chip, name)
         module, attribute = chip.module_of(name)
         correction = ColumnCorrection(out_dim, in_dim, slots, columns=name in chosen.columns,
                                       rank=chosen.ranks.get(name, 0), seed=chip.describe()["seed"],
                                       device=getattr(module, attribute).device)  # beside the tensor it corrects
+        earlier = installed.get(name)
+        if earlier is not None and {k: v.shape for k, v in earlier.state_dict().items()} == \
+                {k: v.shape for k, v in correction.state_dict().items()}:
+            correction.load_state_dict(earlier.state_dict())  # the same shape: the fit goes on from its values
+            continued.append(name)
         calibration.attach_correction(name, correction)
         trainable += list(correction.parameters())
     if chosen.router_bias:
@@ -218,6 +225,7 @@ def retune(context) -> None:
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
         "budget_fraction_used": chosen.added / chip.on_chip_parameters, "norm_parameters": chosen.norm_parameters,
         "on_chip_weights": chip.on_chip_parameters, "least_squares_start": len(started_by),
+        "continued_from_installed": continued,
         "holdout_kl_before": programmed_kl, "teacher_top_k": teacher.top_k, "seconds": time.perf_counter() - started,
         "seconds_before_fit": fit_started - started, "fit_seconds": time.perf_counter() - fit_started, **history}
 

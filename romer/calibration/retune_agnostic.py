@@ -182,6 +182,10 @@ def raise_fit_seed(seed: int) -> None:
 
 
 register_step(RetuneAgnostic())
+register_method(Method("retune-from-agnostic", "ours: retune's per-chip fit started from retune-agnostic's corrections "
+                                               "(router biases and norm gains as the agnostic fit left them, no "
+                                               "least-squares start)",
+                       steps=("retune-agnostic", "retune"), defaults={"retune_start": "installed"}))
 register_method(Method("retune-agnostic", "ours, after AHWA-LoRA: one set of retune's digital corrections fitted once "
                                           "over retune_over_chips chip draws, used unchanged on every chip",
                        steps=("retune-agnostic",)))

@@ -86,10 +86,16 @@ class Calibration:
 
     def retune_norm(self, name: str, param: torch.nn.Parameter) -> None:
         """A norm gain (a digital parameter) that this calibration re-sets; its value before is kept for undo."""
-        self.norms[name] = (param, param.detach().clone())
+        if name in self.norms:  # re-set by a later step too: the value before the calibration stays the one kept
+            previous = param.detach().clone()
 
-        def undo() -> None:
-            param.data.copy_(self.norms.pop(name)[1])
+            def undo() -> None:
+                param.data.copy_(previous)
+        else:
+            self.norms[name] = (param, param.detach().clone())
+
+            def undo() -> None:
+                param.data.copy_(self.norms.pop(name)[1])
 
         self._undo.append(undo)
 
