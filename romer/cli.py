@@ -35,10 +35,11 @@ TrustOpt = typer.Option(False, "--trust-remote-code", help="Allow code and pickl
 NoiseOpt = typer.Option(None, "--noise", help="Chip: a preset (romer presets), NAME:key=value,..., or a .yaml file.")
 SeedsOpt = typer.Option("0", "--seeds", help="Chip instances to simulate: 0,1,2 or 0-4.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table.")
-MethodOpt = typer.Option("romer", "--method", help="Calibration method: none, er, rc, romer, tuned, retune (ours, "
-                                                   "recovers most at 1 % digital), retune-agnostic, and the field's "
-                                                   "compensate, compensate-global, hetero, hetero-measured, hpd; "
-                                                   "`best` is tuned's former name.")
+MethodOpt = typer.Option("romer", "--method", help="Calibration method: none, er, rc, romer, tuned, and ours: retune, "
+                                                   "outliers, outlier-retune (recovers most at 1 % digital on "
+                                                   "tile-scaled chips), attention-retune, retune-agnostic, "
+                                                   "retune-from-agnostic; the field's compensate, compensate-global, "
+                                                   "hetero, hetero-measured, hpd; `best` is tuned's former name.")
 CalibDataOpt = typer.Option(None, "--calib-data", help="Calibration text (corpus name or .txt/.jsonl); default: "
                                                        "the calibration split of --data.")
 CalibSetOpt = typer.Option(None, "--set", help="Calibration options as key=value,... (tau=0.25,router=renorm); "
