@@ -194,7 +194,7 @@ class ChipHandle:
         """The outlier weights held in digital units now, of one tensor or of every tensor still on the chip (a
         tensor or expert slot moved to the digital periphery whole holds none apart)."""
         return sum(len(part) for (n, slot), part in self.outliers.items()
-                   if (name is None or n == name) and n in self.outlier_fractions and n not in self.digital
+                   if (name is None or n == name) and n not in self.digital
                    and (n, slot) not in self.digital_slots)
 
     # ---- programming -------------------------------------------------------------------------
