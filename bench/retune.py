@@ -5,7 +5,9 @@ transfers to another chip or another noise strength. romer-tiny, paired over chi
     python bench/retune.py --part budget      # cim-80c: retune_budget 0, 0.1, 0.5, 1, 2 % of the on-chip weights
     python bench/retune.py --part tokens      # cim-80c: 2,048 / 8,192 / 32,768 / 65,536 calibration tokens
     python bench/retune.py --part transfer    # cim-80c: fitted on chip s, used on chip s+1, and at 0.8× / 1.2×
+    python bench/retune.py --part transfer --transfer-method retune-agnostic   # the same for the one fit over chips
     python bench/retune.py --part roles       # cim-80c with noise on one role at a time: what retune recovers of each
+    python bench/retune.py --part roles --roles-noise gaussian@2 --roles-method outlier-retune   # another chip, method
     python bench/retune.py --part ablation    # cim-80c: the least-squares start and the hidden-state term, each on/off
 
 Test split: the first --max-tokens tokens of stdlib/test, disjoint 256-token windows. Calibration:
@@ -108,7 +110,9 @@ def plot_curve(rows, part: str, path: Path) -> None:
 
 @torch.no_grad()
 def transfer(args) -> None:
-    """Fit on chip s; score the same fitted calibration on chip s+1 and at 0.8× / 1.2× strength of chip s."""
+    """Fit on chip s; score the same fitted calibration on chip s+1 and at 0.8× / 1.2× strength of chip s. With
+    `--transfer-method retune-agnostic` the fit is the one over other chips at 1× (made once, then installed): chip s
+    is as unseen as chip s+1, and 0.8× / 1.2× is the chip-agnostic fit used at another strength."""
     import romer
     from romer.calibration.persist import save_calibrated
     from romer.evaluation import perplexity
@@ -123,7 +127,7 @@ def transfer(args) -> None:
         with apply_noise_(bench.model, base, seed) as handle:
             started = time.perf_counter()
             with torch.enable_grad():
-                calibration = romer.calibrate_(bench.model, romer.RomerConfig(method="retune",
+                calibration = romer.calibrate_(bench.model, romer.RomerConfig(method=args.transfer_method,
                                                                               calib_tokens=args.calib_tokens),
                                                bench.calib_ids, chip=handle)
             fitted_seconds = time.perf_counter() - started
@@ -150,18 +154,23 @@ def transfer(args) -> None:
               + f" (fit {fitted_seconds:.0f} s)")
     for label in ("same chip", "next chip", "next chip, norm gains and router biases only", "0.8×", "1.2×"):
         values = [100 * r[label] for r in rows]
-        print(f"cim-80c retune fitted on chip s, used on {label}: recovery {np.mean(values):+.1f} ± "
+        print(f"cim-80c {args.transfer_method} fitted on chip s, used on {label}: recovery {np.mean(values):+.1f} ± "
               f"{np.std(values, ddof=1) if len(values) > 1 else 0:.1f} %")
 
 
 def roles(args) -> None:
-    """Where the gap retune leaves sits: the chip with noise on attention, experts or routers alone."""
+    """Where the gap a fit leaves sits: the chip (`--roles-noise`, default cim-80c) with noise on attention, experts or
+    routers alone, calibrated by `--roles-method` (default retune)."""
+    base, strength = chip(args.roles_noise)
+    method = args.roles_method
+    default = (args.roles_noise, method) == ("cim-80c", "retune")
     for role in ("attention", "experts", "router"):
-        noise = f"cim-80c:roles={role}"
-        results = campaign(args, f"roles/{role}", noise, 1.0, ["none", "retune"])
+        noise = f"{base}:roles={role}"
+        folder = f"roles/{role}" if default else f"roles/{args.roles_noise.replace('@', '_')}-{method}/{role}"
+        results = campaign(args, folder, noise, strength, ["none", method])
         m = results["methods"]
-        print(f"\n{noise}: clean {results['clean']['ppl']:.3f}, noisy {m['none']['ppl_mean']:.3f}")
-        print(line("retune", m["retune"]))
+        print(f"\n{noise} × {strength:g}: clean {results['clean']['ppl']:.3f}, noisy {m['none']['ppl_mean']:.3f}")
+        print(line(method[:8], m[method]), " per seed " + " / ".join(f"{100 * r:+.1f}" for r in m[method]["recovery"]))
 
 
 ABLATION = {"zero start, KL only (the first version)": {"retune_start": "zero", "retune_hidden_weight": 0.0},
@@ -183,6 +192,10 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=None,
                         help="share of the calibration tokens held out (default: the config's 0.25)")
     parser.add_argument("--methods", default="none,romer,tuned,retune", help="methods of the table part")
+    parser.add_argument("--roles-noise", default="cim-80c", help="the roles part's chip (preset[@strength])")
+    parser.add_argument("--roles-method", default="retune", help="the roles part's calibration method")
+    parser.add_argument("--transfer-method", default="retune", choices=("retune", "retune-agnostic"),
+                        help="the transfer part's fit: per chip, or the one fit over other chips")
     parser.add_argument("--plot-dir", default="docs", help="where the budget and token curves are drawn")
     parser.set_defaults(calib_tokens=32768)
     args = parse_calibration_bench(parser)

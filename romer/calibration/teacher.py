@@ -20,23 +20,42 @@ TOP_K = 64                     # ... beyond it, each token's TOP_K most likely t
 
 @dataclass
 class Targets:
-    """The clean twin on one batch: its next-token log-probabilities, in full [B, T, V] or as the TOP_K most likely
-    tokens per position (`top_ids`, their `log_probs` [B, T, K]), and, when asked for, each decoder layer's output."""
+    """The clean twin on one batch: its next-token distribution, in full or as the TOP_K most likely tokens per
+    position, and, when asked for, each decoder layer's output. Build with `Targets.full` or `Targets.top`.
 
-    log_probs: torch.Tensor
+    In full, the probabilities p are kept (float16 on the host) with Σ p log p per position computed once from those
+    same stored values, so each fit step's KL is Σ p log p − Σ p log q: one product with the chip's log-probabilities
+    instead of an exp and a difference over the whole vocabulary at every step."""
+
+    probs: torch.Tensor | None = None        # full: [B, T, V]
+    neg_entropy: torch.Tensor | None = None  # full: Σ p log p per position [B, T], float32
+    top_log_probs: torch.Tensor | None = None  # top-k: [B, T, K]
+    top_ids: torch.Tensor | None = None        # top-k: [B, T, K]
     hidden: tuple[torch.Tensor, ...] = ()
-    top_ids: torch.Tensor | None = None
+
+    @classmethod
+    def full(cls, log_probs: torch.Tensor, hidden: tuple[torch.Tensor, ...] = (), dtype=torch.float16) -> "Targets":
+        probs = log_probs.float().exp().to("cpu", dtype)
+        stored = probs.float()
+        return cls(probs=probs, neg_entropy=torch.xlogy(stored, stored).sum(-1), hidden=hidden)
+
+    @classmethod
+    def top(cls, log_probs: torch.Tensor, k: int, hidden: tuple[torch.Tensor, ...] = (),
+            dtype=torch.float16) -> "Targets":
+        values, ids = log_probs.topk(k, dim=-1)
+        return cls(top_log_probs=values.to("cpu", dtype), top_ids=ids.to("cpu", torch.int32), hidden=hidden)
 
     def __len__(self) -> int:
-        return len(self.log_probs)
+        return len(self.probs if self.probs is not None else self.top_log_probs)
 
     def kl(self, log_q: torch.Tensor) -> torch.Tensor:
         """KL(clean ‖ chip) per position [B, T] from the chip's log-probabilities [B, T, V]. With top-k targets the
         tokens outside the clean top k are one bucket on both sides (mass r = 1 − Σ p_top against 1 − Σ q_top): exact
         when the clean model puts all its mass in its top k, and a lower bound of the full KL otherwise."""
-        log_p = self.log_probs.to(log_q.device, torch.float32)
-        if self.top_ids is None:
-            return F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+        if self.probs is not None:
+            p = self.probs.to(log_q.device, torch.float32)
+            return self.neg_entropy.to(log_q.device) - (p * log_q).sum(-1)
+        log_p = self.top_log_probs.to(log_q.device, torch.float32)
         log_q_top = log_q.gather(-1, self.top_ids.to(log_q.device))
         top = (log_p.exp() * (log_p - log_q_top)).sum(-1)
         rest_p = (1 - log_p.exp().sum(-1)).clamp(min=0)
@@ -62,11 +81,7 @@ def batch_targets(model: nn.Module, sequences: torch.Tensor, batch_size: int, hi
         result = model(input_ids=sequences[start:start + batch_size].to(device), output_hidden_states=hidden)
         layers = tuple(h.to("cpu", torch.float16) for h in result.hidden_states[1:]) if hidden else ()
         log_probs = result.logits.float().log_softmax(-1)
-        if top_k is None:
-            out.append(Targets(log_probs.to("cpu", torch.float16), layers))
-        else:
-            values, ids = log_probs.topk(top_k, dim=-1)
-            out.append(Targets(values.to("cpu", torch.float16), layers, ids.to("cpu", torch.int32)))
+        out.append(Targets.full(log_probs, layers) if top_k is None else Targets.top(log_probs, top_k, layers))
     return out
 
 
