@@ -122,8 +122,11 @@ def test_estimate_counts_parameters_exactly_and_fits_a_batch(tiny_moe_dir):
     assert estimate.fit_batch_size(estimate.device_bytes(0)) == 0
     text = model.config
     layer_outputs = 24576 * text.num_hidden_layers * text.hidden_size * 2  # the fit tokens' decoder-layer outputs
-    assert estimate.retune_host_bytes() == 32768 * text.vocab_size * 2 + layer_outputs  # full distributions
+    assert estimate.retune_host_bytes() == 32768 * (text.vocab_size * 2 + 4) + layer_outputs  # full distributions
     import romer.calibration.teacher as teacher
+
+    held = teacher.Targets.full(torch.randn(1, 32768, text.vocab_size).log_softmax(-1))  # what a teacher really holds
+    assert held.probs.nbytes + held.neg_entropy.nbytes == 32768 * (text.vocab_size * 2 + 4)
 
     bound, teacher.MAX_TEACHER_BYTES = teacher.MAX_TEACHER_BYTES, 0
     try:  # beyond the bound: each position's top 64 (int32 ids and float16 log-probabilities)

@@ -73,12 +73,12 @@ class MemoryEstimate:
 
     def retune_host_bytes(self, calib_tokens: int = 32768, holdout: float = 0.25) -> int:
         """The teacher a `retune` fit keeps on the host for all its calibration tokens: next-token distributions (in
-        full, or each position's top k beyond MAX_TEACHER_BYTES: ids and float16 log-probabilities) and, for the fit
-        tokens, every decoder layer's output."""
+        full: float16 probabilities and a float32 Σ p log p per position; or each position's top k beyond
+        MAX_TEACHER_BYTES: ids and float16 log-probabilities) and, for the fit tokens, every decoder layer's output."""
         from romer.calibration.teacher import teacher_top_k
 
         top_k = teacher_top_k(self.vocab, calib_tokens)
-        distributions = calib_tokens * (self.vocab * 2 if top_k is None else top_k * (2 + 4))
+        distributions = calib_tokens * (self.vocab * 2 + 4 if top_k is None else top_k * (2 + 4))
         return distributions + int(calib_tokens * (1 - holdout)) * self.hidden_states_bytes_per_token
 
     def fit_batch_size(self, free_bytes: int) -> int:
