@@ -257,22 +257,39 @@ def tokens_per_chunk(tiles: int, out_dim: int) -> int:
 
 def _tile_products(flat: torch.Tensor, w_norm: torch.Tensor, scales: torch.Tensor, errors, c: NoiseConfig,
                    ir_drop: IrDrop, adc_rng: torch.Generator | None, step: float, pad: int) -> torch.Tensor:
-    """The tile-level product for a chunk of tokens [n, in]: DAC, per-tile partial sums, the ADC, the digital sum."""
+    """The tile-level product for a chunk of tokens [n, in]: DAC, per-tile partial sums, the ADC, the digital sum.
+
+    The partial sums are kept in the ADC's code units from the start (the unit folded into the weights, which are
+    smaller than the partial sums): the ADC then only clamps and rounds, and the code step joins the digital sum's one
+    multiply. Without autograd the steps after the product work in place on the one [n, tiles, out] tensor."""
     out_dim, tiles, rows = w_norm.shape
     x_max = input_scale(flat)
     x_in = F.pad(flat / x_max, (0, pad)).view(-1, tiles, rows)
     if c.mode == "analog":
         x_in = quantize(x_in, c.dac_bits)
-    partial = torch.einsum("nkr,okr->nko", x_in, w_norm)  # per-tile outputs, in full-scale device units
+    levels = 2 ** (c.adc_bits - 1) - 1
+    unit = c.adc_full_scale / levels if c.mode == "analog" and levels else 1.0  # device units per code
     if ir_drop.active:
-        partial = partial - ir_drop.loss(x_in, w_norm)
+        partial = (torch.einsum("nkr,okr->nko", x_in, w_norm) - ir_drop.loss(x_in, w_norm)) / unit
+    else:
+        partial = torch.einsum("nkr,okr->nko", x_in, w_norm / unit)  # per-tile outputs, in ADC codes
+    in_place = not partial.requires_grad
     if c.mode == "analog" and errors is not None and errors.gain is not None:
-        partial = partial * errors.gain.t()
+        partial = partial.mul_(errors.gain.t()) if in_place else partial * errors.gain.t()
     if adc_rng is not None:
-        sigma = c.sigma_adc * c.strength * c.adc_full_scale
-        partial = partial + torch.randn(partial.shape, generator=adc_rng, device=partial.device) * sigma
+        noise = torch.randn(partial.shape, generator=adc_rng, device=partial.device)
+        partial = torch.add(partial, noise, alpha=c.sigma_adc * c.strength * c.adc_full_scale / unit)
     if errors is not None and errors.offset_lsb is not None:
-        partial = partial + errors.offset_lsb.t() * step
+        offset = errors.offset_lsb.t() * (step / unit)
+        partial = partial.add_(offset) if in_place else partial + offset
     if c.mode == "analog":
-        partial = quantize(partial / c.adc_full_scale, c.adc_bits) * c.adc_full_scale
-    return (partial * (scales.t() * c.g_max_us)).sum(dim=1) * x_max
+        if levels == 0:
+            partial = torch.where(partial >= 0, 1.0, -1.0).to(partial.dtype)
+            unit = c.adc_full_scale
+        else:
+            partial = partial.clamp_(-levels, levels).round_() if in_place else partial.clamp(-levels, levels).round()
+    column_scale = scales.t() * (c.g_max_us * unit)  # [tiles, out]: codes back to weight units
+    if tiles == 1:  # no digital sum over tiles
+        partial = partial.reshape(-1, out_dim)
+        return partial.mul_(column_scale).mul_(x_max) if in_place else partial * column_scale * x_max
+    return (partial * column_scale).sum(dim=1) * x_max
