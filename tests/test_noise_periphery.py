@@ -279,7 +279,7 @@ def _tile_products_per_element(flat, w_norm, scales, errors, c, ir_drop, adc_rng
 def test_the_tile_path_in_adc_codes_is_the_per_element_form(tiles, adc_bits, ir_drop, grad):
     """Keeping the partial sums in ADC codes (and working in place without autograd) changes no output beyond float
     rounding: where a value sits on a rounding edge one code may differ, never more, and almost nowhere."""
-    from romer.noise.analog import _tile_products
+    from romer.noise.analog import _tile_products, adc_code_unit
     from romer.noise.periphery import ColumnErrors
 
     c = NoiseConfig.preset("cim-80c").model_copy(update={"mode": "analog", "adc_bits": adc_bits, "ir_drop": ir_drop})
@@ -293,7 +293,9 @@ def test_the_tile_path_in_adc_codes_is_the_per_element_form(tiles, adc_bits, ir_
     errors = ColumnErrors(1 + 0.05 * torch.randn(out_dim, tiles, generator=g), torch.randn(out_dim, tiles, generator=g))
     flat = torch.randn(n, tiles * rows - pad, generator=g).requires_grad_(grad)
     irdrop, step = IrDrop(c.ir_drop, c.g_max_us), lsb(c.adc_bits, c.adc_full_scale)
-    fast = _tile_products(flat, w_norm, scales, errors, c, irdrop, torch.Generator().manual_seed(9), step, pad)
+    unit = adc_code_unit(c)
+    fast = _tile_products(flat, w_norm / unit, unit, scales, errors, c, irdrop, torch.Generator().manual_seed(9), step,
+                          pad)
     slow = _tile_products_per_element(flat, w_norm, scales, errors, c, irdrop, torch.Generator().manual_seed(9),
                                       step, pad)
     code = (scales.t() * c.g_max_us * c.adc_full_scale / max(1, 2 ** (adc_bits - 1) - 1)).sum(0) * input_scale(flat)

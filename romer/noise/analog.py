@@ -236,11 +236,14 @@ def chip_linear(x: torch.Tensor, weight: torch.Tensor, program: TileProgram, slo
     tiles = scales.shape[-1]
     rows = in_dim if tiles == 1 else c.tile_rows  # a single tile needs no zero padding
     pad = tiles * rows - in_dim
-    w_norm = F.pad(w, (0, pad)).view(out_dim, tiles, rows) / (scales.unsqueeze(-1) * c.g_max_us)
+    unit = adc_code_unit(c)
+    w_codes = (F.pad(w, (0, pad)) if pad else w).reshape(out_dim, tiles, rows) / (
+        scales.unsqueeze(-1) * (c.g_max_us * unit))  # what one full-scale input row adds to a column, in ADC codes
     adc_rng = program.next_stream(slot, "adc", x.device) if c.mode == "analog" and c.sigma_adc * c.strength > 0 else None
     chunk = tokens_per_chunk(tiles, out_dim)
-    y = torch.cat([_tile_products(flat[start:start + chunk], w_norm, scales, errors, c, ir_drop, adc_rng, step, pad)
-                   for start in range(0, flat.shape[0], chunk)]) if flat.shape[0] else flat.new_zeros(0, out_dim)
+    parts = [_tile_products(flat[start:start + chunk], w_codes, unit, scales, errors, c, ir_drop, adc_rng, step, pad)
+             for start in range(0, flat.shape[0], chunk)]
+    y = parts[0] if len(parts) == 1 else torch.cat(parts) if parts else flat.new_zeros(0, out_dim)
     if digital is not None:
         y = y + flat @ digital.t()
     return y.to(x.dtype).view(*x.shape[:-1], out_dim)
@@ -255,24 +258,30 @@ def tokens_per_chunk(tiles: int, out_dim: int) -> int:
     return max(16, MAX_PARTIAL_BYTES // (4 * tiles * out_dim) // 16 * 16)
 
 
-def _tile_products(flat: torch.Tensor, w_norm: torch.Tensor, scales: torch.Tensor, errors, c: NoiseConfig,
-                   ir_drop: IrDrop, adc_rng: torch.Generator | None, step: float, pad: int) -> torch.Tensor:
+def adc_code_unit(c: NoiseConfig) -> float:
+    """The device units (of a full-scale partial sum) one ADC code stands for; 1 where nothing is rounded."""
+    levels = 2 ** (c.adc_bits - 1) - 1
+    return c.adc_full_scale / levels if c.mode == "analog" and levels else 1.0
+
+
+def _tile_products(flat: torch.Tensor, w_codes: torch.Tensor, unit: float, scales: torch.Tensor, errors,
+                   c: NoiseConfig, ir_drop: IrDrop, adc_rng: torch.Generator | None, step: float,
+                   pad: int) -> torch.Tensor:
     """The tile-level product for a chunk of tokens [n, in]: DAC, per-tile partial sums, the ADC, the digital sum.
 
-    The partial sums are kept in the ADC's code units from the start (the unit folded into the weights, which are
-    smaller than the partial sums): the ADC then only clamps and rounds, and the code step joins the digital sum's one
-    multiply. Without autograd the steps after the product work in place on the one [n, tiles, out] tensor."""
-    out_dim, tiles, rows = w_norm.shape
+    The partial sums are kept in the ADC's code units from the start (`unit` device units per code, folded into the
+    weights `w_codes`, which are smaller than the partial sums): the ADC then only clamps and rounds, and the code
+    step joins the digital sum's one multiply. Without autograd the steps after the product work in place on the one
+    [n, tiles, out] tensor."""
+    out_dim, tiles, rows = w_codes.shape
+    levels = 2 ** (c.adc_bits - 1) - 1
     x_max = input_scale(flat)
     x_in = F.pad(flat / x_max, (0, pad)).view(-1, tiles, rows)
     if c.mode == "analog":
         x_in = quantize(x_in, c.dac_bits)
-    levels = 2 ** (c.adc_bits - 1) - 1
-    unit = c.adc_full_scale / levels if c.mode == "analog" and levels else 1.0  # device units per code
+    partial = torch.einsum("nkr,okr->nko", x_in, w_codes)  # per-tile outputs, in ADC codes
     if ir_drop.active:
-        partial = (torch.einsum("nkr,okr->nko", x_in, w_norm) - ir_drop.loss(x_in, w_norm)) / unit
-    else:
-        partial = torch.einsum("nkr,okr->nko", x_in, w_norm / unit)  # per-tile outputs, in ADC codes
+        partial = partial - ir_drop.loss(x_in, w_codes * unit) / unit
     in_place = not partial.requires_grad
     if c.mode == "analog" and errors is not None and errors.gain is not None:
         partial = partial.mul_(errors.gain.t()) if in_place else partial * errors.gain.t()
