@@ -49,6 +49,7 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
                                   "ours: measured ranking, experts only, 3.1 %"),
     "hpd-1": ("hpd", {}, "published (Feng, Zhou et al. 2025), our sensitivity ranking, budget 1 %"),
     "hpd-5": ("hpd", {"digital_budget": 0.05}, "published HPD, budget 5 %"),
+    "retune-0": ("retune", {"retune_budget": 0.0}, "ours, budget 0 % (norm gains and router biases only)"),
     "retune-0.5": ("retune", {"retune_budget": 0.005}, "ours, budget 0.5 %"),
     "retune": ("retune", {}, "ours, budget 1 %"),
     "retune-2": ("retune", {"retune_budget": 0.02}, "ours, budget 2 %"),
