@@ -33,9 +33,14 @@ from romer.noise.periphery import ColumnErrors, IrDrop, lsb
 from romer.noise.streams import stream
 
 
+def levels_per_side(bits: int) -> int:
+    """A symmetric converter's nonzero levels on each side of zero: 2^(bits-1) − 1 (0 for 1 bit, which is ±1)."""
+    return 2 ** (bits - 1) - 1
+
+
 def quantize(values: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric uniform quantisation of values in [-1, 1] to 2^(bits-1) − 1 levels per side; 1 bit is ±1."""
-    levels = 2 ** (bits - 1) - 1
+    levels = levels_per_side(bits)
     if levels == 0:
         return torch.where(values >= 0, 1.0, -1.0).to(values.dtype)
     return torch.round(values.clamp(-1, 1) * levels) / levels
@@ -260,7 +265,7 @@ def tokens_per_chunk(tiles: int, out_dim: int) -> int:
 
 def adc_code_unit(c: NoiseConfig) -> float:
     """The device units (of a full-scale partial sum) one ADC code stands for; 1 where nothing is rounded."""
-    levels = 2 ** (c.adc_bits - 1) - 1
+    levels = levels_per_side(c.adc_bits)
     return c.adc_full_scale / levels if c.mode == "analog" and levels else 1.0
 
 
@@ -274,7 +279,7 @@ def _tile_products(flat: torch.Tensor, w_codes: torch.Tensor, unit: float, scale
     step joins the digital sum's one multiply. Without autograd the steps after the product work in place on the one
     [n, tiles, out] tensor."""
     out_dim, tiles, rows = w_codes.shape
-    levels = 2 ** (c.adc_bits - 1) - 1
+    levels = levels_per_side(c.adc_bits)
     x_max = input_scale(flat)
     x_in = F.pad(flat / x_max, (0, pad)).view(-1, tiles, rows)
     if c.mode == "analog":
