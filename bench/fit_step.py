@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import romer
 import romer.noise.fused_experts as fused
-from romer.calibration.retune import fit_loss
+from romer.calibration.methods.retune import fit_loss
 from romer.calibration.teacher import Targets
 
 

@@ -15,6 +15,7 @@ from romer.campaign.spec import parse_seeds
 from romer.errors import RomerError
 from romer.noise import parse_noise_spec
 from romer.report import console
+from romer.report.methods import method_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MoE LLMs on noisy analog compute-in-memory hardware: simulate, diagnose, calibrate.")
@@ -35,11 +36,8 @@ TrustOpt = typer.Option(False, "--trust-remote-code", help="Allow code and pickl
 NoiseOpt = typer.Option(None, "--noise", help="Chip: a preset (romer presets), NAME:key=value,..., or a .yaml file.")
 SeedsOpt = typer.Option("0", "--seeds", help="Chip instances to simulate: 0,1,2 or 0-4.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table.")
-MethodOpt = typer.Option("romer", "--method", help="Calibration method: none, er, rc, romer, tuned, and ours: retune, "
-                                                   "outliers, outlier-retune (recovers most at 1 % digital on "
-                                                   "tile-scaled chips), attention-retune, retune-agnostic, "
-                                                   "retune-from-agnostic; the field's compensate, compensate-global, "
-                                                   "hetero, hetero-measured, hpd; `best` is tuned's former name.")
+MethodOpt = typer.Option("romer", "--method", help=f"Calibration method: {method_help()} (`romer methods` describes "
+                                                   "each; `best` is tuned's former name).")
 CalibDataOpt = typer.Option(None, "--calib-data", help="Calibration text (corpus name or .txt/.jsonl); default: "
                                                        "the calibration split of --data.")
 CalibSetOpt = typer.Option(None, "--set", help="Calibration options as key=value,... (tau=0.25,router=renorm); "
@@ -170,8 +168,8 @@ ConfigOpt = typer.Option(None, "--config", help="YAML file of run options (the k
                                                  "flags given on the command line win.")
 OutOpt = typer.Option("runs/latest", "--out", help="Output folder; a rerun resumes what it holds.")
 ForceOpt = typer.Option(False, "--force", help="Discard results of a different configuration in --out.")
-MethodsOpt = typer.Option(None, "--methods", help="Comma list of methods (none, er, rc, romer, tuned, "
-                                                   "retune); default none,romer,tuned.")
+MethodsOpt = typer.Option(None, "--methods", help=f"Comma list of methods ({method_help()}); default "
+                                                   "none,romer,tuned.")
 TasksOpt = typer.Option(None, "--tasks", help="Comma list of lm-eval tasks (e.g. romer_pycloze, piqa, arc_easy).")
 BackendOpt = typer.Option("local", "--backend", help="local (this process) or ray (a Ray cluster; see README).")
 AddressOpt = typer.Option(None, "--address", help="Ray cluster address (ray start --head prints it); default: a "
@@ -401,6 +399,21 @@ def estimate_command(model: str = ModelOpt, dtype: str = typer.Option("bfloat16"
         return
     out.print(console.estimate_table(record))
     out.print(console.estimate_verdict(record), highlight=False)
+
+
+@app.command("methods")
+@user_errors
+def methods_command(as_json: bool = JsonOpt,
+                    markdown: bool = typer.Option(False, "--markdown", help="Print README's method table.")) -> None:
+    """List the calibration methods: the built-in ones and those installed as plugins (entry points `romer.methods`)."""
+    from romer.report.methods import method_records, methods_markdown, methods_table
+
+    if as_json:
+        print(json.dumps(method_records()))
+    elif markdown:
+        print(methods_markdown(), end="")
+    else:
+        out.print(methods_table())
 
 
 @app.command("presets")

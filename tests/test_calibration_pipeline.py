@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-import romer.calibration.retune as retune_module
+import romer.calibration.methods.retune as retune_module
 from romer import CalibrationConfig, NoiseConfig, RomerConfig, apply_noise_, calibrate_
 from romer.calibration import Method, Step, get_method, method_names, register_method, register_step
 from romer.errors import RomerError
@@ -111,7 +111,7 @@ def test_defaults_a_method_brings_are_in_its_record():
 
 
 def test_best_is_the_former_name_of_tuned_and_warns(monkeypatch):
-    import romer.calibration.methods as methods
+    import romer.calibration.registry as methods
 
     monkeypatch.setattr(methods, "_warned", set())
     with pytest.warns(FutureWarning, match="'best' is now called 'tuned'"):
@@ -146,15 +146,16 @@ def test_a_new_method_registers_from_outside_the_package_and_runs():
             with pytest.raises(RomerError, match="'tau' is not used by method 'test-halved'"):
                 calibrate_(model, CalibrationConfig(method="test-halved", tau=0.3), calib_ids())
     finally:
-        from romer.calibration import methods
+        from romer.calibration.registry import unregister_method, unregister_step
 
-        methods._METHODS.pop("test-halved")
+        unregister_method("test-halved")
+        unregister_step("test-halve")
 
 
 def test_each_tuning_trial_runs_with_its_own_change_only(monkeypatch):
     """A trial's settings are the method's settings, the choices of earlier stages and its own change: nothing of the
     trial before it (the first trial switches replacement off; the four after it must replace)."""
-    from romer.calibration.romer import ExpertReplacement
+    from romer.calibration.methods.romer import ExpertReplacement
 
     seen = []
     original = ExpertReplacement.run
@@ -169,3 +170,43 @@ def test_each_tuning_trial_runs_with_its_own_change_only(monkeypatch):
         calibration = calibrate_(model, CalibrationConfig(method="tuned", digital_budget=0.0), calib_ids())
         calibration.remove()
     assert seen[:4] == [("replica", 0.5), ("replica", 0.25), ("weights", 0.5), ("clone", 0.5)]
+
+
+def test_the_tuner_keeps_every_field_the_user_set():
+    model = build("olmoe")
+    with apply_noise_(model, NOISE, seed=0):
+        calibration = calibrate_(model, CalibrationConfig(method="tuned", digital_budget=0.0, router="clamp",
+                                                          tau=0.4), calib_ids())
+        assert calibration.config.router == "clamp" and calibration.config.tau == 0.4
+        tried = [trial["change"] for trial in calibration.report["tuning"]]
+        assert not any("router" in change or "tau" in change for change in tried)
+        assert {"lam": 3.0} in tried  # what the user left open is still chosen
+        assert calibration.report["tuning_kept"] == ["router", "tau"]
+        calibration.remove()
+
+
+@pytest.mark.parametrize("method, fields, option", [
+    ("tuned", {"retune_rank": 4}, "retune_rank"),            # retune's fit runs only with retune=True
+    ("romer", {"router": "none", "lam": 2.0}, "lam"),        # no router step: its fences are never read
+    ("romer", {"lam": 2.0}, "lam"),                          # renorm maps median and IQR: no fences
+    ("er", {"max_replaced": 0.0, "tau": 0.3}, "tau")])       # nothing replaced: the threshold is never read
+def test_a_setting_the_resolved_steps_do_not_read_is_refused_in_one_line(method, fields, option):
+    from romer.calibration import resolve
+
+    with pytest.raises(RomerError) as error:
+        resolve(CalibrationConfig(method=method, **fields))
+    assert "\n" not in str(error.value) and f"'{option}'" in str(error.value)
+    resolve(CalibrationConfig(method="tuned", retune=True, retune_rank=4, **FAST_RETUNE))  # read: accepted
+    resolve(CalibrationConfig(method="tuned", lam=2.0))  # the tuner may choose clamp: read
+
+
+def test_an_explicit_holdout_is_kept():
+    model = build("olmoe")
+    with apply_noise_(model, NOISE, seed=0):
+        default = calibrate_(model, CalibrationConfig(method="rc", calib_tokens=64 * 8, window=64), calib_ids())
+        assert default.report["tokens"]["holdout"] == 0  # rc scores nothing held out: every token fits
+        default.remove()
+        explicit = calibrate_(model, CalibrationConfig(method="rc", calib_tokens=64 * 8, window=64, holdout=0.25),
+                              calib_ids())
+        assert explicit.report["tokens"]["holdout"] == 64 * 2 and explicit.report["tokens"]["fit"] == 64 * 6
+        explicit.remove()

@@ -8,7 +8,7 @@ import torch
 
 import romer
 from romer import CalibrationConfig, NoiseConfig, apply_noise_, calibrate_
-from romer.calibration.hetero import max_neuron_norm
+from romer.calibration.methods.hetero import max_neuron_norm
 from tests.families import build
 
 
@@ -80,7 +80,7 @@ def test_max_neuron_norm_is_the_largest_neuron_input_norm():
             gate_up = chip.clean_value(chip.name_of(experts, "gate_up_proj"), slot).float()
             gate, up = gate_up.chunk(2)
             expected = float((gate.pow(2).sum(1) + up.pow(2).sum(1)).sqrt().max())
-            from romer.calibration.hetero import expert_matrices
+            from romer.calibration.methods.hetero import expert_matrices
 
             assert max_neuron_norm(chip, expert_matrices(calibration, chip, layer, slot), hidden) == pytest.approx(
                 expected, rel=1e-6)

@@ -8,7 +8,7 @@ import torch
 import romer
 from romer import NoiseConfig, RomerConfig, apply_noise_, calibrate_
 from romer.calibration.persist import save_calibrated
-from romer.calibration.retune import norm_gains
+from romer.calibration.norms import norm_gains
 from tests.families import build
 
 NOISE = NoiseConfig.preset("cim-80c", adc_offset_sigma=2.0)

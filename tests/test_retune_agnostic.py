@@ -9,7 +9,7 @@ import torch
 import romer
 from romer import CalibrationConfig, NoiseConfig, apply_noise_, calibrate_
 from romer.calibration.persist import save_calibrated
-from romer.calibration.retune_agnostic import AGNOSTIC_SEED_BASE
+from romer.calibration.methods.retune_agnostic import AGNOSTIC_SEED_BASE
 from romer.errors import RomerError
 from tests.families import build
 
@@ -78,7 +78,7 @@ def test_retune_agnostic_saves_and_reloads_bit_for_bit(tmp_path, tiny_moe_dir):
 def test_the_per_chip_fit_started_from_the_agnostic_one_goes_on_from_its_values_and_undoes_exactly(monkeypatch):
     """retune-from-agnostic: retune's fit on this chip starts where the chip-agnostic fit left the corrections (the
     same plan when adapters are off: columns everywhere, chosen by the budget alone), router biases and norm gains."""
-    import romer.calibration.retune as retune_module
+    import romer.calibration.methods.retune as retune_module
 
     model = build("olmoe")
     options = FAST | dict(retune_rank=0)

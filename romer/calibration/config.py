@@ -23,8 +23,8 @@ from romer.validation import build
 class CalibrationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: str = Field("romer", description="calibration method: none, er, rc, romer, tuned, retune, or one "
-                                             "registered with register_method (`best` is tuned's former name)")
+    method: str = Field("romer", description="calibration method: a registered name (`romer methods` lists and "
+                                             "describes each; `best` is tuned's former name)")
 
     # expert replacement (SPEC §2.1)
     tau: float = Field(STARVED_FRACTION_OF_UNIFORM, gt=0, le=1,
@@ -105,7 +105,7 @@ class CalibrationConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        from romer.calibration.methods import canonical_method
+        from romer.calibration.registry import canonical_method
 
         try:
             return canonical_method(method)

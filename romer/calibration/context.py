@@ -29,6 +29,7 @@ class CalibrationContext:
     calibration: Calibration
     chip: ChipHandle | None
     needs: frozenset[str] = frozenset()  # what the steps will ask of the clean twin
+    explicit: frozenset[str] = frozenset()  # the fields the user set: kept as set (a tuner never changes them)
     _routing: RoutingStats | None = field(default=None, repr=False)
     _teacher: Teacher | None = field(default=None, repr=False)
 

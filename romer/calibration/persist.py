@@ -27,7 +27,8 @@ from romer.calibration.state import Calibration
 from romer.calibration.config import calibration_config
 from romer.calibration.pipeline import carry
 from romer.errors import RomerError
-from romer.noise.chip import ChipHandle, parse_digital_key
+from romer.noise.chip import ChipHandle
+from romer.noise.layout import ChipLayout, parse_digital_key
 
 RECORD = "romer_calibration.json"
 DIGITAL = "romer_retune.safetensors"  # a re-tuned chip's digital parameters: corrections and norm gains
@@ -79,7 +80,7 @@ def digital_tensors(calibration: Calibration) -> dict[str, torch.Tensor]:
 def _install_digital(calibration: Calibration, record: dict, folder: Path) -> None:
     """Re-install a re-tuned chip's corrections (on its chip now, or when the model is next put on one) and
     norm gains, from the record and the tensors beside it."""
-    from romer.calibration.retune import norm_gains
+    from romer.calibration.norms import norm_gains
     from romer.noise.digital import ColumnCorrection
 
     path = folder / DIGITAL
@@ -142,9 +143,7 @@ def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
         for name, fraction in record.get("outliers", {}).items():
             calibration.split_outliers(name, fraction)
     else:
-        calibration.digital = list(record["digital"])  # applied when the model is put on a chip
-        calibration.decomposed = list(record.get("decomposed", []))
-        calibration.outliers = dict(record.get("outliers", {}))
+        calibration.placed = ChipLayout.from_dict(record)  # adopted when the model is put on a chip
     calibration.report = record.get("report", {})
     if folder is not None:
         _install_digital(calibration, record, folder)

@@ -6,7 +6,8 @@
     calibration.remove()                  # back to the plain noisy model, bit for bit
 
 The method (methods.py) names its steps (step.py); a field the user set that none of them reads is
-refused; the clean twin is visited once (context.py); every step's change is undone by `remove()`.
+refused; the clean twin is visited once (context.py); every step's change is undone by `remove()`, and
+restoring the chip removes the calibration first (`ChipHandle.restore`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import nn
 
-from romer.calibration.config import CalibrationConfig
+from romer.calibration.config import CalibrationConfig, calibration_config
 from romer.calibration.context import CalibrationContext
-from romer.calibration.methods import get_method, refuse_unused, with_defaults
+from romer.calibration.registry import get_method, refuse_unused
 from romer.calibration.state import Calibration
 from romer.calibration.tokens import CalibrationTokens
 from romer.errors import RomerError
@@ -39,19 +40,22 @@ def calibrate_(model: nn.Module, config: CalibrationConfig, calib_ids: torch.Ten
     current = carried_calibration(model)
     if current is not None:
         raise RomerError("this model is already calibrated; remove() the previous calibration first")
+    if chip is not None and chip.restored:
+        raise RomerError("the chip passed to calibrate_ was restored (its handle is spent); program the model again "
+                         "with apply_noise_ and pass that chip, or pass no chip to calibrate the clean model")
     chip = chip if chip is not None else chip_of(model)
-    chip = chip if chip is not None and not chip.restored else None
-    refuse_unused(config)
+    explicit = frozenset(config.explicit())
+    config, brought = resolve(config)
     method = get_method(config.method)
-    config, brought = with_defaults(config)
     steps = method.step_objects()
     window = config.window or default_window(model)
-    holdout = config.holdout if any(s.needs_holdout(config, chip) for s in steps) else 0.0
+    needs_holdout = any(s.needs_holdout(config, chip) for s in steps)
+    holdout = config.holdout if needs_holdout or "holdout" in explicit else 0.0  # an explicit share is kept
     tokens = CalibrationTokens.split(calib_ids, window, config.calib_tokens, holdout)
     calibration = Calibration(model, config, chip)
     context = CalibrationContext(model, config, tokens, calibration, chip,
                                  needs=frozenset().union(*(s.clean_needs(config, chip) for s in steps
-                                                           if s.enabled(config, chip))))
+                                                           if s.enabled(config, chip))), explicit=explicit)
     try:
         context.visit_clean_twin()  # before any step changes the model
         run_steps(context, method)
@@ -64,6 +68,17 @@ def calibrate_(model: nn.Module, config: CalibrationConfig, calib_ids: torch.Ten
         calibration.report["method_defaults"] = brought
     carry(model, calibration)
     return calibration
+
+
+def resolve(config: CalibrationConfig) -> tuple[CalibrationConfig, dict]:
+    """(`config` with the method's defaults for the fields the user left unset, those defaults). A field the user set
+    that none of the method's steps reads under the resolved settings is refused in one line; `romer run` checks
+    every method of a campaign this way before any model loads."""
+    method = get_method(config.method)
+    brought = {k: v for k, v in method.defaults.items() if k not in config.model_fields_set}
+    resolved = calibration_config(**(config.model_dump() | brought))
+    refuse_unused(config.explicit(), resolved)
+    return resolved, brought
 
 
 def run_steps(context: CalibrationContext, method) -> None:

@@ -1,4 +1,7 @@
-"""`Calibration`: what `calibrate_` did to one model, how to undo it, and its JSON record."""
+"""`Calibration`: what `calibrate_` did to one model, how to undo it, and its JSON record.
+
+Its life is tied to its chip: restoring the chip removes the calibration first, and removing it after that is a
+no-op (never a change to the clean model)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from romer.calibration.config import CalibrationConfig
 from romer.calibration.replacement import Replacement, write_replacement
 from romer.calibration.router import LayerTransform
 from romer.moe.adapter import MoeAdapter, adapter_for
-from romer.noise.chip import ChipHandle, digital_key, parse_digital_key
+from romer.noise.chip import ChipHandle
+from romer.noise.layout import ChipLayout, parse_digital_key
 
 
 @dataclass
@@ -24,9 +28,7 @@ class Calibration:
     adapter: MoeAdapter = field(init=False)
     replacements: list[Replacement] = field(default_factory=list)
     transforms: dict[int, LayerTransform] = field(default_factory=dict)
-    digital: list[str] = field(default_factory=list)
-    decomposed: list[str] = field(default_factory=list)  # tensors held as HPD's factors
-    outliers: dict = field(default_factory=dict)  # tensor name → share of each scale segment held digital
+    placed: ChipLayout = field(default_factory=ChipLayout)  # what this calibration moved off the arrays
     corrections: dict = field(default_factory=dict)  # tensor name → ColumnCorrection (retune)
     norms: dict = field(default_factory=dict)        # parameter name → (norm gain, its value before) (retune)
     report: dict = field(default_factory=dict)  # statistics and choices, for the record
@@ -37,6 +39,34 @@ class Calibration:
     def __post_init__(self) -> None:
         self.adapter = adapter_for(self.model)
         self.layers = self.adapter.layers(self.model)
+        if self.chip is not None and self.chip.restored:
+            self.chip = None
+        self._tie_to_chip()
+
+    def _tie_to_chip(self) -> None:
+        """Restoring the chip removes this calibration first (its undo needs the live chip)."""
+        if self.chip is not None:
+            self.on_remove(self.chip.before_restore(self.remove))
+
+    # ---- where the calibration placed weights (ChipLayout) ----------------------------------
+    @property
+    def digital(self) -> list[str]:
+        """The tensors (`name`) and expert slots (`name[slot]`) this calibration moved to the digital periphery."""
+        return self.placed.digital_keys()
+
+    @property
+    def decomposed(self) -> list[str]:
+        """The tensors this calibration holds as HPD's factors."""
+        return sorted(self.placed.decomposed)
+
+    @property
+    def outliers(self) -> dict[str, float]:
+        """Tensor name → share of each scale segment this calibration holds in digital units as outliers."""
+        return dict(self.placed.outliers)
+
+    def layout(self) -> ChipLayout:
+        """What this calibration placed off the arrays, for a chip that takes it on (`apply_noise_`)."""
+        return self.placed
 
     # ---- changes, each with its undo -------------------------------------------------------
     def replace(self, replacement: Replacement) -> None:
@@ -125,38 +155,37 @@ class Calibration:
 
     def make_digital(self, name: str, slot: int | None = None) -> None:
         """One on-chip tensor (or one expert slot of a fused tensor) moved to the digital periphery."""
-        key = digital_key(name, slot)
         self.chip.make_digital(name, slot=slot)
+        before, self.placed = self.placed, self.placed.with_digital(name, True, slot)
 
         def undo() -> None:
             self.chip.make_digital(name, False, slot=slot)
-            self.digital.remove(key)
+            self.placed = before
 
         self._undo.append(undo)
-        self.digital.append(key)
 
     def decompose(self, name: str) -> None:
         """One on-chip matrix held as its SVD factors, U·Σ on the chip and Vᵀ in digital units (HPD)."""
         self.chip.decompose(name)
+        before, self.placed = self.placed, self.placed.with_decomposed(name)
 
         def undo() -> None:
             self.chip.decompose(name, False)
-            self.decomposed.remove(name)
+            self.placed = before
 
         self._undo.append(undo)
-        self.decomposed.append(name)
 
     def split_outliers(self, name: str, fraction: float) -> None:
         """One on-chip tensor programmed again with its outlier weights held in digital units (`noise/outliers.py`)."""
-        before = self.chip.outlier_fraction(name)
+        on_chip_before = self.chip.outlier_fraction(name)
         self.chip.split_outliers(name, fraction)
+        before, self.placed = self.placed, self.placed.with_outliers(name, fraction)
 
         def undo() -> None:
-            self.chip.split_outliers(name, before)
-            self.outliers.pop(name, None)
+            self.chip.split_outliers(name, on_chip_before)
+            self.placed = before
 
         self._undo.append(undo)
-        self.outliers[name] = float(fraction)
 
     def digital_weights(self) -> int:
         """What this calibration keeps in digital units, in weights: the on-chip weights it moved to the digital
@@ -168,8 +197,8 @@ class Calibration:
             for key in self.digital:
                 name, slot = parse_digital_key(key)
                 moved += self.chip.size(name) // (self.chip.shape(name)[0] if slot is not None else 1)
-            moved += sum(self.chip.factor_weights(name) for name in self.decomposed)
-            moved += 2 * sum(self.chip.outlier_weights(name) for name in self.outliers)
+            moved += sum(self.chip.factor_weights(name) for name in self.placed.decomposed)
+            moved += 2 * sum(self.chip.outlier_weights(name) for name, _ in self.placed.outliers)
         return moved + sum(c.stored_parameters for c in self.corrections.values())
 
     def digital_share(self) -> float:
@@ -177,7 +206,8 @@ class Calibration:
         return self.digital_weights() / self.chip.total_parameters if self.chip is not None else 0.0
 
     def remove(self) -> None:
-        """Undo everything, last change first: the model is as it was before `calibrate_`."""
+        """Undo everything, last change first: the model is as it was before `calibrate_`. After the chip was
+        restored this is a no-op: restoring removed the calibration already."""
         if self.removed:
             return
         with torch.no_grad():
@@ -193,17 +223,9 @@ class Calibration:
         self._on_remove.append(function)
 
     # ---- what a chip asks of a loaded calibration (apply_noise_) ------------------------------
-    def digital_names(self) -> list[str]:
-        """The tensors this calibration keeps in the digital periphery."""
-        return list(self.digital)
-
     def decomposed_names(self) -> list[str]:
         """The tensors this calibration holds as HPD's factors."""
-        return list(self.decomposed)
-
-    def outlier_items(self) -> list[tuple[str, float]]:
-        """(tensor name, share of each scale segment held digital) for every tensor with outliers split off."""
-        return list(self.outliers.items())
+        return self.decomposed
 
     def correction_items(self) -> list[tuple[str, object]]:
         """(tensor name, its digital corrections) for every corrected tensor."""
@@ -213,6 +235,7 @@ class Calibration:
         """The chip a loaded calibration now sits on (its digital tensors and corrections are installed there)."""
         if self.chip is None or self.chip.restored:
             self.chip = chip
+            self._tie_to_chip()
 
     def __enter__(self) -> "Calibration":
         return self
@@ -227,9 +250,7 @@ class Calibration:
             "config": self.config.model_dump(mode="json"),
             "replacements": [r.as_dict() for r in self.replacements],
             "router": {str(layer): t.as_dict() for layer, t in sorted(self.transforms.items()) if t.active},
-            "digital": list(self.digital),
-            "decomposed": list(self.decomposed),
-            "outliers": dict(self.outliers),
+            **self.placed.as_dict(),  # digital, decomposed, outliers
             "digital_share": self.digital_share() if self.chip is not None and not self.chip.restored else None,
             "corrections": {name: {"slots": c.slots, "out": c.out_dim, "in": c.in_dim, "columns": c.gain is not None,
                                    "rank": c.rank, "per_matrix": c.per_matrix} for name, c in self.corrections.items()},

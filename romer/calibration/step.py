@@ -1,9 +1,10 @@
 """A calibration step: one small registered object that applies one change to a calibrated model.
 
-A step names the `CalibrationConfig` fields it reads (`options`, validated by the config), says when
-it runs (`enabled`), what it needs from the clean twin (`clean_needs`: "routing" for the clean model's
-router statistics on the fit tokens, "teacher" for its next-token distributions) and whether it needs
-held-out calibration tokens; `apply` runs it through the context and returns its undo.
+A step names the `CalibrationConfig` fields it reads (`options`, validated by the config; `reads` narrows them
+to those a given setting uses), says when it runs (`enabled`), what it needs from the clean twin
+(`clean_needs`: "routing" for the clean model's router statistics on the fit tokens, "teacher" for its
+next-token distributions) and whether it needs held-out calibration tokens; `apply` runs it through the
+context and returns its undo.
 
     class MyStep(Step):
         name = "my-step"
@@ -12,14 +13,14 @@ held-out calibration tokens; `apply` runs it through the context and returns its
         def run(self, context):
             ...                       # change the model through context.calibration (every change has an undo)
 
-    register_step(MyStep())
+    register_step(MyStep())          # romer.calibration.registry
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from romer.errors import RomerError
+from romer.calibration.registry import get_step, register_step  # noqa: F401  (where a step's author looks)
 
 
 class Step:
@@ -29,6 +30,11 @@ class Step:
     def enabled(self, config, chip) -> bool:
         """Whether the step runs under `config`, on `chip` (None: the clean model, the clean-cost check)."""
         return True
+
+    def reads(self, config) -> tuple[str, ...]:
+        """The fields the step reads under `config` (its defaults resolved): all its options unless a setting
+        switches part of it off, in which case a field set for that part is refused."""
+        return self.options
 
     def clean_needs(self, config, chip) -> frozenset[str]:
         return frozenset()
@@ -44,21 +50,3 @@ class Step:
         mark = context.calibration.mark()
         self.run(context)
         return lambda: context.calibration.rollback(mark)
-
-
-_STEPS: dict[str, Step] = {}
-
-
-def register_step(step: Step) -> Step:
-    if not step.name:
-        raise ValueError("a calibration step needs a name")
-    _STEPS[step.name] = step
-    return step
-
-
-def get_step(name: str) -> Step:
-    if name not in _STEPS:
-        import romer.calibration.registered  # noqa: F401  (the built-in steps)
-    if name not in _STEPS:
-        raise RomerError(f"unknown calibration step '{name}'; steps are {', '.join(_STEPS)}")
-    return _STEPS[name]

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from romer.atomic import write_text_atomic
-from romer.calibration.methods import ALIASES
+from romer.calibration.registry import ALIASES
 from romer.campaign.spec import RunSpec
 from romer.errors import RomerError
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
-from romer.calibration import load_calibration
+from romer.calibration import load_calibration, resolve
 from romer.campaign.lock import folder_lock
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
@@ -166,7 +166,7 @@ def check_spec(spec: RunSpec) -> None:
     """Fail on a bad method option, task or chip before any model loads."""
     refuse_unread_options(spec)
     for method in spec.methods:
-        calibration_for(spec, method)
+        resolve(calibration_for(spec, method))  # a setting the method's resolved steps would not read is refused
     for chip in spec.chips():
         parse_noise_spec(chip.noise).scaled(chip.strength)
     if spec.tasks:

@@ -110,7 +110,7 @@ class RunSpec(BaseModel):
     @field_validator("methods")
     @classmethod
     def _methods(cls, methods: list[str]) -> list[str]:
-        from romer.calibration.methods import ALIASES, canonical_method, method_names
+        from romer.calibration.registry import ALIASES, canonical_method, method_names
 
         unknown = [m for m in methods if m not in method_names() and m not in ALIASES]
         if unknown:
@@ -150,7 +150,7 @@ class RunSpec(BaseModel):
     def fingerprints(self) -> set[str]:
         """This spec's fingerprint, and the one it had with its methods under their former names (a folder made
         before a rename resumes)."""
-        from romer.calibration.methods import former_names
+        from romer.calibration.registry import former_names
 
         return {self.fingerprint(), self.fingerprint([(former_names(m) or [m])[0] for m in self.methods])}
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from romer.calibration import calibrate_, calibration_config, get_method
-from romer.calibration.methods import former_names, refuse_unread
+from romer.calibration.registry import former_names, refuse_unread
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
 from romer.noise import parse_noise_spec

@@ -10,6 +10,8 @@
 Tensors are programmed one at a time (fused experts one slot at a time) in float32 and
 rounded once to the model's dtype, from a random stream keyed by (seed, tensor name, slot):
 the same seed gives the same bits, and one tensor's noise never depends on another's.
+Where each weight lives (arrays, digital periphery, HPD's factors, digital outliers) is one
+value, the chip's `ChipLayout` (`layout.py`); programming a matrix is `programming.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 from weakref import WeakKeyDictionary
 
 import torch
@@ -29,11 +31,12 @@ from romer.noise.backup import DiskBackup, MemoryBackup
 from romer.noise.config import NoiseConfig
 from romer.noise.digital import ColumnCorrection
 from romer.noise.fused_experts import NAME as FUSED_ON_CHIP, fused_path_possible
-from romer.noise.outliers import DigitalOutliers, split_outliers
+from romer.noise.layout import ChipLayout, digital_key, parse_digital_key  # noqa: F401  (records name them so)
+from romer.noise.outliers import DigitalOutliers
 from romer.noise.periphery import ColumnErrors
 from romer.noise.physics import DevicePhysics
+from romer.noise.programming import program_matrix, program_with_outliers
 from romer.noise.roles import ChipTensor, on_chip_tensors
-from romer.noise.streams import stream
 
 SMALL_BACKUP_BYTES = 256 * 2**20
 _CHIPS: "WeakKeyDictionary[nn.Module, ChipHandle]" = WeakKeyDictionary()  # model → the chip it sits on
@@ -60,9 +63,12 @@ class ChipHandle:
 
     Calibration may re-program single expert slots (`reprogram_slot`: the slot's arrays take new
     target weights and, being programmed again, that slot's own fresh noise from the stream
-    (seed, tensor, slot)), move whole tensors to the digital periphery (`make_digital`), set the
-    digital corrections after a tensor's ADCs (`attach_correction`), or look at the clean model for a
-    moment (`suspended`). Every change is undone exactly.
+    (seed, tensor, slot)), change the chip's layout (`make_digital`, `decompose`, `split_outliers`),
+    set the digital corrections after a tensor's ADCs (`attach_correction`), or look at the clean
+    model for a moment (`suspended`). Every change is undone exactly.
+
+    A calibration installed on the chip registers its removal (`before_restore`): `restore()` removes
+    it first, and a restored handle refuses every further change in one line.
     """
 
     model: nn.Module
@@ -76,12 +82,11 @@ class ChipHandle:
     programs: dict[str, TileProgram] = field(default_factory=dict)
     originals: dict[str, nn.Parameter] = field(default_factory=dict)
     targets: dict[tuple[str, int | None], torch.Tensor] = field(default_factory=dict)
-    digital: set[str] = field(default_factory=set)
-    digital_slots: set[tuple[str, int]] = field(default_factory=set)  # expert slots of fused tensors, kept digital
     corrections: dict[str, ColumnCorrection] = field(default_factory=dict)
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # HPD: name → (U·Σ, Vᵀ)
-    outlier_fractions: dict[str, float] = field(default_factory=dict)  # name → share of each scale segment digital
     outliers: dict[tuple[str, int | None], DigitalOutliers] = field(default_factory=dict)  # their digital parts
+    _layout: ChipLayout = field(default_factory=ChipLayout)
+    _before_restore: list[Callable[[], None]] = field(default_factory=list)
     _restored: bool = field(default=False)
 
     # ---- what calibration may ask ------------------------------------------------------------
@@ -89,6 +94,26 @@ class ChipHandle:
     def restored(self) -> bool:
         """Whether `restore()` has run: the model holds its clean weights and this handle is spent."""
         return self._restored
+
+    @property
+    def layout(self) -> ChipLayout:
+        """Where each weight lives now: the arrays, the digital periphery, HPD's factors or digital outliers."""
+        return self._layout
+
+    def before_restore(self, function: Callable[[], None]) -> Callable[[], None]:
+        """Call `function` when `restore()` begins (a calibration's removal); returns what cancels that."""
+        self._before_restore.append(function)
+
+        def cancel() -> None:
+            if function in self._before_restore:
+                self._before_restore.remove(function)
+
+        return cancel
+
+    def _require_live(self) -> None:
+        if self._restored:
+            raise RomerError("this chip was restored (its handle is spent); program the model again with "
+                             "apply_noise_ for a new chip")
 
     def describe(self) -> dict:
         """The chip instance, for a record: its seed, its noise configuration and how it computes fused experts."""
@@ -100,11 +125,11 @@ class ChipHandle:
 
     def on_chip_names(self) -> list[str]:
         """The tensors held in conductances now (not moved to the digital periphery), in model order."""
-        return [t.name for t in self.tensors if t.name not in self.digital]
+        return [t.name for t in self.tensors if t.name not in self._layout.digital]
 
     def is_digital(self, name: str, slot: int | None = None) -> bool:
         """Whether the tensor (or, with `slot`, that expert slot of a fused tensor) runs in the digital periphery."""
-        return name in self.digital or (slot is not None and (name, slot) in self.digital_slots)
+        return self._layout.is_digital(name, slot)
 
     def role(self, name: str) -> str:
         """The tensor's role on the chip: router, experts, shared_experts, attention, dense_mlp or lm_head."""
@@ -172,11 +197,12 @@ class ChipHandle:
     @property
     def on_chip_parameters(self) -> int:
         """The weights held in conductances now (a decomposed tensor's arrays hold U·Σ)."""
-        whole = sum(self.originals[t.name].numel() for t in self.tensors if t.name not in self.digital)
+        digital = self._layout.digital
+        whole = sum(self.originals[t.name].numel() for t in self.tensors if t.name not in digital)
         factored = sum(self.originals[n].numel() - on_chip.numel() for n, (on_chip, _) in self.factors.items()
-                       if n not in self.digital)
-        return whole - factored - sum(self.originals[n][s].numel() for n, s in self.digital_slots
-                                      if n not in self.digital)
+                       if n not in digital)
+        return whole - factored - sum(self.originals[n][s].numel() for n, s in self._layout.digital_slots
+                                      if n not in digital)
 
     def decomposed_names(self) -> list[str]:
         """The tensors held as HPD's factors (`decompose`)."""
@@ -188,14 +214,13 @@ class ChipHandle:
 
     def outlier_fraction(self, name: str) -> float:
         """The share of each scale segment of the tensor held in digital units as outliers (`split_outliers`)."""
-        return self.outlier_fractions.get(name, 0.0)
+        return self._layout.outlier_fraction(name)
 
     def outlier_weights(self, name: str | None = None) -> int:
         """The outlier weights held in digital units now, of one tensor or of every tensor still on the chip (a
         tensor or expert slot moved to the digital periphery whole holds none apart)."""
         return sum(len(part) for (n, slot), part in self.outliers.items()
-                   if (name is None or n == name) and n not in self.digital
-                   and (n, slot) not in self.digital_slots)
+                   if (name is None or n == name) and not self._layout.is_digital(n, slot))
 
     # ---- programming -------------------------------------------------------------------------
     def _program_slot(self, name: str, slot: int | None, device) -> tuple[torch.Tensor, torch.Tensor, ColumnErrors | None]:
@@ -203,21 +228,12 @@ class ChipHandle:
         (slot None) or one expert slot of a fused tensor, each from its own streams."""
         key = (name,) if slot is None else (name, slot)
         target = self.clean_value(name, slot).to(device).float()
-        digital = None
-        if self.outlier_fraction(name) > 0:
-            target, digital = split_outliers(target, self.outlier_fraction(name), self.physics.mapping)
-            self.outliers[(name, slot)] = digital
-        else:
+        noisy, scales, errors, digital = program_with_outliers(self.physics, self.config, target,
+                                                               self.outlier_fraction(name), self.seed, key, device)
+        if digital is None:
             self.outliers.pop((name, slot), None)
-        noisy, scales = self.physics.program(target, stream(self.seed, *key, device=device))
-        errors = self.physics.periphery.draw(target.shape[-2], scales.shape[-1],
-                                             stream(self.seed, *key, "periphery", device=device), device)
-        if errors is not None and errors.gain is not None and self.config.mode == "weights":
-            noisy = noisy * self.physics.mapping.expand(errors.gain, target.shape[-1])  # folds exactly
-            errors = ColumnErrors(None, errors.offset_lsb)
-        if digital is not None and len(digital):
-            # the weight holds what the products see; the tile-level path takes the digital part out again
-            noisy = noisy + digital.dense(noisy.device)
+        else:
+            self.outliers[(name, slot)] = digital
         return noisy, scales, errors
 
     def _program_factor(self, tensor: ChipTensor) -> None:
@@ -225,14 +241,8 @@ class ChipHandle:
         "factor"), with their own tiles and periphery; its inputs pass through the digital Vᵀ first."""
         on_chip, digital = self.factors[tensor.name]
         device = self.originals[tensor.name].device
-        target = on_chip.to(device)
-        noisy, scales = self.physics.program(target, stream(self.seed, tensor.name, "factor", device=device))
-        errors = self.physics.periphery.draw(target.shape[-2], scales.shape[-1],
-                                             stream(self.seed, tensor.name, "factor", "periphery", device=device),
-                                             device)
-        if errors is not None and errors.gain is not None and self.config.mode == "weights":
-            noisy = noisy * self.physics.mapping.expand(errors.gain, target.shape[-1])
-            errors = ColumnErrors(None, errors.offset_lsb)
+        noisy, scales, errors = program_matrix(self.physics, self.config, on_chip.to(device), self.seed,
+                                               (tensor.name, "factor"), device)
         program = TileProgram(tensor.name, self.config, self.seed, scales, errors, self.corrections.get(tensor.name),
                               input_transform=digital.to(device))
         self.programs[tensor.name] = program
@@ -251,14 +261,14 @@ class ChipHandle:
             per_slot = []
             for slot in range(param.shape[0]):  # one slot at a time: the scratch is one expert's size
                 noisy, slot_scales, slot_errors = self._program_slot(tensor.name, slot, param.device)
-                param[slot].copy_(self.clean_value(tensor.name, slot) if (tensor.name, slot) in self.digital_slots
+                param[slot].copy_(self.clean_value(tensor.name, slot) if self.is_digital(tensor.name, slot)
                                   else noisy)
                 per_slot.append((slot_scales, slot_errors))
             scales = torch.stack([s for s, _ in per_slot])
             errors = None if per_slot[0][1] is None else ColumnErrors.stack([e for _, e in per_slot])
         self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors,
                                                  self.corrections.get(tensor.name),
-                                                 digital_slots={s for n, s in self.digital_slots if n == tensor.name},
+                                                 digital_slots=self._layout.slots_of(tensor.name),
                                                  outliers={s: part for (n, s), part in self.outliers.items()
                                                            if n == tensor.name})
         self._wrap(tensor)
@@ -268,7 +278,7 @@ class ChipHandle:
         whole tensor again would cost a full programming per replaced expert at scale)."""
         param = self.originals[tensor.name]
         noisy, scales, errors = self._program_slot(tensor.name, slot, param.device)
-        param[slot].copy_(self.clean_value(tensor.name, slot) if (tensor.name, slot) in self.digital_slots else noisy)
+        param[slot].copy_(self.clean_value(tensor.name, slot) if self.is_digital(tensor.name, slot) else noisy)
         self.programs[tensor.name].set_slot(slot, scales, errors, self.outliers.get((tensor.name, slot)))
 
     def _wrap(self, tensor: ChipTensor) -> None:
@@ -310,6 +320,7 @@ class ChipHandle:
 
     def attach_correction(self, name: str, correction: ColumnCorrection | None) -> None:
         """Set (or, with None, remove) the digital corrections after one tensor's ADCs; no conductance changes."""
+        self._require_live()
         tensor = self.tensor(name)
         if correction is None:
             self.corrections.pop(name, None)
@@ -319,7 +330,7 @@ class ChipHandle:
                 self.use_eager_experts()
         if name in self.programs:
             self.programs[name].correction = correction
-        if name not in self.digital:
+        if name not in self._layout.digital:
             self._wrap(tensor)
 
     def _write(self, tensor: ChipTensor, value_of) -> None:
@@ -343,7 +354,7 @@ class ChipHandle:
     def _install(self, programmed: MemoryBackup | DiskBackup | None = None) -> None:
         """Every tensor onto the chip: digital ones clean, those `programmed` holds copied back, the rest programmed."""
         for tensor in self.tensors:
-            if tensor.name in self.digital:
+            if tensor.name in self._layout.digital:
                 self._write_digital(tensor)
             elif programmed is not None and tensor.name in programmed and tensor.name not in self.factors:
                 self._reinstate(tensor, programmed)
@@ -363,12 +374,13 @@ class ChipHandle:
         For a fused tensor `slot` is the expert index; for a tensor of its own it is None. The
         result is bit for bit what `apply_noise_` gives a model whose clean weights hold `target`
         there, because that slot draws from its own stream (seed, tensor, slot) either way."""
+        self._require_live()
         tensor = self.tensor(name)
         if target is None:
             self.targets.pop((name, slot), None)
         else:
             self.targets[(name, slot)] = target.detach().to("cpu", copy=True)
-        if name in self.digital:
+        if name in self._layout.digital:
             self._write_digital(tensor)
         elif slot is not None and name in self.programs:
             self._program_one_slot(tensor, slot)
@@ -380,22 +392,21 @@ class ChipHandle:
         """Move one tensor (or, with `slot`, one expert slot of a fused tensor) to the digital periphery (its clean
         weights, no noise and no periphery errors), or back onto the chip. A slot moved back is programmed again from
         its own stream, so it holds the bits it held before."""
+        self._require_live()
         tensor = self.tensor(name)
+        if slot is not None and self.originals[name].dim() != 3:
+            raise RomerError(f"'{name}' is a matrix of its own, not a fused expert tensor; move it whole")
+        self._layout = self._layout.with_digital(name, digital, slot)
         if slot is not None:
-            if self.originals[name].dim() != 3:
-                raise RomerError(f"'{name}' is a matrix of its own, not a fused expert tensor; move it whole")
-            (self.digital_slots.add if digital else self.digital_slots.discard)((name, slot))
-            if name in self.digital:
+            if name in self._layout.digital:
                 return
             if name in self.programs:
                 self.programs[name].set_digital(slot, digital)
                 self._program_one_slot(tensor, slot)
             return
         if digital:
-            self.digital.add(name)
             self._write_digital(tensor)
         else:
-            self.digital.discard(name)
             self._program_tensor(tensor)
 
     @torch.no_grad()
@@ -403,24 +414,24 @@ class ChipHandle:
         """Program the tensor again with the ⌊fraction × segment size⌋ largest |w| of each scale segment held in
         digital units, exactly (`outliers.py`), or, with 0, whole again. The arrays draw the same noise from the same
         streams either way: only their targets, and so their scales, change."""
+        self._require_live()
         tensor = self.tensor(name)
         if name in self.factors:
             raise RomerError(f"'{name}' is held as HPD's factors; split outliers of a plain matrix")
         if not 0 <= fraction < 1:
             raise RomerError(f"the outlier fraction must be in [0, 1), got {fraction}")
-        if fraction > 0:
-            self.outlier_fractions[name] = float(fraction)
-        else:
-            self.outlier_fractions.pop(name, None)
+        self._layout = self._layout.with_outliers(name, fraction)
+        if fraction <= 0:
             for key in [k for k in self.outliers if k[0] == name]:
                 del self.outliers[key]
-        if name not in self.digital:
+        if name not in self._layout.digital:
             self._program_tensor(tensor)
 
     @torch.no_grad()
     def decompose(self, name: str, decomposed: bool = True) -> None:
         """HPD (Feng, Zhou et al. 2025): hold a matrix W [out, in] as its SVD factors, U·Σ [out, r] in the arrays and
         Vᵀ [r, in] in digital units (r = min(out, in), exact before noise); or, with False, as the plain matrix again."""
+        self._require_live()
         tensor = self.tensor(name)
         if decomposed:
             if self.originals[name].dim() != 2:
@@ -428,7 +439,8 @@ class ChipHandle:
             self.factors[name] = self._svd_factors(name)
         elif self.factors.pop(name, None) is not None:
             self._write_digital(tensor)  # the plain parameter back in the module
-        if name not in self.digital:
+        self._layout = self._layout.with_decomposed(name, decomposed)
+        if name not in self._layout.digital:
             self._program_tensor(tensor)
 
     def _svd_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,9 +452,10 @@ class ChipHandle:
         """The clean model (its software twin) for the duration of the block, then this chip again, bit for bit.
         The programmed weights wait in a second store of the backup's kind (host memory, or disk for a large CPU
         model): a copy each way instead of programming the chip again, which at scale costs far more."""
+        self._require_live()
         programmed = type(self.backup)()
         for tensor in self.tensors:  # a decomposed tensor is programmed again from its streams instead: the same bits
-            if tensor.name not in self.digital and tensor.name not in self.factors:
+            if tensor.name not in self._layout.digital and tensor.name not in self.factors:
                 programmed.save(tensor.name, self.originals[tensor.name])
         self._uninstall()
         try:
@@ -455,26 +468,31 @@ class ChipHandle:
 
     @contextmanager
     def other_instance(self, seed: int) -> Iterator["ChipHandle"]:
-        """Chip instance `seed` of this chip's configuration in place of this one for the block (its own handle,
-        restored on exit), then this chip again, bit for bit: a fit over many chip draws (retune-agnostic) visits
-        them one at a time on the same model."""
+        """Chip instance `seed` of this chip's configuration and layout (what is digital, decomposed or outlier) in
+        place of this one for the block (its own handle, restored on exit), then this chip again, bit for bit: a fit
+        over many chip draws (retune-agnostic) visits them one at a time on the same model."""
         with self.suspended():
             del _CHIPS[self.model]
             try:
-                with apply_noise_(self.model, self.config, seed) as other:
+                with apply_noise_(self.model, self.config, seed, layout=self._layout) as other:
                     yield other
             finally:
                 _CHIPS[self.model] = self
 
     def restore(self) -> None:
+        """The clean weights back, bit for bit; a calibration installed on this chip is removed first. The handle is
+        spent: every later change is refused."""
         if self.restored:
             return
+        while self._before_restore:
+            self._before_restore.pop()()  # last installed, first removed
         self.targets.clear()
-        self.digital.clear()
-        self.digital_slots.clear()
+        self._layout = ChipLayout()
         self.corrections.clear()
         self.factors.clear()
+        self.outliers.clear()
         self._uninstall()
+        self.programs.clear()
         if self.experts_implementation is not None:
             self.model.set_experts_implementation(self.experts_implementation)
         self.backup.close()
@@ -489,12 +507,13 @@ class ChipHandle:
 
 @torch.no_grad()
 def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
-                 backup: Literal["auto", "memory", "disk"] = "auto", calibration=None) -> ChipHandle:
+                 backup: Literal["auto", "memory", "disk"] = "auto", calibration=None,
+                 layout: ChipLayout | None = None) -> ChipHandle:
     """Program `model` onto chip instance `seed` of the chip `config` describes, in place.
 
-    `calibration`: a calibration loaded with the model (`romer.load_calibration`) whose tensors kept in the
-    digital periphery, whose decomposed tensors, whose outlier splits and whose digital corrections this chip takes
-    on; it answers `digital_names()`, `decomposed_names()`, `outlier_items()`, `correction_items()` and
+    `layout`: where weights live other than the arrays (`ChipLayout`); the parts that name tensors this chip does
+    not hold are left out. `calibration`: a calibration loaded with the model (`romer.load_calibration`) whose
+    layout and digital corrections this chip takes on; it answers `layout()`, `correction_items()` and
     `bind_chip(handle)`."""
     if not isinstance(config, NoiseConfig):
         raise RomerError("apply_noise_ needs a NoiseConfig; build one with NoiseConfig.preset(name)")
@@ -518,38 +537,19 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     for tensor in tensors:
         handle.originals[tensor.name] = tensor.param
         store.save(tensor.name, tensor.param)
+    placed = layout or ChipLayout()
     if calibration is not None:
-        # a loaded calibration names tensors that its chip keeps in the digital periphery, and their corrections
-        for name, slot in (parse_digital_key(key) for key in calibration.digital_names()):
-            if name in handle.originals and (slot is None or handle.originals[name].dim() == 3):
-                (handle.digital.add(name) if slot is None else handle.digital_slots.add((name, slot)))
+        placed = placed.merged(calibration.layout())
         handle.corrections |= {n: c for n, c in calibration.correction_items() if n in handle.originals}
-        for name in calibration.decomposed_names():
-            if name in handle.originals and handle.originals[name].dim() == 2:
-                handle.factors[name] = handle._svd_factors(name)
-        handle.outlier_fractions |= {n: f for n, f in calibration.outlier_items()
-                                     if n in handle.originals and n not in handle.factors}
-        if any(handle.originals[n].dim() == 3 for n in handle.corrections):
-            handle.use_eager_experts()
+    handle._layout = placed.restricted_to({name: param.dim() for name, param in handle.originals.items()})
+    handle.factors = {name: handle._svd_factors(name) for name in sorted(handle._layout.decomposed)}
+    if any(handle.originals[n].dim() == 3 for n in handle.corrections):
+        handle.use_eager_experts()
     handle._install()
     _CHIPS[model] = handle
     if calibration is not None:
         calibration.bind_chip(handle)
     return handle
-
-
-def digital_key(name: str, slot: int | None) -> str:
-    """How a calibration records a tensor (or one expert slot of it) moved to the digital periphery: `name` or
-    `name[slot]`."""
-    return name if slot is None else f"{name}[{slot}]"
-
-
-def parse_digital_key(key: str) -> tuple[str, int | None]:
-    if key.endswith("]") and "[" in key:
-        name, slot = key[:-1].rsplit("[", 1)
-        if slot.isdigit():
-            return name, int(slot)
-    return key, None
 
 
 def chip_of(model: nn.Module) -> ChipHandle | None:

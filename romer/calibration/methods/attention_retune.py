@@ -5,7 +5,7 @@ largest share of the noisy gap and of what `retune` leaves (bench/RESULTS.md, "W
 this method buys it back with digital units and lets the fit do the rest.
 """
 
-from romer.calibration.methods import Method, register_method
+from romer.calibration.registry import Method, register_method
 
 register_method(Method("attention-retune", "ours: attention in digital units (hetero's placement, no expert), then "
                                            "retune's fit of what stays on the chip",

@@ -23,8 +23,9 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import nn
 
-from romer.calibration.methods import Method, register_method
-from romer.calibration.retune import RETUNE_OPTIONS, Retune, holdout_kl, fit_loss, matrix_shape, norm_gains, plan
+from romer.calibration.registry import Method, register_method
+from romer.calibration.methods.retune import RETUNE_OPTIONS, Retune, holdout_kl, fit_loss, matrix_shape, plan
+from romer.calibration.norms import norm_gains
 from romer.calibration.state import Calibration
 from romer.calibration.step import register_step
 from romer.noise.digital import ColumnCorrection
@@ -182,10 +183,10 @@ def raise_fit_seed(seed: int) -> None:
 
 
 register_step(RetuneAgnostic())
+register_method(Method("retune-agnostic", "ours, after AHWA-LoRA: one set of retune's digital corrections fitted once "
+                                          "over retune_over_chips chip draws, used unchanged on every chip",
+                       steps=("retune-agnostic",)))
 register_method(Method("retune-from-agnostic", "ours: retune's per-chip fit started from retune-agnostic's corrections "
                                                "(router biases and norm gains as the agnostic fit left them, no "
                                                "least-squares start)",
                        steps=("retune-agnostic", "retune"), defaults={"retune_start": "installed"}))
-register_method(Method("retune-agnostic", "ours, after AHWA-LoRA: one set of retune's digital corrections fitted once "
-                                          "over retune_over_chips chip draws, used unchanged on every chip",
-                       steps=("retune-agnostic",)))

@@ -15,7 +15,7 @@ routing-from-logits, so every family works.
 
 from __future__ import annotations
 
-from romer.calibration.methods import Method, register_method
+from romer.calibration.registry import Method, register_method
 from romer.calibration.replacement import plan_replacements
 from romer.calibration.router import equalize_map, fences, robust_map
 from romer.calibration.statistics import routing_stats
@@ -30,6 +30,9 @@ class ExpertReplacement(Step):
 
     def enabled(self, config, chip) -> bool:
         return config.max_replaced > 0
+
+    def reads(self, config) -> tuple[str, ...]:
+        return self.options if config.max_replaced > 0 else ("max_replaced",)
 
     def run(self, context) -> None:
         config, calibration = context.config, context.calibration
@@ -51,6 +54,11 @@ class RouterCalibration(Step):
 
     def enabled(self, config, chip) -> bool:
         return config.router != "none"
+
+    def reads(self, config) -> tuple[str, ...]:
+        if config.router == "none":
+            return ("router",)
+        return self.options if config.router in ("clamp", "token") else ("router", "q_low", "q_high")  # no fences
 
     def clean_needs(self, config, chip) -> frozenset[str]:
         return frozenset({"routing"}) if config.router == "renorm" else frozenset()

@@ -13,8 +13,8 @@ options, and retune's fit as a last candidate when `retune=True`.
 
 from __future__ import annotations
 
-from romer.calibration.methods import Method, get_method, register_method
-from romer.calibration.romer import in_configured_order
+from romer.calibration.registry import Method, get_method, register_method
+from romer.calibration.methods.romer import in_configured_order
 from romer.calibration.step import Step, register_step
 from romer.evaluation.perplexity import sequence_perplexity
 from romer.moe.metrics import STARVED_FRACTION_OF_UNIFORM as STARVED
@@ -39,6 +39,18 @@ class Tuner(Step):
     def needs_holdout(self, config, chip) -> bool:
         return config.tune
 
+    def reads(self, config) -> tuple[str, ...]:
+        """`tune`, and every field a trial's steps may read: a stage can switch a step on (the load bias)."""
+        if not config.tune:
+            return self.options
+        names = set(self.options)
+        for stage in STAGES:
+            for change in stage:
+                candidate = config.model_copy(update=change)
+                for step in self._tried_steps(candidate):
+                    names |= set(step.reads(candidate))
+        return tuple(sorted(names))
+
     def clean_needs(self, config, chip) -> frozenset[str]:
         """What any trial may ask of the clean twin, so that it is visited once for all of them."""
         needs: frozenset[str] = frozenset()
@@ -51,6 +63,17 @@ class Tuner(Step):
         return needs
 
     @staticmethod
+    def _open_changes(stage: list[dict], explicit: frozenset[str]) -> list[dict]:
+        """The stage's changes without the fields the user set (those are kept as set), each once; none when the user
+        set every field the stage would choose."""
+        changes: list[dict] = []
+        for change in stage:
+            open_change = {k: v for k, v in change.items() if k not in explicit}
+            if open_change not in changes:
+                changes.append(open_change)
+        return [] if changes == [{}] else changes
+
+    @staticmethod
     def _tried_steps(config) -> list[Step]:
         return [s for s in get_method(config.method).ordered_steps(config) if set(s.options) & TUNED_FIELDS]
 
@@ -60,7 +83,7 @@ class Tuner(Step):
         trials: list[dict] = []
         for stage in STAGES:
             best = None
-            for change in stage:
+            for change in self._open_changes(stage, context.explicit):
                 candidate = base.model_copy(update=chosen | change)  # each trial: the settings, the choices, its change
                 context.config, mark = candidate, context.calibration.mark()
                 try:
@@ -73,9 +96,12 @@ class Tuner(Step):
                 trials.append({"change": change, "holdout_ppl": ppl})
                 if best is None or ppl < best[0]:
                     best = (ppl, change)
-            chosen |= best[1]
+            if best is not None:
+                chosen |= best[1]
         context.config = base.model_copy(update=chosen)
         context.calibration.report["tuning"] = trials
+        if context.explicit & TUNED_FIELDS:
+            context.calibration.report["tuning_kept"] = sorted(context.explicit & TUNED_FIELDS)
 
 
 register_step(Tuner())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from romer.calibration.methods import Method, register_method
+from romer.calibration.registry import Method, register_method
 from romer.calibration.step import Step, register_step
 from romer.noise.digital import ColumnCorrection
 

@@ -29,9 +29,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from romer.calibration.methods import Method, register_method
-from romer.calibration.offload import tensor_sensitivity
+from romer.calibration.registry import Method, register_method
+from romer.calibration.methods.offload import tensor_sensitivity
 from romer.calibration.retune_start import least_squares_start
+from romer.calibration.norms import norm_gains
 from romer.calibration.state import Calibration
 from romer.calibration.step import Step, register_step
 from romer.calibration.teacher import Targets
@@ -51,16 +52,6 @@ class Plan:
     added: int                   # digital parameters added (counted against the budget)
     budget: int
     norm_parameters: int         # existing digital parameters re-set (norm gains)
-
-
-def norm_gains(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The 1-D gains of every normalisation layer (RMSNorm, LayerNorm, q/k norms), by parameter name."""
-    gains = {}
-    for prefix, module in model.named_modules():
-        weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
-        if isinstance(weight, nn.Parameter) and weight.dim() == 1 and "norm" in type(module).__name__.lower():
-            gains[f"{prefix}.weight" if prefix else "weight"] = weight
-    return gains
 
 
 def matrix_shape(chip: ChipHandle, name: str) -> tuple[int | None, int, int]:
@@ -297,6 +288,9 @@ class RetuneCandidate(Retune):
 
     def enabled(self, config, chip) -> bool:
         return config.retune and chip is not None
+
+    def reads(self, config) -> tuple[str, ...]:
+        return self.options if config.retune else ("retune",)
 
     def run(self, context) -> None:
         holdout = context.tokens.require_holdout("retune")

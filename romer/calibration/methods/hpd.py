@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from romer.calibration.methods import Method, register_method
-from romer.calibration.offload import tensor_sensitivity
+from romer.calibration.registry import Method, register_method
+from romer.calibration.methods.offload import tensor_sensitivity
 from romer.calibration.step import Step, register_step
 
 

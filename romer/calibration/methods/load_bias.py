@@ -20,6 +20,9 @@ class LoadBias(Step):
     def enabled(self, config, chip) -> bool:
         return config.load_bias
 
+    def reads(self, config) -> tuple[str, ...]:
+        return self.options if config.load_bias else ("load_bias",)
+
     def clean_needs(self, config, chip) -> frozenset[str]:
         return frozenset({"routing"})
 

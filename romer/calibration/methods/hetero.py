@@ -21,7 +21,7 @@ import re
 
 import torch
 
-from romer.calibration.methods import Method, register_method
+from romer.calibration.registry import Method, register_method
 from romer.calibration.step import Step, register_step
 from romer.evaluation.perplexity import sequence_perplexity
 

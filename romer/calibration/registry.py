@@ -1,0 +1,204 @@
+"""The registry of calibration steps and methods: a leaf that imports nothing of `romer.calibration`.
+
+A step (`step.py`) is one small object that applies one change; a method is a named list of steps with the
+defaults it brings. Which steps run, and in what order, is decided by the method and nowhere else.
+
+    register_step(MyStep())
+    register_method(Method("mine", "what it does", steps=("router", "my-step"), defaults={"router": "equalize"}))
+
+The built-in methods live in `romer/calibration/methods/`, one file each, which `romer.calibration` imports.
+Code outside the package registers through the Python entry-point group `romer.methods`, so that every
+process (a Ray worker included) finds it the first time it asks for a method:
+
+    # pyproject.toml of your package
+    [project.entry-points."romer.methods"]
+    mine = "my_package.my_method"        # a module that calls register_step / register_method when imported
+
+A name registered twice is refused (the second would silently replace the first). A field of
+`CalibrationConfig` that the user sets explicitly and that none of the resolved steps reads is refused in one
+line, never dropped in silence.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Callable
+
+from romer.errors import RomerError
+
+ENTRY_POINT_GROUP = "romer.methods"
+
+# fields every method reads: which calibration tokens, how they are cut, how many run at once
+COMMON_OPTIONS = ("calib_tokens", "holdout", "window", "batch_size")
+
+# former names, still accepted for a deprecation period (a warning, once per name)
+ALIASES = {"best": "tuned"}
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    steps: tuple[str, ...] = ()                 # registered step names, in the order they run
+    defaults: dict = field(default_factory=dict)  # field values the method brings where the user set none
+    options: tuple[str, ...] = ()                # fields the method itself reads (beyond its steps')
+    arrange: Callable | None = None              # (steps, config) → the steps in the order this config asks
+
+    def step_objects(self) -> list:
+        return [get_step(name) for name in self.steps]
+
+    def ordered_steps(self, config) -> list:
+        """The method's steps in the order they run under `config`."""
+        steps = self.step_objects()
+        return self.arrange(steps, config) if self.arrange is not None else steps
+
+    def fields(self, config=None) -> set[str]:
+        """Every CalibrationConfig field this method may read; with `config` (its defaults resolved), only those
+        the steps read under it (`Step.reads`)."""
+        names = set(COMMON_OPTIONS) | set(self.options) | set(self.defaults)
+        for step in self.step_objects():
+            names |= set(step.options if config is None else step.reads(config))
+        return names
+
+
+_STEPS: dict = {}
+_METHODS: dict[str, Method] = {}
+_ORIGINS: dict[str, str] = {}   # method name → the module that registered it
+_plugins_loaded = False
+_plugins_lock = threading.RLock()
+
+
+def _origin() -> str:
+    """The module that called into this one (who registers)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "?") if frame is not None else "?"
+
+
+def register_step(step):
+    """Add a step; a second step of the same name is refused."""
+    if not getattr(step, "name", ""):
+        raise RomerError("a calibration step needs a name; set `name = ...` on its class")
+    if step.name in _STEPS:
+        raise RomerError(f"a calibration step named '{step.name}' is already registered; choose another name")
+    _STEPS[step.name] = step
+    return step
+
+
+def register_method(method: Method) -> Method:
+    """Add a method; its steps must be registered by the time it runs. A second method of the same name, or one
+    under a former name, is refused."""
+    if method.name in ALIASES:
+        raise RomerError(f"'{method.name}' is a former method name; choose another name")
+    if method.name in _METHODS:
+        raise RomerError(f"a calibration method named '{method.name}' is already registered (by "
+                         f"{_ORIGINS.get(method.name, '?')}); choose another name")
+    _METHODS[method.name] = method
+    _ORIGINS[method.name] = _origin()
+    return method
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method (a plugin being reloaded, a test's own method); its steps stay registered."""
+    _METHODS.pop(name, None)
+    _ORIGINS.pop(name, None)
+
+
+def unregister_step(name: str) -> None:
+    _STEPS.pop(name, None)
+
+
+def load_plugins() -> None:
+    """Import every module of the `romer.methods` entry-point group once per process (each registers its own)."""
+    global _plugins_loaded
+    with _plugins_lock:
+        if _plugins_loaded:
+            return
+        _plugins_loaded = True
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                point.load()
+            except RomerError:
+                raise
+            except Exception as error:  # a broken plugin names itself instead of failing somewhere later
+                raise RomerError(f"the calibration plugin '{point.name}' ({point.value}) failed to load: "
+                                 f"{type(error).__name__}: {error}; fix or uninstall it") from None
+
+
+def get_step(name: str):
+    if name not in _STEPS:
+        load_plugins()
+    if name not in _STEPS:
+        raise RomerError(f"unknown calibration step '{name}'; steps are {', '.join(_STEPS)}")
+    return _STEPS[name]
+
+
+def _registry() -> dict[str, Method]:
+    load_plugins()
+    return _METHODS
+
+
+def method_names() -> list[str]:
+    """The registered methods, in the order they were registered (the built-ins first)."""
+    return list(_registry())
+
+
+def methods() -> list[Method]:
+    return list(_registry().values())
+
+
+def origin(name: str) -> str:
+    """The module that registered method `name`."""
+    return _ORIGINS.get(canonical_method(name), "?")
+
+
+def canonical_method(name: str) -> str:
+    """`name`, or the current name of a former one (with a deprecation warning, once)."""
+    if name in ALIASES:
+        if name not in _warned:
+            _warned.add(name)
+            warnings.warn(f"method '{name}' is now called '{ALIASES[name]}'; the old name will be removed",
+                          FutureWarning, stacklevel=3)
+        return ALIASES[name]
+    if name not in _registry():
+        raise RomerError(f"unknown method '{name}'; methods are {', '.join(method_names())} (`romer methods` "
+                         "describes each)")
+    return name
+
+
+def get_method(name: str) -> Method:
+    return _registry()[canonical_method(name)]
+
+
+def users_of(option: str) -> list[str]:
+    """The methods that read `option`."""
+    return [name for name in method_names() if option in _METHODS[name].fields()]
+
+
+def former_names(method: str) -> list[str]:
+    """The names `method` had before (ALIASES read backwards)."""
+    return [old for old, new in ALIASES.items() if new == method]
+
+
+def refuse_unread(options, reads: set[str], by: str) -> None:
+    """The first of `options` outside `reads` is a one-line error naming it, who does not read it (`by`), and the
+    methods that do."""
+    for option in sorted(set(options) - reads):
+        readers = users_of(option)
+        where = f"; it is read by {', '.join(readers)}" if readers else ""
+        raise RomerError(f"calibration option '{option}' is not used by {by}{where}: drop it, or choose a method "
+                         "(or settings) that reads it")
+
+
+def refuse_unused(explicit, resolved) -> None:
+    """A field set explicitly (`explicit`: their names) that the method's steps do not read under the `resolved`
+    settings is a one-line error naming it, the method, and the methods that do read it."""
+    method = get_method(resolved.method)
+    refuse_unread(explicit, method.fields(resolved), f"method '{method.name}' under these settings"
+                  if set(explicit) <= method.fields() else f"method '{method.name}'")

@@ -1,0 +1,42 @@
+"""Programming one matrix onto its arrays: the one place the device draws, the periphery draws and the folding of
+the column gain meet. A chip (`chip.py`) calls it for a tensor of its own, for each expert slot of a fused
+tensor, and for HPD's on-chip factor, each from its own streams."""
+
+from __future__ import annotations
+
+import torch
+
+from romer.noise.config import NoiseConfig
+from romer.noise.outliers import DigitalOutliers, split_outliers
+from romer.noise.periphery import ColumnErrors
+from romer.noise.physics import DevicePhysics
+from romer.noise.streams import stream
+
+
+def program_matrix(physics: DevicePhysics, config: NoiseConfig, target: torch.Tensor, seed: int, key: tuple,
+                   device) -> tuple[torch.Tensor, torch.Tensor, ColumnErrors | None]:
+    """(weights as the arrays hold them, their scales, the periphery's errors) for `target` [out, in], from the
+    streams (seed, *key) and (seed, *key, "periphery"). In weights mode the ADC column gain folds exactly into the
+    weights, so only the offsets stay per forward."""
+    noisy, scales = physics.program(target, stream(seed, *key, device=device))
+    errors = physics.periphery.draw(target.shape[-2], scales.shape[-1],
+                                    stream(seed, *key, "periphery", device=device), device)
+    if errors is not None and errors.gain is not None and config.mode == "weights":
+        noisy = noisy * physics.mapping.expand(errors.gain, target.shape[-1])
+        errors = ColumnErrors(None, errors.offset_lsb)
+    return noisy, scales, errors
+
+
+def program_with_outliers(physics: DevicePhysics, config: NoiseConfig, target: torch.Tensor, fraction: float,
+                          seed: int, key: tuple, device
+                          ) -> tuple[torch.Tensor, torch.Tensor, ColumnErrors | None, DigitalOutliers | None]:
+    """`program_matrix` of what stays in the arrays once the outliers (`fraction` of each scale segment) are held
+    in digital units; the returned weights hold what the products see (arrays plus the exact digital part), and the
+    outliers are returned so that the tile-level path can take them out again."""
+    digital = None
+    if fraction > 0:
+        target, digital = split_outliers(target, fraction, physics.mapping)
+    noisy, scales, errors = program_matrix(physics, config, target, seed, key, device)
+    if digital is not None and len(digital):
+        noisy = noisy + digital.dense(noisy.device)
+    return noisy, scales, errors, digital
