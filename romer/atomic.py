@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from romer.crashpoints import crash_point
+
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
@@ -16,6 +18,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        crash_point("file-before-rename")
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

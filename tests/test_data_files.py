@@ -50,6 +50,6 @@ def test_wikitext_offline_suggests_a_local_file():
             "from romer.errors import RomerError\n"
             "try:\n    load_corpus('wikitext2')\nexcept RomerError as e:\n    print(e)\n")
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp/romer-no-cache"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)  # generous: a loaded machine is slow, never wrong
     assert "could not load wikitext/wikitext-2-raw-v1" in result.stdout
     assert "pass a local .txt or .jsonl file with --data PATH" in result.stdout

@@ -22,6 +22,7 @@ from romer.calibration.context import CalibrationContext
 from romer.calibration.registry import get_method, refuse_unused
 from romer.calibration.state import Calibration
 from romer.calibration.tokens import CalibrationTokens
+from romer.crashpoints import crash_point
 from romer.errors import RomerError
 from romer.evaluation.perplexity import default_window
 from romer.noise import chip_of
@@ -87,6 +88,7 @@ def run_steps(context: CalibrationContext, method) -> None:
     for step in method.ordered_steps(context.config):
         if step.enabled(context.config, context.chip):
             step.apply(context)
+            crash_point("mid-calibration")
 
 
 def carried_calibration(model: nn.Module) -> Calibration | None:

@@ -20,6 +20,7 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 from romer.atomic import write_text_atomic
+from romer.crashpoints import crash_point
 from romer.errors import RomerError
 
 LOCK = ".romer.lock"
@@ -54,10 +55,13 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
             from None
     except OSError as error:
         raise RomerError(f"cannot write to {folder} ({error.strerror}); choose a folder you can write to") from None
+    for stale in folder.glob(f".{HOLDER}.*"):  # a killed holder's unfinished write; the lock is ours now
+        stale.unlink(missing_ok=True)
     try:
         write_text_atomic(folder / HOLDER, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                         "since": time.time(),
                                                         "command": " ".join(["romer", *sys.argv[1:]])[:200]}))
+        crash_point("lock-taken")
         yield
     finally:
         (folder / HOLDER).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from romer.atomic import write_text_atomic
 from romer.calibration.registry import ALIASES
 from romer.campaign.spec import RunSpec
+from romer.crashpoints import armed, crash_point
 from romer.errors import RomerError
 
 
@@ -52,6 +53,7 @@ class ResultsLog:
                 raise RomerError(f"{self.folder} holds results.jsonl without run.json; choose another --out or --force")
             self.discard()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._drop_unfinished_writes()
         self.spec = spec
         self.inputs: dict | None = previous.get("inputs") if meta.exists() else None
         self._write_meta()
@@ -66,6 +68,13 @@ class ResultsLog:
                     record["method"] = ALIASES[record["method"]]
                 self.records[unit_key(record)] = record
             self._rewrite()  # drop a torn line so appends start on a clean line
+
+    def _drop_unfinished_writes(self) -> None:
+        """The temporary files of an atomic write that a killed run never renamed into place (the folder's lock
+        is ours: no other writer is using them)."""
+        for name in OUTPUTS:
+            for stale in self.folder.glob(f".{name}.*"):
+                stale.unlink(missing_ok=True)
 
     def _write_meta(self) -> None:
         meta = {"fingerprint": self.spec.fingerprint(), "spec": self.spec.model_dump(mode="json")}
@@ -95,8 +104,15 @@ class ResultsLog:
             return False
         line = json.dumps(record) + "\n"
         with open(self.path, "a") as handle:
+            if armed("line-half-written"):  # a test's crash with half the line on disk
+                handle.write(line[: len(line) // 2])
+                handle.flush()
+                crash_point("line-half-written")
+                line = line[len(line) // 2:]
             handle.write(line)
             handle.flush()
+            crash_point("line-before-fsync")
             os.fsync(handle.fileno())
+        crash_point("line-kept")
         self.records[unit_key(record)] = record
         return True

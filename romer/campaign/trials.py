@@ -19,6 +19,7 @@ from romer.calibration import calibrate_, calibration_config, get_method
 from romer.calibration.registry import former_names, refuse_unread
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
+from romer.crashpoints import crash_point
 from romer.noise import parse_noise_spec
 
 
@@ -112,6 +113,7 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
     if trial.kind == "calibrated_clean":
         for method in trial.methods:
             calibration = calibrate_(bench.model, calibration_for(spec, method), bench.calib_ids)
+            crash_point("calibrated")
             yield {"kind": "calibrated_clean", "method": method, **bench.measure(with_routing=False)}
             calibration.remove()
         return
@@ -123,6 +125,7 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
             calibration = None
             if method != "none":
                 calibration = calibrate_(bench.model, calibration_for(spec, method), bench.calib_ids, chip=chip)
+                crash_point("calibrated")
             seconds = time.perf_counter() - started
             record = {"kind": "chip", "noise": trial.noise, "strength": trial.strength, "seed": trial.seed,
                       "method": method, "calib_seconds": seconds, "experts_path": chip.experts_path(),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from romer.atomic import write_text_atomic
+from romer.crashpoints import crash_point
 
 
 def write_report(spec, records, inputs: dict, out: Path) -> dict:
@@ -18,6 +19,7 @@ def write_report(spec, records, inputs: dict, out: Path) -> dict:
     plots.perplexity_bars(results, out / names["perplexity"])
     plots.load_heatmaps(results, out / names["heatmaps"])
     plots.topk_agreement(results, out / names["topk"])
+    crash_point("report")
     if results["vary"]:
         names["regime"] = "regime_map.png"
         plots.regime_map(results, out / names["regime"])
