@@ -1,5 +1,5 @@
 """The options the calibration benchmarks share: where results go, which chips and seeds, the
-test slice and calibration tokens (the same for every table in RESULTS.md), torch threads."""
+test slice and calibration tokens (the same for every table in docs/results/), torch threads."""
 
 from __future__ import annotations
 
