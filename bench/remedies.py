@@ -47,9 +47,21 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "hetero-measured": ("hetero-measured", {}, "ours: hetero's placement, measured ranking"),
     "hetero-measured-experts-3": ("hetero-measured", {"digital_attention": False, "digital_experts": 0.03125},
                                   "ours: measured ranking, experts only, 3.1 %"),
-    "hpd-1": ("hpd", {}, "published (Feng, Zhou et al. 2025), our sensitivity ranking, budget 1 %"),
-    "hpd-5": ("hpd", {"digital_budget": 0.05}, "published HPD, budget 5 %"),
-    "retune-0": ("retune", {"retune_budget": 0.0}, "ours, budget 0 % (norm gains and router biases only)"),
+    "hetero-routers": ("hetero", {"digital_routers": True},
+                       "published placement with the routers digital too (densely activated modules)"),
+    "hpd": ("hpd", {}, "published (Feng, Zhou et al. 2025, arXiv 2508.11935): the last layer's attention output "
+                       "projection decomposed"),
+    "hpd-control": ("hpd", {"hpd_whole": True}, "control: the same matrix moved whole to digital"),
+    "hpd-every-1": ("hpd", {"hpd_reading": "every"}, "published, second reading: each layer's output projection "
+                                                    "from the last back, within 1 %"),
+    "hpd-every-1-control": ("hpd", {"hpd_reading": "every", "hpd_whole": True}, "control: the same matrices whole"),
+    "hpd-every-5": ("hpd", {"hpd_reading": "every", "digital_budget": 0.05},
+                    "published, second reading, within 5 % (every layer's)"),
+    "hpd-every-5-control": ("hpd", {"hpd_reading": "every", "digital_budget": 0.05, "hpd_whole": True},
+                            "control: the same matrices whole"),
+    "hpd-ranked-1": ("hpd", {"hpd_reading": "ranked"}, "ours: HPD on our sensitivity ranking (routers excluded), 1 %"),
+    "hpd-ranked-5": ("hpd", {"hpd_reading": "ranked", "digital_budget": 0.05}, "ours: HPD on our ranking, 5 %"),
+    "retune-0.1": ("retune", {"retune_budget": 0.001}, "ours, budget 0.1 % (norm gains and router biases: 0.08 %)"),
     "retune-0.5": ("retune", {"retune_budget": 0.005}, "ours, budget 0.5 %"),
     "retune": ("retune", {}, "ours, budget 1 %"),
     "retune-2": ("retune", {"retune_budget": 0.02}, "ours, budget 2 %"),
@@ -67,10 +79,14 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
 DATA_FREE = {"none", "compensate", "compensate-global", "hetero", "outliers"}  # read no calibration text
 
 
+def data_free(name: str) -> bool:
+    method, options, _ = VARIANTS[name]
+    return method in DATA_FREE or (method == "hpd" and options.get("hpd_reading", "last") != "ranked")
+
+
 def variant_config(name: str, calib_tokens: int):
     method, options, _ = VARIANTS[name]
-    return calibration_config(method=method, **options, **({} if method in DATA_FREE else
-                                                            {"calib_tokens": calib_tokens}))
+    return calibration_config(method=method, **options, **({} if data_free(name) else {"calib_tokens": calib_tokens}))
 
 
 def run(args) -> None:
@@ -119,7 +135,7 @@ def run(args) -> None:
                     seconds = time.perf_counter() - started
                     record = {"model": args.model, "noise": noise, "seed": seed, "variant": name, "ppl": ppl(),
                               "seconds": seconds, "test_tokens": int(bench.ids.numel()),
-                              "calib_tokens": 0 if VARIANTS[name][0] in DATA_FREE else args.calib_tokens,
+                              "calib_tokens": 0 if data_free(name) else args.calib_tokens,
                               "digital_share": calibration.digital_share() if calibration else 0.0,
                               "digital_weights": calibration.digital_weights() if calibration else 0,
                               "chip_weights": chip.total_parameters}
@@ -205,7 +221,10 @@ def plot(tables: dict, path: Path) -> None:
 
     families = {"romer": ("romer", "o"), "compensate": ("compensate", "s"), "hetero-measured": ("hetero-measured", "v"),
                 "hetero": ("hetero (attention + experts)", "^"), "hetero-experts": ("hetero, experts only", "<"),
-                "retune": ("retune", "*"), "hpd": ("hpd", "D"), "over-chips": ("retune-agnostic (over 4 chips)", "P"),
+                "retune": ("retune", "*"), "hpd": ("hpd (published)", "D"), "hpd-every": ("hpd, every layer", "d"),
+                "hpd-ranked": ("hpd on our ranking (ours)", "p"), "control": ("HPD's control: the same matrices whole", "x"),
+                "hetero-routers": ("hetero, routers digital too", ">"),
+                "over-chips": ("retune-agnostic (over 4 chips)", "P"),
                 "attention-retune": ("attention-retune", "X"), "outliers": ("outliers (ours)", "h"),
                 "outlier-retune": ("outlier-retune (ours)", "H")}
     panels = list(tables)
@@ -220,7 +239,8 @@ def plot(tables: dict, path: Path) -> None:
         for name, row in rows.items():
             if name == "none":
                 continue
-            family = next((f for f in sorted(families, key=len, reverse=True) if name.startswith(f)), name)
+            family = "control" if name.endswith("-control") else \
+                next((f for f in sorted(families, key=len, reverse=True) if name.startswith(f)), name)
             groups[family].append((100 * row["digital_share"]["mean"], 100 * row["recovery"]["mean"],
                                    100 * row["recovery"]["std"], name))
         floor = -40.0  # a point below it is drawn on the floor with its value written beside it

@@ -20,7 +20,7 @@ PATHS = {
     "replacement": CalibrationConfig(method="er", tau=1.0),
     "digital move": CalibrationConfig(method="hetero"),
     "outliers": CalibrationConfig(method="outliers"),
-    "hpd": CalibrationConfig(method="hpd", digital_budget=0.2, calib_tokens=64 * 8),
+    "hpd": CalibrationConfig(method="hpd"),
 }
 
 

@@ -9,6 +9,7 @@ import torch
 import romer
 from romer import CalibrationConfig, NoiseConfig, apply_noise_, calibrate_
 from romer.calibration.methods.hetero import max_neuron_norm
+from romer.calibration.norms import norm_gains
 from tests.families import build
 
 
@@ -126,7 +127,9 @@ def test_attention_retune_moves_attention_then_fits_the_rest_within_its_budget()
         assert sorted(calibration.digital) == sorted(attention)  # no expert moved
         assert not set(calibration.corrections) & set(attention)  # the fit corrects what stays on the chip
         stored = sum(c.stored_parameters for c in calibration.corrections.values())
-        assert stored <= 0.05 * chip.on_chip_parameters
-        assert calibration.digital_weights() == sum(chip.size(n) for n in attention) + stored
+        norms = sum(p.numel() for p in norm_gains(model).values())  # every norm gain is re-set, and counted
+        biases = sum(layer.num_experts for layer in calibration.layers) if calibration.report["retune"]["router_bias"] else 0
+        assert stored + norms + biases <= 0.05 * chip.total_parameters  # the budget holds everything retune adds
+        assert calibration.digital_weights() == sum(chip.size(n) for n in attention) + stored + norms + biases
         calibration.remove()
         assert torch.equal(logits(model), noisy)

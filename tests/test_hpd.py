@@ -55,13 +55,14 @@ def test_hpd_decomposes_within_its_budget_counts_the_digital_factor_and_undoes_e
     model = build(family)
     with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=1) as chip:
         noisy = logits(model)
-        calibration = calibrate_(model, CalibrationConfig(method="hpd", digital_budget=0.2), ids())
+        calibration = calibrate_(model, CalibrationConfig(method="hpd", hpd_reading="ranked", digital_budget=0.2),
+                                 ids())
         decomposed = calibration.report["hpd"]["decomposed"]
-        assert decomposed and all(len(chip.shape(n)) == 2 for n in decomposed)
+        assert decomposed and all(len(chip.shape(n)) == 2 and chip.role(n) != "router" for n in decomposed)
         digital = sum(min(chip.shape(n)) * chip.shape(n)[1] for n in decomposed)
         assert calibration.digital_weights() == digital <= 0.2 * chip.total_parameters
         assert calibration.digital_share() == pytest.approx(digital / chip.total_parameters)
-        gains = {r["tensor"]: r["gain_per_mweight"] for r in calibration.report["hpd"]["sensitivity"]}
+        gains = {r["tensor"]: r["gain_per_mweight"] for r in calibration.report["hpd_sensitivity"]}
         assert all(gains[n] > 0 for n in decomposed)
         calibration.remove()
         assert chip.decomposed_names() == []
@@ -72,7 +73,8 @@ def test_hpd_saves_and_reloads_bit_for_bit(tiny_moe_dir, tmp_path):
     model, tokenizer = romer.load_model(str(tiny_moe_dir))
     config = NoiseConfig.preset("cim-80c")
     with apply_noise_(model, config, seed=3):
-        calibration = calibrate_(model, CalibrationConfig(method="hpd", digital_budget=0.05), ids())
+        calibration = calibrate_(model, CalibrationConfig(method="hpd", hpd_reading="every", digital_budget=0.05),
+                                 ids())
         assert calibration.decomposed_names()
         expected = logits(model)
         save_calibrated(model, tokenizer, calibration, tmp_path / "hpd")
@@ -81,3 +83,29 @@ def test_hpd_saves_and_reloads_bit_for_bit(tiny_moe_dir, tmp_path):
     carried = romer.load_calibration(loaded, tmp_path / "hpd")
     with apply_noise_(loaded, config, seed=3, calibration=carried):
         assert torch.equal(logits(loaded), expected)
+
+
+@pytest.mark.parametrize("family", ["olmoe", "qwen2_moe", "mixtral", "deepseek_v3"])
+def test_hpd_as_published_decomposes_the_last_layers_output_projection_and_never_a_router(family):
+    model = build(family)
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=2) as chip:
+        last = calibrate_(model, CalibrationConfig(method="hpd"), ids())
+        layers = model.config.num_hidden_layers  # decoder layers (a dense first layer included)
+        assert last.decomposed == [f"model.layers.{layers - 1}.self_attn.o_proj.weight"]
+        assert last.report["tokens"]["holdout"] == 0  # data-free: no ranking
+        last.remove()
+        every = calibrate_(model, CalibrationConfig(method="hpd", hpd_reading="every", digital_budget=1.0), ids())
+        assert every.decomposed == sorted(f"model.layers.{i}.self_attn.o_proj.weight" for i in range(layers))
+        every.remove()
+
+
+def test_the_control_moves_the_same_matrix_whole_at_the_same_share():
+    model = build("olmoe")
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=2):
+        decomposed = calibrate_(model, CalibrationConfig(method="hpd"), ids())
+        share, name = decomposed.digital_share(), decomposed.decomposed[0]
+        decomposed.remove()
+        control = calibrate_(model, CalibrationConfig(method="hpd", hpd_whole=True), ids())
+        assert control.digital == [name] and not control.decomposed
+        assert control.digital_share() == share  # a square matrix: Vᵀ is as large as W
+        control.remove()

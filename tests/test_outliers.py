@@ -161,8 +161,10 @@ def test_outlier_retune_fits_within_its_share_and_saves_and_reloads_bit_for_bit(
         assert chip.outlier_weights() > 0 and calibration.corrections
         share = calibration.digital_share()
         corrections = sum(c.stored_parameters for c in calibration.corrections.values())
-        assert calibration.digital_weights() == 2 * chip.outlier_weights() + corrections
-        assert share <= 0.02 + 0.005 * chip.on_chip_parameters / chip.total_parameters
+        norms = sum(p.numel() for p, _ in calibration.norms.values())
+        biases = sum(t.bias.numel() for t in calibration.transforms.values() if t.bias is not None)
+        assert calibration.digital_weights() == 2 * chip.outlier_weights() + corrections + norms + biases
+        assert share <= 0.02 + 0.005
         expected = logits(model)
         save_calibrated(model, tokenizer, calibration, tmp_path / "outlier-retune")
         calibration.remove()

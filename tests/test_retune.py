@@ -57,20 +57,29 @@ def test_fit_lowers_the_loss_and_the_count_stays_within_the_budget():
         assert report["least_squares_start"] > 0
         added = sum(p.numel() for c in calibration.corrections.values() for p in c.parameters())
         added += sum(t.bias.numel() for t in calibration.transforms.values() if t.bias is not None)
-        assert added == report["parameters_added"] <= report["budget_parameters"]
-        assert report["budget_parameters"] == int(0.05 * chip.on_chip_parameters)
-        assert report["norm_parameters"] == sum(p.numel() for p in norm_gains(model).values())
+        norms = sum(p.numel() for p in norm_gains(model).values())  # re-set: counted in the budget too
+        assert report["norm_parameters"] == norms
+        assert added + norms == report["parameters_added"] <= report["budget_parameters"]
+        assert report["budget_parameters"] == int(0.05 * chip.total_parameters)
+        assert calibration.digital_weights() == added + norms
         assert report["ranks"]  # adapters on the most sensitive matrices
         calibration.remove()
 
 
-def test_a_zero_budget_retunes_only_the_norm_gains():
+def test_a_budget_holds_the_norm_gains_it_re_sets():
     model = build("olmoe")
-    with apply_noise_(model, NOISE, seed=0):
-        calibration = calibrate_(model, RomerConfig(**(FAST | {"retune_budget": 0.0})), ids())
-        report = calibration.report["retune"]
-        assert report["parameters_added"] == 0 and not calibration.corrections and report["norm_gains"] > 0
-        calibration.remove()
+    norms = sum(p.numel() for p in norm_gains(model).values())
+    with apply_noise_(model, NOISE, seed=0) as chip:
+        nothing = calibrate_(model, RomerConfig(**(FAST | {"retune_budget": 0.0})), ids())
+        assert nothing.report["retune"]["parameters_added"] == 0 and nothing.digital_weights() == 0
+        assert not nothing.corrections and not nothing.norms
+        nothing.remove()
+        just = (norms + 1) / chip.total_parameters  # room for the norm gains, not for a router bias or a column
+        only_norms = calibrate_(model, RomerConfig(**(FAST | {"retune_budget": just})), ids())
+        report = only_norms.report["retune"]
+        assert report["norm_gains"] > 0 and report["parameters_added"] == norms == only_norms.digital_weights()
+        assert not only_norms.corrections
+        only_norms.remove()
 
 
 def test_on_the_clean_model_retune_changes_nothing():

@@ -45,6 +45,8 @@ def test_one_fit_over_other_chips_serves_every_chip_and_undoes_exactly():
                 assert all(torch.equal(values[n], fitted[n]) for n in fitted)  # the same corrections on every chip
             fitted = values
             stored = sum(c.stored_parameters for c in calibration.corrections.values())
+            stored += sum(p.numel() for p, _ in calibration.norms.values())  # the norm gains it re-sets
+            stored += sum(t.bias.numel() for t in calibration.transforms.values() if t.bias is not None)
             assert calibration.digital_weights() == stored
             assert calibration.digital_share() == pytest.approx(stored / chip.total_parameters)
             assert stored <= FAST["retune_budget"] * chip.total_parameters

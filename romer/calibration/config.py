@@ -62,6 +62,16 @@ class CalibrationConfig(BaseModel):
                                                       "well, as the paper places them")
     digital_experts: float = Field(0.125, ge=0, le=1, description="hetero: fraction of each MoE layer's experts that "
                                                                   "run in digital units (the paper: 0.125 to 0.25)")
+    digital_routers: bool = Field(False, description="hetero: the routers run in digital units as well (the paper moves "
+                                                     "densely activated modules to digital units; a router is one)")
+    hpd_reading: Literal["last", "every", "ranked"] = Field(
+        "last", description="hpd: which projections are decomposed. last (as published: the paper decomposes \"the "
+                            "last output projection layer\"): the last decoder layer's attention output projection; "
+                            "every: each layer's attention output projection, from the last layer back, while their "
+                            "digital factors fit digital_budget; ranked (ours): any matrix but a router, by measured "
+                            "sensitivity, within digital_budget")
+    hpd_whole: bool = Field(False, description="hpd's control: the same matrices moved whole to digital units instead "
+                                               "of decomposed")
     outlier_fraction: float = Field(0.0025, ge=0, lt=0.5, description="outliers: share of the weights of each scale "
                                     "segment (a tile, or a column within a tile) held in digital units, largest |w| "
                                     "first; each costs two digital numbers (its value and its position)")

@@ -92,6 +92,7 @@ def _install_digital(calibration: Calibration, record: dict, folder: Path) -> No
     device = next(calibration.model.parameters()).device
     for name, shape in record.get("corrections", {}).items():
         correction = ColumnCorrection(shape["out"], shape["in"], shape["slots"], columns=shape["columns"],
+                                      offsets=shape.get("offsets", shape["columns"]),
                                       per_matrix=shape.get("per_matrix", False),
                                       rank=shape["rank"], device=device)
         correction.load_state_dict({part: tensors[f"correction/{name}/{part}"] for part, _ in

@@ -81,6 +81,15 @@ class LayerTransform:
     replicas: list[tuple[int, int]] = field(default_factory=list)  # (hot, copy) pairs sharing traffic
 
     @property
+    def stored_parameters(self) -> int:
+        """The digital numbers this transform keeps: its per-expert statistics, fences and bias, the per-token
+        reading's three settings, two indices per replica pair."""
+        tensors = (self.low, self.high, self.noisy_median, self.noisy_iqr, self.target_median, self.target_iqr,
+                   self.bias)
+        return (sum(t.numel() for t in tensors if t is not None) + (3 if self.token is not None else 0)
+                + 2 * len(self.replicas))
+
+    @property
     def active(self) -> bool:
         return any(t is not None for t in (self.low, self.noisy_median, self.token, self.bias)) or bool(self.replicas)
 

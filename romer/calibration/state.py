@@ -188,9 +188,10 @@ class Calibration:
         self._undo.append(undo)
 
     def digital_weights(self) -> int:
-        """What this calibration keeps in digital units, in weights: the on-chip weights it moved to the digital
-        periphery, the digital factors Vᵀ of the matrices it decomposed, its outlier weights (two numbers each: the
-        value and its position), and every digital parameter it added after the ADCs (gains, offsets, adapters). One
+        """Every digital number this calibration adds or re-sets, in weights: the on-chip weights it moved to the
+        digital periphery, the digital factors Vᵀ of the matrices it decomposed, its outlier weights (two numbers
+        each: the value and its position), every digital parameter after the ADCs (gains, offsets, adapters), the
+        norm gains it re-set, and what its routing transforms store (statistics, fences, biases, replica pairs). One
         count for every method, so that methods compare at equal digital share (`digital_share`)."""
         moved = 0
         if self.chip is not None and not self.chip.restored:
@@ -199,10 +200,13 @@ class Calibration:
                 moved += self.chip.size(name) // (self.chip.shape(name)[0] if slot is not None else 1)
             moved += sum(self.chip.factor_weights(name) for name in self.placed.decomposed)
             moved += 2 * sum(self.chip.outlier_weights(name) for name, _ in self.placed.outliers)
-        return moved + sum(c.stored_parameters for c in self.corrections.values())
+        return (moved + sum(c.stored_parameters for c in self.corrections.values())
+                + sum(param.numel() for param, _ in self.norms.values())
+                + sum(t.stored_parameters for t in self.transforms.values()))
 
     def digital_share(self) -> float:
-        """`digital_weights()` as a fraction of every weight the chip was asked to hold."""
+        """`digital_weights()` as a fraction of the chip's weights (every weight the chip was asked to hold: the one
+        denominator of every share and every budget)."""
         return self.digital_weights() / self.chip.total_parameters if self.chip is not None else 0.0
 
     def remove(self) -> None:
@@ -253,6 +257,7 @@ class Calibration:
             **self.placed.as_dict(),  # digital, decomposed, outliers
             "digital_share": self.digital_share() if self.chip is not None and not self.chip.restored else None,
             "corrections": {name: {"slots": c.slots, "out": c.out_dim, "in": c.in_dim, "columns": c.gain is not None,
+                                   "offsets": c.offset is not None,
                                    "rank": c.rank, "per_matrix": c.per_matrix} for name, c in self.corrections.items()},
             "norms": list(self.norms),
             "chip": None if self.chip is None else self.chip.describe(),

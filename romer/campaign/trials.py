@@ -139,6 +139,6 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
                     fit = calibration.report["retune"]
                     record["calibration"]["retune"] = {k: fit[k] for k in (
                         "parameters_added", "budget_parameters", "budget_fraction_used", "norm_parameters",
-                        "on_chip_weights", "seconds") if k in fit}
+                        "chip_weights", "seconds") if k in fit}
                 calibration.remove()
             yield record

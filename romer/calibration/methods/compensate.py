@@ -49,7 +49,7 @@ class DriftCompensation(Step):
             slots, (out_dim, in_dim) = (shape[0] if len(shape) == 3 else None), shape[-2:]
             probe = torch.eye(in_dim, device=weight.device, dtype=weight.dtype)
             correction = ColumnCorrection(out_dim, in_dim, slots, columns=True, rank=0, device=weight.device,
-                                          per_matrix=not self.per_column)
+                                          per_matrix=not self.per_column, offsets=False)  # gains only
             for slot in range(slots) if slots is not None else (None,):
                 on_chip = weight if slot is None else weight[slot]
                 measured = readout(torch.nn.functional.linear(probe, on_chip).float(), self.per_column)
@@ -60,8 +60,8 @@ class DriftCompensation(Step):
             context.calibration.attach_correction(name, correction)
             added += (slots or 1) * (out_dim if self.per_column else 1)
         context.calibration.report["compensate"] = {"per_column": self.per_column, "parameters_added": added,
-                                                    "on_chip_weights": chip.on_chip_parameters,
-                                                    "digital_share": added / chip.on_chip_parameters}
+                                                    "chip_weights": chip.total_parameters,
+                                                    "digital_share": added / chip.total_parameters}
 
 
 register_step(DriftCompensation("compensate-column", per_column=True))

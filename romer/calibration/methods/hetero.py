@@ -59,7 +59,7 @@ def max_neuron_norm(chip, matrices: list[tuple[str, int | None]], hidden: int) -
 class HeterogeneousPlacement(Step):
     """Attention (optionally) and each layer's top experts, by a ranking, to the digital periphery."""
 
-    options = ("digital_attention", "digital_experts")
+    options = ("digital_attention", "digital_experts", "digital_routers")
 
     def __init__(self, name: str, measured: bool) -> None:
         self.name, self.measured = name, measured
@@ -73,10 +73,10 @@ class HeterogeneousPlacement(Step):
     @torch.no_grad()
     def run(self, context) -> None:
         chip, calibration, config = context.chip, context.calibration, context.config
-        if config.digital_attention:
-            for name in chip.on_chip_names():
-                if chip.role(name) == "attention":
-                    calibration.make_digital(name)
+        for name in chip.on_chip_names():
+            if (config.digital_attention and chip.role(name) == "attention") or \
+                    (config.digital_routers and chip.role(name) == "router"):
+                calibration.make_digital(name)
         holdout = context.tokens.require_holdout("hetero-measured's ranking") if self.measured else None
         base = sequence_perplexity(context.model, holdout, context.batch_size) if self.measured else None
         chosen = {}
@@ -99,6 +99,7 @@ class HeterogeneousPlacement(Step):
             chosen[str(layer.index)] = {"experts": sorted(top), "scores": [round(s, 6) for s in scores]}
         calibration.report["hetero"] = {"ranking": "measured held-out gain" if self.measured else "max neuron norm",
                                         "attention_digital": config.digital_attention,
+                                        "routers_digital": config.digital_routers,
                                         "experts_fraction": config.digital_experts, "layers": chosen,
                                         "digital_weights": calibration.digital_weights(),
                                         "digital_share": calibration.digital_share()}

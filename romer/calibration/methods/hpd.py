@@ -1,16 +1,25 @@
-"""The ROMER authors' earlier remedy: hybrid projection decomposition (HPD; Feng, Zhou et al., 2025, for state space
-models on analog CIM). The most noise-sensitive projection W [out, in] is replaced by its SVD factors: U·Σ [out, r]
-is programmed into the arrays (with their own tiles, noise and periphery), Vᵀ [r, in] runs in digital units, r =
-min(out, in), so the product is W exactly before noise. Programming noise and ADC errors then act on U·Σ, whose
-columns carry the singular values, behind a digital rotation of the inputs.
+"""The ROMER authors' earlier remedy: hybrid projection decomposition (HPD; Feng, Zhou et al., 2025, arXiv 2508.11935,
+for state space models on analog CIM). A projection W [out, in] is replaced by its SVD factors: U·Σ [out, r] is
+programmed into the arrays (with their own tiles, noise and periphery), Vᵀ [r, in] runs in digital units, r =
+min(out, in), so the product is W exactly before noise.
 
-Which projections: HPD names the most sensitive one; we rank the chip's matrices (fused expert tensors excluded:
-HPD decomposes matrices of their own) by the held-out perplexity each gives back when it alone runs digitally, on
-this chip, per digital weight, and decompose them in that order while their digital factors fit `digital_budget` ×
-the chip's weights. Digital cost: the Vᵀ factors (`Calibration.digital_share`).
+Which projections (`hpd_reading`). The paper's abstract decomposes "the last output projection layer". In a decoder
+LLM that reads two ways, both here:
+- `last` (the default, the words as written: one layer, the last): the last decoder layer's attention output
+  projection;
+- `every`: each decoder layer's attention output projection, from the last layer back, while their Vᵀ fit
+  `digital_budget` × the chip's weights;
+- `ranked` (ours, not the paper's): any matrix of its own but a router, ranked by the held-out perplexity it gives
+  back when it alone runs digitally on this chip, per digital weight, within `digital_budget`.
+Routers are never decomposed. `hpd_whole` is the control: the same matrices moved whole to digital units, at the
+same share when they are square or wide (Vᵀ is then as large as W).
+
+Digital cost: the Vᵀ factors (`Calibration.digital_share`).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -18,36 +27,67 @@ from romer.calibration.registry import Method, register_method
 from romer.calibration.methods.offload import tensor_sensitivity
 from romer.calibration.step import Step, register_step
 
+# the attention output projection's name in every supported family (o_proj; out_proj and dense in others)
+OUTPUT_PROJECTION = re.compile(r"layers\.(\d+)\..*\.(o_proj|out_proj|dense)\.weight$")
+
+
+def output_projections(chip) -> list[str]:
+    """The attention output projections on the chip, from the last decoder layer back."""
+    found = []
+    for name in chip.on_chip_names():
+        match = OUTPUT_PROJECTION.search(name)
+        if match and chip.role(name) == "attention" and len(chip.shape(name)) == 2:
+            found.append((int(match.group(1)), name))
+    return [name for _, name in sorted(found, reverse=True)]
+
 
 class HybridProjectionDecomposition(Step):
     name = "hpd"
-    options = ("digital_budget",)
+    options = ("digital_budget", "hpd_reading", "hpd_whole")
 
     def enabled(self, config, chip) -> bool:
-        return chip is not None and config.digital_budget > 0
+        return chip is not None and (config.hpd_reading == "last" or config.digital_budget > 0)
+
+    def reads(self, config) -> tuple[str, ...]:
+        return ("hpd_reading", "hpd_whole") if config.hpd_reading == "last" else self.options
 
     def needs_holdout(self, config, chip) -> bool:
-        return self.enabled(config, chip)
+        return self.enabled(config, chip) and config.hpd_reading == "ranked"
+
+    @staticmethod
+    def factor_cost(chip, name: str) -> int:
+        out_dim, in_dim = chip.shape(name)
+        return min(out_dim, in_dim) * in_dim
+
+    def candidates(self, context) -> list[str]:
+        chip, config = context.chip, context.config
+        if config.hpd_reading in ("last", "every"):
+            return output_projections(chip)[:1] if config.hpd_reading == "last" else output_projections(chip)
+        matrices = [n for n in chip.on_chip_names() if len(chip.shape(n)) == 2 and chip.role(n) != "router"]
+        measured = tensor_sensitivity(context.model, chip, context.tokens.require_holdout("hpd's ranking"),
+                                      context.batch_size, max_size=float("inf"), names=matrices)
+        context.calibration.report["hpd_sensitivity"] = measured[:20]
+        return [record["tensor"] for record in measured if record["ppl_gain"] > 0]
 
     @torch.no_grad()
     def run(self, context) -> None:
-        chip, calibration = context.chip, context.calibration
-        allowance = int(context.config.digital_budget * chip.total_parameters)
-        matrices = [n for n in chip.on_chip_names() if len(chip.shape(n)) == 2]
-        measured = tensor_sensitivity(context.model, chip, context.tokens.require_holdout("hpd's ranking"),
-                                      context.batch_size, max_size=float("inf"), names=matrices)
-        used = 0
-        for record in measured:
-            out_dim, in_dim = chip.shape(record["tensor"])
-            cost = min(out_dim, in_dim) * in_dim
-            if record["ppl_gain"] > 0 and used + cost <= allowance:
-                calibration.decompose(record["tensor"])
-                used += cost
-        calibration.report["hpd"] = {"budget": context.config.digital_budget, "decomposed": calibration.decomposed_names(),
-                                     "digital_weights": used, "sensitivity": measured[:20]}
+        chip, calibration, config = context.chip, context.calibration, context.config
+        allowance = int(config.digital_budget * chip.total_parameters)
+        chosen, used = [], 0
+        for name in self.candidates(context):
+            cost = self.factor_cost(chip, name)
+            if config.hpd_reading != "last" and used + cost > allowance:
+                continue
+            (calibration.make_digital if config.hpd_whole else calibration.decompose)(name)
+            chosen.append(name)
+            used += cost
+        calibration.report["hpd"] = {"reading": config.hpd_reading, "whole": config.hpd_whole,
+                                     "budget": config.digital_budget, "decomposed": calibration.decomposed_names(),
+                                     "matrices": chosen, "digital_weights": used}
 
 
 register_step(HybridProjectionDecomposition())
-register_method(Method("hpd", "the ROMER authors' earlier HPD (Feng, Zhou et al. 2025): the most noise-sensitive "
-                              "projections as SVD factors, U·Σ on the chip and Vᵀ in digital units, within "
-                              "digital_budget", steps=("hpd",), defaults={"digital_budget": 0.01}))
+register_method(Method("hpd", "the ROMER authors' earlier HPD (Feng, Zhou et al. 2025): the last decoder layer's "
+                              "attention output projection held as SVD factors, U·Σ on the chip and Vᵀ in digital "
+                              "units (hpd_reading: every, ranked; hpd_whole: the control)",
+                       steps=("hpd",), defaults={"digital_budget": 0.01}))

@@ -1,5 +1,6 @@
 """Ours: digital offload within a budget. Move the on-chip tensors whose noise costs the most perplexity
-per weight into the digital periphery, until `digital_budget` × the on-chip weights is used.
+per weight into the digital periphery, until `digital_budget` × the chip's weights is used, counting what the
+calibration already keeps in digital units (a method's budget includes everything it adds).
 
 Sensitivity is measured on this chip instance, on held-out calibration tokens: the perplexity
 gained when one tensor alone runs digitally, divided by its size. Hardware cost: a digital
@@ -35,9 +36,10 @@ def tensor_sensitivity(model: nn.Module, chip: ChipHandle, holdout: torch.Tensor
 
 
 def choose_digital(model: nn.Module, chip: ChipHandle, holdout: torch.Tensor, batch_size: int,
-                   budget: float) -> tuple[list[str], list[dict]]:
-    """Greedy by gain per weight, positive gains only, within budget; returns (chosen, all measurements)."""
-    allowance = int(budget * chip.on_chip_parameters)
+                   budget: float, spent: int = 0) -> tuple[list[str], list[dict]]:
+    """Greedy by gain per weight, positive gains only, within `budget` × the chip's weights less `spent`; returns
+    (chosen, all measurements)."""
+    allowance = max(int(budget * chip.total_parameters) - spent, 0)
     measured = tensor_sensitivity(model, chip, holdout, batch_size, allowance)
     chosen, used = [], 0
     for record in measured:
@@ -59,12 +61,13 @@ class DigitalOffload(Step):
 
     def run(self, context) -> None:
         chip, budget = context.chip, context.config.digital_budget
+        spent = context.calibration.digital_weights()
         chosen, measured = choose_digital(context.model, chip, context.tokens.require_holdout("digital offload"),
-                                          context.batch_size, budget)
+                                          context.batch_size, budget, spent)
         for name in chosen:
             context.calibration.make_digital(name)
         context.calibration.report["digital"] = {
-            "budget": budget, "on_chip_weights": chip.on_chip_parameters,
+            "budget": budget, "chip_weights": chip.total_parameters, "spent_before": spent,
             "chosen_weights": sum(r["weights"] for r in measured if r["tensor"] in chosen), "sensitivity": measured[:20]}
 
 

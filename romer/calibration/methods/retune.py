@@ -49,9 +49,9 @@ class Plan:
     ranks: dict                  # tensor → adapter rank
     router_bias: bool
     norms: tuple[str, ...]       # parameter names of the tuned norm gains
-    added: int                   # digital parameters added (counted against the budget)
+    added: int                   # digital parameters added or re-set (norm gains included): all counted in the budget
     budget: int
-    norm_parameters: int         # existing digital parameters re-set (norm gains)
+    norm_parameters: int         # of those, the existing digital parameters re-set (norm gains)
 
 
 def matrix_shape(chip: ChipHandle, name: str) -> tuple[int | None, int, int]:
@@ -70,15 +70,20 @@ def _rank_cost(chip: ChipHandle, name: str) -> int:
 
 
 def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
-    """Spend the budget, cheapest and most general first: router biases; per-column gain and offset of every
-    on-chip matrix that is not a fused expert tensor; adapters on the matrices that noise hurts most per
-    weight (measured on this chip, held-out tokens), each at the largest rank ≤ retune_rank that still fits;
-    then per-column corrections of fused expert tensors while the budget lasts."""
+    """Spend the budget (`retune_budget` × the chip's weights, the one denominator of every share), cheapest and most
+    general first: the norm gains re-set; router biases; per-column gain and offset of every on-chip matrix that is
+    not a fused expert tensor; adapters on the matrices that noise hurts most per weight (measured on this chip,
+    held-out tokens), each at the largest rank ≤ retune_rank that still fits; then per-column corrections of fused
+    expert tensors while the budget lasts. Every part is counted, the re-set norm gains included."""
     chip = calibration.chip
-    budget = int(config.retune_budget * chip.on_chip_parameters)
-    used = 0
+    budget = int(config.retune_budget * chip.total_parameters)
+    gains = norm_gains(calibration.model) if config.retune_norms else {}
+    norm_parameters = sum(p.numel() for p in gains.values())
+    if norm_parameters > budget:
+        gains, norm_parameters = {}, 0
+    used = norm_parameters
     experts = sum(layer.num_experts for layer in calibration.layers)
-    bias = config.retune_router_bias and experts <= budget
+    bias = config.retune_router_bias and used + experts <= budget
     used += experts if bias else 0
     on_chip = chip.on_chip_names()
     matrices = [n for n in on_chip if len(chip.shape(n)) == 2]
@@ -104,8 +109,7 @@ def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
                 ranks[record["tensor"]] = int(rank)
                 used += int(rank) * _rank_cost(chip, record["tensor"])
     add_columns(fused)
-    gains = norm_gains(calibration.model) if config.retune_norms else {}
-    return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, sum(p.numel() for p in gains.values()))
+    return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, norm_parameters)
 
 
 @contextlib.contextmanager
@@ -194,6 +198,13 @@ def retune(context) -> None:
         calibration.retune_norm(name, gains[name])
         trainable.append(gains[name])
 
+    if not trainable:  # the budget holds nothing (not even the norm gains): nothing to fit
+        calibration.report["retune"] = {"parameters_added": 0, "budget_parameters": chosen.budget,
+                                        "budget_fraction_used": 0.0, "norm_parameters": 0, "norm_gains": 0,
+                                        "chip_weights": chip.total_parameters, "columns": [], "ranks": {},
+                                        "router_bias": False, "seconds": time.perf_counter() - started,
+                                        "skipped": "the budget holds no correction"}
+        return
     frozen = [p for p in model.parameters() if p.requires_grad and all(p is not t for t in trainable)]
     for param in frozen:
         param.requires_grad_(False)
@@ -214,8 +225,8 @@ def retune(context) -> None:
     calibration.report["retune"] = {
         "checkpointing": checkpointing, "columns": list(chosen.columns), "ranks": chosen.ranks, "router_bias": chosen.router_bias,
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
-        "budget_fraction_used": chosen.added / chip.on_chip_parameters, "norm_parameters": chosen.norm_parameters,
-        "on_chip_weights": chip.on_chip_parameters, "least_squares_start": len(started_by),
+        "budget_fraction_used": chosen.added / chip.total_parameters, "norm_parameters": chosen.norm_parameters,
+        "chip_weights": chip.total_parameters, "least_squares_start": len(started_by),
         "continued_from_installed": continued,
         "holdout_kl_before": programmed_kl, "teacher_top_k": teacher.top_k, "seconds": time.perf_counter() - started,
         "seconds_before_fit": fit_started - started, "fit_seconds": time.perf_counter() - fit_started, **history}

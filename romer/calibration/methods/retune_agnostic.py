@@ -138,7 +138,8 @@ def _fit(context, seeds, corrections, biases, chosen, gains, trainable, started)
         norms={name: gains[name].detach().clone() for name in chosen.norms},
         report={"fit_seeds": seeds, "steps": cycles * config.retune_eval_every * len(seeds), "best_cycle": best[2],
                 "holdout_kl_by_cycle": history, "parameters_added": chosen.added, "budget_parameters": chosen.budget,
-                "columns": list(chosen.columns), "ranks": chosen.ranks, "fit_seconds": time.perf_counter() - started})
+                "columns": list(chosen.columns), "ranks": chosen.ranks, "router_bias": chosen.router_bias,
+                "norm_gains": len(chosen.norms), "fit_seconds": time.perf_counter() - started})
     return fitted
 
 
