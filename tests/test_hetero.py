@@ -27,7 +27,7 @@ def expert_count(chip) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("family", ["olmoe", "qwen2_moe", "mixtral"])
-def test_hetero_moves_each_layers_top_experts_and_attention_and_undoes_exactly(family):
+def test_hetero_moves_each_layers_top_experts_attention_and_routers_and_undoes_exactly(family):
     model = build(family)
     config = NoiseConfig.preset("cim-80c")
     with apply_noise_(model, config, seed=2) as chip:
@@ -42,10 +42,11 @@ def test_hetero_moves_each_layers_top_experts_and_attention_and_undoes_exactly(f
                 s for e, s in enumerate(scores) if e not in record["experts"])
         attention = sum(chip.size(n) for n in chip.names() if chip.role(n) == "attention")
         experts = sum(chip.size(n) for n in chip.names() if chip.role(n) == "experts")
-        expected = attention + experts // 4  # a quarter of each layer's experts, each expert the same size
+        routers = sum(chip.size(n) for n in chip.names() if chip.role(n) == "router")
+        expected = attention + routers + experts // 4  # a quarter of each layer's experts, each the same size
         assert calibration.digital_weights() == expected == before - chip.on_chip_parameters
         assert calibration.digital_share() == pytest.approx(expected / chip.total_parameters)
-        assert all(chip.is_digital(n) for n in chip.names() if chip.role(n) == "attention")
+        assert all(chip.is_digital(n) for n in chip.names() if chip.role(n) in ("attention", "router"))
         calibration.remove()
         assert chip.on_chip_parameters == before
         assert torch.equal(logits(model), noisy)
