@@ -107,7 +107,7 @@ def plugin_path(tmp_path_factory) -> Path:
 
 def run_python(code: str, plugin_path: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(plugin_path), str(ROOT)]), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_a_method_from_outside_the_package_is_found_and_calibrates(plugin_path):
@@ -130,6 +130,29 @@ print(json.dumps({"names": method_names(), "origin": origin("router-temperature"
     assert printed["names"][-1] == "router-temperature" and printed["origin"] == "router_temperature"
     assert len(printed["t"]) == 3 and all(t > 0 and t != 1.0 for t in printed["t"])
     assert "router-temperature" not in method_names()  # this process never installed it
+
+
+def test_a_new_method_inside_the_package_is_one_file(tmp_path):
+    """A copy of romer with docs/examples/router_temperature.py dropped into romer/calibration/methods/, and no other
+    file touched, lists and runs the method."""
+    import shutil
+
+    copy = tmp_path / "romer"
+    shutil.copytree(ROOT / "romer", copy, ignore=shutil.ignore_patterns("__pycache__", "*.safetensors"))
+    shutil.copy(EXAMPLE, copy / "calibration" / "methods" / "router_temperature.py")
+    code = """
+import json
+import romer, romer.calibration.registry as registry
+assert romer.__file__.startswith(%r), romer.__file__
+print(json.dumps({"names": registry.method_names(), "origin": registry.origin("router-temperature")}))
+""" % str(tmp_path)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["names"][-1] == "router-temperature"
+    assert printed["origin"] == "romer.calibration.methods.router_temperature"
 
 
 def test_a_ray_worker_finds_a_method_from_outside_the_package(plugin_path):

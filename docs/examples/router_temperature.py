@@ -1,14 +1,14 @@
 """An example calibration method in one file: `router-temperature`, every router's logits divided by the
 temperature that brings the noisy routing's mean top-1 probability back to the clean twin's, per layer.
 
-It touches no file of romer. Inside romer it would sit in `romer/calibration/methods/` (and be imported by
-that package's `__init__`); outside, your package names it under the `romer.methods` entry-point group:
+It touches no other file. Inside romer it sits in `romer/calibration/methods/`, whose package imports every module
+in it; outside, your package names it under the `romer.methods` entry-point group:
 
     [project.entry-points."romer.methods"]
     router-temperature = "router_temperature"
 
 and `romer methods`, `romer calibrate --method router-temperature` and every Ray worker find it.
-`tests/test_registry.py` installs this file that way and runs it.
+`tests/test_registry.py` installs this file both ways and runs it.
 """
 
 from __future__ import annotations
