@@ -280,3 +280,11 @@ def test_the_campaign_table_fits_an_80_column_terminal(tiny_moe_dir, texts, tmp_
         for method in ("noisy (none)", "rc", "tuned"):
             row = [line for line in lines if f" {method} " in line]
             assert len(row) == 1 and f"{results['methods'][method.split()[-1].strip('()')]['ppl_mean']:.3f}" in row[0]
+
+
+def test_a_campaign_option_a_method_would_not_read_under_its_settings_is_refused_before_loading(texts, tmp_path):
+    spec = spec_for(tmp_path / "no-model-here", texts, methods=["none", "tuned"],
+                    calibration={"calib_tokens": 64 * 8, "retune_rank": 4})
+    with pytest.raises(RomerError, match="'retune_rank' is not used by method 'tuned' under these settings"):
+        run_campaign(spec, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before the folder, the model or the data were touched
