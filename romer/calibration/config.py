@@ -56,8 +56,9 @@ class CalibrationConfig(BaseModel):
                                                "its clean load (DeepSeek-V3's auxiliary-loss-free balancing)")
     bias_steps: int = Field(4, ge=1, le=50, description="bias updates, one calibration pass each")
     bias_rate: float = Field(1.0, gt=0, le=4, description="step size of the bias update on log(load ratio)")
-    digital_budget: float = Field(0.0, ge=0, le=1, description="fraction of on-chip weights that may move to the "
-                                                               "digital periphery, most noise-sensitive first")
+    digital_budget: float = Field(0.0, ge=0, le=1, description="share of the chip's weights that may be held in "
+                                                               "digital units (moved tensors, HPD's factors), "
+                                                               "counting what the method already added")
     digital_attention: bool = Field(True, description="hetero: the attention projections run in digital units as "
                                                       "well, as the paper places them")
     digital_experts: float = Field(0.125, ge=0, le=1, description="hetero: fraction of each MoE layer's experts that "
@@ -81,8 +82,9 @@ class CalibrationConfig(BaseModel):
     # per-chip digital re-tuning against the clean twin (romer/calibration/retune.py)
     retune: bool = Field(False, description="tuned: add retune's fit as a last candidate, kept only if held-out "
                                             "perplexity improves (method retune always fits)")
-    retune_budget: float = Field(0.01, ge=0, le=0.2, description="digital parameters the re-tuning may add, as a "
-                                                                 "fraction of the on-chip weights")
+    retune_budget: float = Field(0.01, ge=0, le=0.2, description="digital parameters the re-tuning may add or re-set "
+                                                                 "(norm gains and router biases included), as a "
+                                                                 "share of the chip's weights")
     retune_rank: int = Field(8, ge=0, le=256, description="largest rank of a low-rank digital adapter (0: none)")
     retune_norms: bool = Field(True, description="re-tune the norm gains (existing digital parameters)")
     retune_columns: bool = Field(True, description="per-column digital gain and offset after the ADCs")
