@@ -5,7 +5,7 @@ from romer.data import load_corpus
 from romer.errors import RomerError
 from romer.evaluation import expert_load, perplexity, tokenize_stream
 from romer.models import load_model
-from romer.noise import NoiseConfig, apply_noise_
+from romer.noise import Condition, NoiseConfig, apply_noise_
 
 __version__ = "0.1.0"
-__all__ = ["CalibrationConfig", "NoiseConfig", "RomerConfig", "RomerError", "apply_noise_", "calibrate_", "expert_load", "load_calibration", "load_corpus", "load_model", "perplexity", "tokenize_stream"]
+__all__ = ["CalibrationConfig", "Condition", "NoiseConfig", "RomerConfig", "RomerError", "apply_noise_", "calibrate_", "expert_load", "load_calibration", "load_corpus", "load_model", "perplexity", "tokenize_stream"]

@@ -293,6 +293,19 @@ class ChipHandle:
         else:
             tensor.module._parameters[tensor.attribute] = param
 
+    def choose_experts_path(self) -> None:
+        """Fused experts where the only per-forward effect is the column offsets (romer_chip), eager where a forward
+        needs more of the chip; a chip with no expert on it keeps the model's own kernels."""
+        if not self.per_forward or not any(t.param.dim() == 3 for t in self.tensors):
+            return
+        c = self.config
+        offsets_only = c.mode == "weights" and c.read_sigma * c.strength == 0 and c.ir_drop == 0
+        if offsets_only and fused_path_possible(self.model) and not any(
+                self.originals.get(n) is not None and self.originals[n].dim() == 3 for n in self.corrections):
+            self.use_fused_chip_experts()
+        else:
+            self.use_eager_experts()
+
     def use_eager_experts(self) -> None:
         """Fused expert kernels (grouped_mm) bypass F.linear, which carries the chip's per-forward effects and digital
         corrections; the eager path calls it once per expert. Restored with the chip."""
@@ -479,6 +492,29 @@ class ChipHandle:
             finally:
                 _CHIPS[self.model] = self
 
+    @torch.no_grad()
+    def move_to(self, condition) -> None:
+        """Read this chip instance at another moment (`Condition`: time since programming, temperature). It keeps its
+        programming errors, drift exponents and periphery draws, its layout and its digital corrections (fitted at
+        another moment, as on a deployed chip); only drift, the accumulated read noise, the temperature shift,
+        leakage and the ADC offsets' drift move. Bit for bit the chip `apply_noise_` programs at that condition."""
+        self._require_live()
+        config = condition.applied_to(self.config)
+        if config == self.config:
+            return
+        self.config, self.physics = config, DevicePhysics.from_config(config)
+        per_forward = needs_forward_path(config, self.physics)
+        if per_forward != self.per_forward:  # e.g. ADC offsets that appear as the die heats away from its trim
+            self.per_forward = per_forward
+            self.choose_experts_path()
+        for tensor in self.tensors:
+            if tensor.name not in self._layout.digital:
+                self._program_tensor(tensor)
+
+    def condition(self) -> dict:
+        """The moment the chip is read at: seconds since programming and °C."""
+        return {"time_s": self.config.drift_time_s, "temperature_c": self.config.temperature_c}
+
     def restore(self) -> None:
         """The clean weights back, bit for bit; a calibration installed on this chip is removed first. The handle is
         spent: every later change is refused."""
@@ -508,11 +544,11 @@ class ChipHandle:
 @torch.no_grad()
 def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
                  backup: Literal["auto", "memory", "disk"] = "auto", calibration=None,
-                 layout: ChipLayout | None = None) -> ChipHandle:
+                 layout: ChipLayout | None = None, at=None) -> ChipHandle:
     """Program `model` onto chip instance `seed` of the chip `config` describes, in place.
 
     `layout`: where weights live other than the arrays (`ChipLayout`); the parts that name tensors this chip does
-    not hold are left out. `calibration`: a calibration loaded with the model (`romer.load_calibration`) whose
+    not hold are left out. `at`: the moment the chip is read at (`Condition`), over the configuration's own. `calibration`: a calibration loaded with the model (`romer.load_calibration`) whose
     layout and digital corrections this chip takes on; it answers `layout()`, `correction_items()` and
     `bind_chip(handle)`."""
     if not isinstance(config, NoiseConfig):
@@ -521,19 +557,15 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
         raise RomerError(f"the chip seed must be a non-negative integer, got {seed!r}")
     if chip_of(model) is not None:
         raise RomerError("this model already sits on a chip; restore() the previous handle first")
+    if at is not None:
+        config = at.applied_to(config)
     tensors = on_chip_tensors(model, config.roles)
     if backup == "auto":
         backup = choose_backup(tensors)
     store = MemoryBackup() if backup == "memory" else DiskBackup()
     physics = DevicePhysics.from_config(config)
-    per_forward = config.mode == "analog" or config.read_sigma > 0 or physics.periphery.per_forward
-    handle = ChipHandle(model, config, seed, tensors, physics, store, per_forward)
-    if per_forward and any(t.param.dim() == 3 for t in tensors):  # attention-only chips keep the fused kernels
-        offsets_only = config.mode == "weights" and config.read_sigma * config.strength == 0 and config.ir_drop == 0
-        if offsets_only and fused_path_possible(model):
-            handle.use_fused_chip_experts()
-        else:
-            handle.use_eager_experts()
+    handle = ChipHandle(model, config, seed, tensors, physics, store, needs_forward_path(config, physics))
+    handle.choose_experts_path()
     for tensor in tensors:
         handle.originals[tensor.name] = tensor.param
         store.save(tensor.name, tensor.param)
@@ -550,6 +582,11 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     if calibration is not None:
         calibration.bind_chip(handle)
     return handle
+
+
+def needs_forward_path(config: NoiseConfig, physics: DevicePhysics) -> bool:
+    """Whether a forward pass must see the chip (analog mode, read noise, periphery offsets or IR drop)."""
+    return config.mode == "analog" or config.read_sigma > 0 or physics.periphery.per_forward
 
 
 def chip_of(model: nn.Module) -> ChipHandle | None:

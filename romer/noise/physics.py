@@ -1,8 +1,14 @@
-"""One chip instance of one matrix: map to conductances, apply every device effect, map back."""
+"""One chip instance of one matrix: map to conductances, apply every device effect, map back.
+
+Programming draws from the matrix's own stream; every effect that time or temperature changes (temperature, drift,
+accumulated read noise) draws from a stream of its own beside it. So the same chip read at another moment keeps its
+programming errors, its per-device drift exponents and its cell-to-cell temperature response: only what the moment
+changes moves (`ChipHandle.move_to`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -44,18 +50,24 @@ class DevicePhysics:
     def perturbs_weights(self) -> bool:
         return any(e.active for e in (self.programming, self.temperature, self.drift, self.read_1f))
 
-    def program(self, weight: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weights as the chip holds them, per-column-per-tile scales) for one float32 matrix [out, in]."""
+    def program(self, weight: torch.Tensor, streams: Callable[[str], torch.Generator] | torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights as the chip holds them, per-column-per-tile scales) for one float32 matrix [out, in];
+        `streams(effect)` is the random stream of one effect ("programming", "temperature", "drift", "read_1f"),
+        or one generator that every effect draws from in turn."""
+        if isinstance(streams, torch.Generator):
+            generator = streams
+            streams = lambda effect: generator  # noqa: E731
         scales = self.mapping.scales(weight)
         if not self.perturbs_weights:
             return weight, scales
         g = torch.stack(self.mapping.to_conductances(weight, scales))  # [2, out, in]: g⁺ and g⁻ devices
         if self.programming.active:
-            g = self.programming.apply(g, rng)
+            g = self.programming.apply(g, streams("programming"))
         programmed = (g[0] - g[1]).abs().sum()
-        for effect in (self.temperature, self.drift, self.read_1f):
+        for name, effect in (("temperature", self.temperature), ("drift", self.drift), ("read_1f", self.read_1f)):
             if effect.active:
-                g = effect.apply(g, rng)
+                g = effect.apply(g, streams(name))
         now = (g[0] - g[1]).abs().sum()
         if self.compensation and now > 0:
             # One gain per tensor from a reference read of the differential outputs, right after

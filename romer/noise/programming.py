@@ -18,7 +18,8 @@ def program_matrix(physics: DevicePhysics, config: NoiseConfig, target: torch.Te
     """(weights as the arrays hold them, their scales, the periphery's errors) for `target` [out, in], from the
     streams (seed, *key) and (seed, *key, "periphery"). In weights mode the ADC column gain folds exactly into the
     weights, so only the offsets stay per forward."""
-    noisy, scales = physics.program(target, stream(seed, *key, device=device))
+    noisy, scales = physics.program(target, lambda effect: stream(seed, *key, device=device) if effect == "programming"
+                                    else stream(seed, *key, effect, device=device))
     errors = physics.periphery.draw(target.shape[-2], scales.shape[-1],
                                     stream(seed, *key, "periphery", device=device), device)
     if errors is not None and errors.gain is not None and config.mode == "weights":
