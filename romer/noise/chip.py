@@ -31,7 +31,7 @@ from romer.noise.backup import DiskBackup, MemoryBackup
 from romer.noise.config import NoiseConfig
 from romer.noise.digital import ColumnCorrection
 from romer.noise.fused_experts import NAME as FUSED_ON_CHIP, fused_path_possible
-from romer.noise.layout import ChipLayout, digital_key, parse_digital_key  # noqa: F401  (records name them so)
+from romer.noise.layout import ChipLayout
 from romer.noise.outliers import DigitalOutliers
 from romer.noise.periphery import ColumnErrors
 from romer.noise.physics import DevicePhysics

@@ -99,14 +99,10 @@ class ChipLayout:
     def from_dict(cls, record: dict) -> "ChipLayout":
         layout = cls()
         for key in record.get("digital", []):
-            layout = layout.with_digital(*_name_and_slot(key))
+            name, slot = parse_digital_key(key)
+            layout = layout.with_digital(name, True, slot)
         for name in record.get("decomposed", []):
             layout = layout.with_decomposed(name)
         for name, fraction in record.get("outliers", {}).items():
             layout = layout.with_outliers(name, fraction)
         return layout
-
-
-def _name_and_slot(key: str) -> tuple[str, bool, int | None]:
-    name, slot = parse_digital_key(key)
-    return name, True, slot
