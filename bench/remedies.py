@@ -69,6 +69,9 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "retune-0.5": ("retune", {"retune_budget": 0.005}, "ours, budget 0.5 %"),
     "retune": ("retune", {}, "ours, budget 1 %"),
     "retune-2": ("retune", {"retune_budget": 0.02}, "ours, budget 2 %"),
+    "retune-blockwise": ("retune", {"retune_engine": "blockwise"}, "ours, budget 1 %, fitted block by block"),
+    "retune-blockwise-polish": ("retune", {"retune_engine": "blockwise", "retune_polish_steps": 50},
+                                "ours, budget 1 %, block by block then 50 end-to-end steps"),
     "attention-retune": ("attention-retune", {}, "ours: attention digital, then retune at 1 % of the rest"),
     "over-chips": ("retune-agnostic", {}, "ours, after AHWA-LoRA: one fit over 4 other chips, budget 1 %"),
     "from-agnostic": ("retune-from-agnostic", {}, "ours: retune per chip, started from the over-chips fit"),
@@ -77,6 +80,8 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "outliers": ("outliers", {}, "ours: 0.25 % largest weights per tile digital"),
     "outliers-1": ("outliers", {"outlier_fraction": 0.005}, "ours: 0.5 % largest weights per tile digital"),
     "outlier-retune": ("outlier-retune", {}, "ours: outliers 0.25 %, then retune at 0.5 %"),
+    "outlier-retune-blockwise": ("outlier-retune", {"retune_engine": "blockwise"},
+                                 "ours: outliers 0.25 %, then retune at 0.5 % block by block"),
     "outlier-retune-0.2": ("outlier-retune", {"outlier_fraction": 0.001, "retune_budget": 0.008},
                            "ours: outliers 0.1 %, then retune at 0.8 %"),
 }

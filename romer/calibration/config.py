@@ -89,8 +89,18 @@ class CalibrationConfig(BaseModel):
     retune_norms: bool = Field(True, description="re-tune the norm gains (existing digital parameters)")
     retune_columns: bool = Field(True, description="per-column digital gain and offset after the ADCs")
     retune_router_bias: bool = Field(True, description="per-expert router-logit bias")
-    retune_steps: int = Field(200, ge=1, le=100000, description="Adam steps, one calibration batch each")
-    retune_lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
+    retune_engine: Literal["end_to_end", "blockwise"] = Field(
+        "end_to_end", description="how the corrections are fitted: end to end (every step a forward and backward pass "
+                                  "through the whole chip, KL of the next-token distributions), or block by block "
+                                  "(each decoder layer against the clean twin's hidden state on the chip's own "
+                                  "inputs, one block in memory: faster, and what reaches large models)")
+    retune_block_steps: int = Field(50, ge=0, le=100000, description="blockwise: Adam steps per block, one "
+                                                                      "calibration batch each")
+    retune_block_lr: float = Field(5e-3, gt=0, le=1, description="blockwise: Adam learning rate of the block fits")
+    retune_polish_steps: int = Field(0, ge=0, le=100000, description="blockwise: end-to-end steps after the blocks "
+                                                                      "(the KL and hidden-state loss of end_to_end)")
+    retune_steps: int = Field(200, ge=1, le=100000, description="end_to_end: Adam steps, one calibration batch each")
+    retune_lr: float = Field(2e-3, gt=0, le=1, description="end_to_end (and the polish): Adam learning rate")
     retune_start: Literal["least_squares", "zero", "installed"] = Field(
         "least_squares", description="where the fit starts: each linear layer's column gains, offsets and adapter set "
                                      "by least squares against the clean weights on the chip's own inputs, zero, or "

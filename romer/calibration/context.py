@@ -32,6 +32,7 @@ class CalibrationContext:
     explicit: frozenset[str] = frozenset()  # the fields the user set: kept as set (a tuner never changes them)
     _routing: RoutingStats | None = field(default=None, repr=False)
     _teacher: Teacher | None = field(default=None, repr=False)
+    _teacher_extras: frozenset[str] = field(default=frozenset(), repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -39,9 +40,13 @@ class CalibrationContext:
 
     @torch.no_grad()
     def visit_clean_twin(self) -> None:
-        """Compute, in one visit, everything `needs` names; a later request for something not planned visits again."""
-        have = {"routing": self._routing is not None, "teacher": self._teacher is not None}
-        wanted = {need for need in self.needs if not have[need]}
+        """Compute, in one visit, everything `needs` names; a later request for something not planned visits again.
+        "hidden" and "layers" ask the teacher for the decoder layers' outputs as well (end-to-end and block-wise
+        targets); a teacher computed without what is now asked for is computed again."""
+        extras = frozenset(self.needs & {"hidden", "layers"})
+        teacher_ok = self._teacher is not None and extras <= self._teacher_extras
+        wanted = {need for need in self.needs - {"hidden", "layers"}
+                  if not {"routing": self._routing is not None, "teacher": teacher_ok}[need]}
         if not wanted:
             return
         with self.chip.suspended() if self.chip is not None else nullcontext():
@@ -49,7 +54,9 @@ class CalibrationContext:
                 self._routing = routing_stats(self.model, self.tokens.fit, self.batch_size, logits=True)
             if "teacher" in wanted:
                 self._teacher = clean_teacher(self.model, self.tokens, self.batch_size,
-                                              hidden=self.config.retune_hidden_weight > 0)
+                                              hidden="hidden" in extras and self.config.retune_hidden_weight > 0,
+                                              layers="layers" in extras)
+                self._teacher_extras = extras
 
     def clean_routing(self) -> RoutingStats:
         """The clean twin's routing on the fit tokens: selection counts and router logits."""
@@ -58,9 +65,10 @@ class CalibrationContext:
             self.visit_clean_twin()
         return self._routing
 
-    def teacher(self) -> Teacher:
-        """The clean twin's next-token log-probabilities (and decoder-layer outputs) on the fit and held-out tokens."""
-        if self._teacher is None:
-            self.needs = self.needs | {"teacher"}
+    def teacher(self, *extras: str) -> Teacher:
+        """The clean twin's next-token log-probabilities on the fit and held-out tokens, and with `extras` ("hidden":
+        its hidden states on the fit tokens; "layers": every decoder layer's output on the fit and held-out tokens)."""
+        if self._teacher is None or not set(extras) <= self._teacher_extras:
+            self.needs = self.needs | {"teacher", *extras}
             self.visit_clean_twin()
         return self._teacher

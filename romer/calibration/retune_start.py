@@ -18,6 +18,7 @@ expert tensors, routers that return more than logits) start at zero and are left
 from __future__ import annotations
 
 from contextlib import ExitStack
+from typing import Callable
 
 import torch
 from torch import nn
@@ -48,7 +49,8 @@ class _Moments:
         self.mr = self.mr + (m * r).sum(0)
 
 
-def _linear_layers(chip: ChipHandle) -> dict[str, nn.Linear]:
+def linear_layers(chip: ChipHandle) -> dict[str, nn.Linear]:
+    """The corrected on-chip tensors that are the weight of an `nn.Linear` (those a least-squares start can set)."""
     layers = {}
     for name in chip.corrected_names():
         module, attribute = chip.module_of(name)
@@ -61,7 +63,19 @@ def _linear_layers(chip: ChipHandle) -> dict[str, nn.Linear]:
 def least_squares_start(model: nn.Module, chip: ChipHandle, sequences: torch.Tensor, batch_size: int) -> list[str]:
     """Set the corrections of every corrected `nn.Linear` of `model` on `chip` by least squares on `sequences`;
     the names set."""
-    layers = _linear_layers(chip)
+    device = next(model.parameters()).device
+
+    def run() -> None:
+        for start in range(0, len(sequences), batch_size):
+            model(input_ids=sequences[start:start + batch_size].to(device))
+
+    return least_squares_fit(chip, linear_layers(chip), run)
+
+
+@torch.no_grad()
+def least_squares_fit(chip: ChipHandle, layers: dict[str, nn.Linear], run: Callable[[], None]) -> list[str]:
+    """Set the corrections of `layers` (name → its `nn.Linear`) by least squares on the inputs they see during `run()`
+    (forward passes of the whole model, or of one block on its cached inputs); the names set."""
     if not layers:
         return []
     clean = {name: chip.clean_value(name).float().to(module.weight.device)  # to each layer's device once, not per batch
@@ -77,12 +91,10 @@ def least_squares_start(model: nn.Module, chip: ChipHandle, sequences: torch.Ten
             moments[name].add(x, y, x @ clean[name].t() - y)
         return hook
 
-    device = next(model.parameters()).device
     with ExitStack() as stack:
         for name, module in layers.items():
             stack.callback(module.register_forward_hook(record(name)).remove)
-        for start in range(0, len(sequences), batch_size):
-            model(input_ids=sequences[start:start + batch_size].to(device))
+        run()
     for name in layers:
         _solve(chip.correction(name), moments[name])
     return sorted(layers)

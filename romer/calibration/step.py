@@ -3,7 +3,7 @@
 A step names the `CalibrationConfig` fields it reads (`options`, validated by the config; `reads` narrows them
 to those a given setting uses), says when it runs (`enabled`), what it needs from the clean twin
 (`clean_needs`: "routing" for the clean model's router statistics on the fit tokens, "teacher" for its
-next-token distributions) and whether it needs held-out calibration tokens; `apply` runs it through the
+next-token distributions, with "hidden" or "layers" for its decoder layers' outputs as well) and whether it needs held-out calibration tokens; `apply` runs it through the
 context and returns its undo.
 
     class MyStep(Step):

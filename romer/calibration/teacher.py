@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from romer.calibration.blocks import record_layer_outputs
 from romer.calibration.tokens import CalibrationTokens
 
 
@@ -48,6 +49,12 @@ class Targets:
     def __len__(self) -> int:
         return len(self.probs if self.probs is not None else self.top_log_probs)
 
+    def rows(self, rows: slice) -> "Targets":
+        """The targets of some of the batch's sequences (the next-token distributions only)."""
+        if self.probs is not None:
+            return Targets(probs=self.probs[rows], neg_entropy=self.neg_entropy[rows])
+        return Targets(top_log_probs=self.top_log_probs[rows], top_ids=self.top_ids[rows])
+
     def kl(self, log_q: torch.Tensor) -> torch.Tensor:
         """KL(clean ‖ chip) per position [B, T] from the chip's log-probabilities [B, T, V]. With top-k targets the
         tokens outside the clean top k are one bucket on both sides (mass r = 1 − Σ p_top against 1 − Σ q_top): exact
@@ -68,6 +75,8 @@ class Teacher:
     fit: list[Targets]      # one per batch of the fit sequences
     holdout: list[Targets]  # one per batch of the held-out sequences (log-probabilities only)
     top_k: int | None = None  # None: full distributions
+    fit_layers: list[list[torch.Tensor]] | None = None      # block-wise: each decoder layer's output, [layer][batch]
+    holdout_layers: list[list[torch.Tensor]] | None = None  # float16 on the host
 
 
 @torch.no_grad()
@@ -90,8 +99,17 @@ def teacher_top_k(vocab: int, tokens: int) -> int | None:
     return None if vocab * tokens * 2 <= MAX_TEACHER_BYTES or vocab <= TOP_K else TOP_K
 
 
-def clean_teacher(model: nn.Module, tokens: CalibrationTokens, batch_size: int, hidden: bool) -> Teacher:
+def clean_teacher(model: nn.Module, tokens: CalibrationTokens, batch_size: int, hidden: bool,
+                  layers: bool = False) -> Teacher:
+    """The clean twin's targets; with `layers`, also every decoder layer's output (the block-wise fit's targets)."""
     vocab = model.get_output_embeddings().weight.shape[0]
     top_k = teacher_top_k(vocab, tokens.fit.numel() + tokens.holdout.numel())
-    return Teacher(batch_targets(model, tokens.fit, batch_size, hidden, top_k),
-                   batch_targets(model, tokens.holdout, batch_size, top_k=top_k), top_k)
+    if not layers:
+        return Teacher(batch_targets(model, tokens.fit, batch_size, hidden, top_k),
+                       batch_targets(model, tokens.holdout, batch_size, top_k=top_k), top_k)
+    made = {}
+    fit_layers = record_layer_outputs(model, lambda: made.update(fit=batch_targets(model, tokens.fit, batch_size,
+                                                                                   hidden, top_k)))
+    holdout_layers = record_layer_outputs(model, lambda: made.update(holdout=batch_targets(model, tokens.holdout,
+                                                                                           batch_size, top_k=top_k)))
+    return Teacher(made["fit"], made["holdout"], top_k, fit_layers, holdout_layers)

@@ -155,4 +155,6 @@ def estimate(model: str, dtype: str, window: int | None, batch_size: int | None,
                               "peak_bytes": peak, "fits": peak <= available, "retune_batch_size": retune_batch,
                               "retune_peak_bytes": found.retune_bytes(retune_batch),
                               "retune_peak_bytes_unchecked": found.retune_bytes(retune_batch, checkpointing=False),
-                              "retune_host_bytes": found.retune_host_bytes()}
+                              "retune_host_bytes": found.retune_host_bytes(),
+                              "blockwise_retune_peak_bytes": found.blockwise_retune_bytes(retune_batch),
+                              "blockwise_retune_host_bytes": found.blockwise_host_bytes()}

@@ -150,6 +150,10 @@ def estimate_table(record: dict) -> Table:
                   "checkpointing (without)",
                   f"{_gib(record['retune_peak_bytes'])} ({_gib(record['retune_peak_bytes_unchecked'])})")
     table.add_row("retune teacher on the host (32,768 calibration tokens)", _gib(record["retune_host_bytes"]))
+    if "blockwise_retune_peak_bytes" in record:
+        table.add_row(f"block-wise retune fit, {record['retune_batch_size']} × {record['window']} tokens per step "
+                      "(on the host: teacher, clean layer outputs, cached inputs)",
+                      f"{_gib(record['blockwise_retune_peak_bytes'])} ({_gib(record['blockwise_retune_host_bytes'])})")
     table.add_row(f"clean copy for restore() ({record['backup']})", _gib(record["backup_bytes"]))
     return table
 

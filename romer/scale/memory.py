@@ -17,7 +17,13 @@ pass needs: every decoder layer's activations (or, with gradient checkpointing, 
 input and one layer's activations at a time), the float32 logits, their log-softmax and its gradient,
 and the clean twin's log-probabilities and decoder-layer outputs of that batch (float16); before the
 fit, the least-squares start holds the moments of every on-chip linear layer at once (float32
-in² + 2·in·out + in each). On the host, the teacher for every calibration token (`retune_host_bytes`). Estimates, not measurements:
+in² + 2·in·out + in each). On the host, the teacher for every calibration token (`retune_host_bytes`).
+
+The block-wise fit (`retune_engine=blockwise`) runs one decoder layer at a time on cached inputs: per
+sequence it keeps one layer's activations, that layer's float32 input and output and the float16 clean
+target, and the least-squares start holds the moments of one layer's linear layers at a time. On the
+host it keeps the float32 inputs of the current layer (and the next, while they are computed) and
+every decoder layer's clean output for every calibration token, float16. Estimates, not measurements:
 `bench/scale.py` measures.
 """
 
@@ -28,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from romer.calibration.blocks import decoder_layers
 from romer.moe.telemetry import MAX_LOGIT_ROWS
 from romer.errors import RomerError
 from romer.evaluation.perplexity import MAX_DEFAULT_WINDOW
@@ -58,8 +65,13 @@ class MemoryEstimate:
     retune_per_sequence_bytes: int = 0              # all activations kept for the backward pass
     retune_checkpointed_per_sequence_bytes: int = 0  # with gradient checkpointing per decoder layer
     retune_start_bytes: int = 0                      # the least-squares start's moments, all linear layers
+    blockwise_per_sequence_bytes: int = 0            # block-wise: one layer's activations, its input, output, target
+    blockwise_start_bytes: int = 0                   # block-wise: the moments of the largest layer's linear layers
+    hidden_bytes_per_token: int = 0                  # one token's hidden state, float32
     vocab: int = 0
     hidden_states_bytes_per_token: int = 0           # the teacher's decoder-layer outputs of one token, float16
+    layers: int = 0
+    layer_activation_bytes: int = 0                  # one decoder layer's activations of one sequence
 
     def device_bytes(self, batch_size: int) -> int:
         return self.weights_bytes + self.programming_bytes + self.telemetry_bytes + batch_size * self.per_sequence_bytes
@@ -70,6 +82,19 @@ class MemoryEstimate:
         fit = batch_size * per
         start = self.retune_start_bytes + batch_size * self.per_sequence_bytes  # inference passes with the moments
         return self.weights_bytes + self.programming_bytes + max(fit, start)
+
+    def blockwise_retune_bytes(self, batch_size: int) -> int:
+        """Peak on the device of a block-wise fit with `batch_size` sequences per step."""
+        fit = batch_size * self.blockwise_per_sequence_bytes
+        start = self.blockwise_start_bytes + batch_size * self.blockwise_per_sequence_bytes
+        head = self.retune_per_sequence_bytes - self.layers * self.layer_activation_bytes  # one sequence at a time
+        return self.weights_bytes + self.programming_bytes + max(fit, start, head)
+
+    def blockwise_host_bytes(self, calib_tokens: int = 32768) -> int:
+        """What a block-wise fit keeps on the host: the teacher's next-token distributions, every decoder layer's
+        clean output (float16) and two layers' float32 inputs, for every calibration token."""
+        return (self.retune_host_bytes(calib_tokens, holdout=1.0) + calib_tokens * self.hidden_states_bytes_per_token
+                + 2 * calib_tokens * self.hidden_bytes_per_token)
 
     def retune_host_bytes(self, calib_tokens: int = 32768, holdout: float = 0.25) -> int:
         """The teacher a `retune` fit keeps on the host for all its calibration tokens: next-token distributions (in
@@ -144,15 +169,21 @@ def estimate_memory(spec: str, dtype: str = "float32", window: int | None = None
     retune_all = logits + layers * layer_activations
     retune_checkpointed = logits + layers * window * hidden * element + layer_activations
     backup_bytes = on_chip * element
-    linear = [t.param.shape for t in chip if t.param.dim() == 2 and isinstance(t.module, torch.nn.Linear)]
-    start_bytes = sum((i * i + 2 * i * o + i) * FLOAT32 for o, i in linear)
+    linear = [t for t in chip if t.param.dim() == 2 and isinstance(t.module, torch.nn.Linear)]
+    moments = {t.name: (t.param.shape[1] ** 2 + 2 * t.param.numel() + t.param.shape[1]) * FLOAT32 for t in linear}
+    start_bytes = sum(moments.values())
+    blocks = [name for name, _ in decoder_layers(model)]
+    block_start = max((sum(b for n, b in moments.items() if n.startswith(block + ".")) for block in blocks), default=0)
+    block_per_sequence = layer_activations + window * hidden * (3 * FLOAT32 + 2)  # input, output, its grad; target
     backup = "host memory" if on_accelerator or backup_bytes <= SMALL_BACKUP_BYTES else "disk"
     return MemoryEstimate(model=spec, dtype=dtype, window=window, parameters=parameters, on_chip_parameters=on_chip,
                           weights_bytes=parameters * element, programming_bytes=largest_slot * FLOAT32 * PROGRAMMING_COPIES,
                           telemetry_bytes=MAX_LOGIT_ROWS * max(experts, 1) * FLOAT32 * layers,
                           per_sequence_bytes=per_sequence, backup=backup, backup_bytes=backup_bytes,
                           retune_per_sequence_bytes=retune_all, retune_checkpointed_per_sequence_bytes=retune_checkpointed,
-                          retune_start_bytes=start_bytes, vocab=vocab, hidden_states_bytes_per_token=layers * hidden * 2)
+                          retune_start_bytes=start_bytes, vocab=vocab, hidden_states_bytes_per_token=layers * hidden * 2,
+                          blockwise_per_sequence_bytes=block_per_sequence, blockwise_start_bytes=block_start,
+                          hidden_bytes_per_token=hidden * FLOAT32, layers=layers, layer_activation_bytes=layer_activations)
 
 
 def free_device_bytes(device: str) -> int:

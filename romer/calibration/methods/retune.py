@@ -11,9 +11,15 @@ programming, without touching a conductance, we set only digital parameters of t
 
 Everything added is counted against `retune_budget` × the on-chip weights. Each linear layer's
 corrections start from their least-squares values against the clean weights on the chip's own
-inputs (`retune_start.py`); the fit then minimises, with Adam on unlabeled calibration tokens,
-KL(clean ‖ chip) of the next-token distributions plus a weighted relative error of every decoder
-layer's output against the clean twin's; the held-out KL picks the best step. No gradient reaches
+inputs (`retune_start.py`). Two engines fit them (`retune_engine`, recorded in the report):
+
+- `end_to_end`: Adam on unlabeled calibration tokens minimises KL(clean ‖ chip) of the next-token
+  distributions plus a weighted relative error of every decoder layer's output against the clean
+  twin's, each step a forward and backward pass through the whole chip; the held-out KL picks the
+  best step;
+- `blockwise` (`blockwise.py`): one decoder layer at a time on its cached inputs, one block in
+  memory, optionally followed by `retune_polish_steps` end-to-end steps.
+ No gradient reaches
 an on-chip weight (the chip's weights are detached inside `analog_linear`), and
 `Calibration.remove()` undoes it all.
 """
@@ -29,6 +35,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from romer.calibration.blockwise import fit_blockwise
 from romer.calibration.registry import Method, register_method
 from romer.calibration.methods.offload import tensor_sensitivity
 from romer.calibration.retune_start import least_squares_start
@@ -165,10 +172,10 @@ def retune(context) -> None:
     holdout = tokens.require_holdout("retune")
     chosen = plan(calibration, config, holdout)
     device = next(model.parameters()).device
-    teacher = context.teacher()
-    teacher_fit, teacher_holdout = teacher.fit, teacher.holdout
+    blockwise = config.retune_engine == "blockwise"
+    teacher = context.teacher(*teacher_extras(config))
 
-    trainable: list[nn.Parameter] = []
+    trainable: dict[str, list[nn.Parameter]] = {}  # module path → its digital parameters (the block-wise fit's owner)
     installed = dict(calibration.correction_items()) if config.retune_start == "installed" else {}
     continued = []
     for name in sorted(set(chosen.columns) | set(chosen.ranks)):
@@ -183,47 +190,57 @@ def retune(context) -> None:
             correction.load_state_dict(earlier.state_dict())  # the same shape: the fit goes on from its values
             continued.append(name)
         calibration.attach_correction(name, correction)
-        trainable += list(correction.parameters())
+        trainable[name] = list(correction.parameters())
     if chosen.router_bias:
-        for index in range(len(calibration.layers)):
+        for index, layer in enumerate(calibration.layers):
             transform = calibration.transform(index)
-            start = transform.bias if transform.bias is not None else torch.zeros(calibration.layers[index].num_experts)
+            start = transform.bias if transform.bias is not None else torch.zeros(layer.num_experts)
             calibration.assign(transform, "bias", nn.Parameter(start.detach().clone().float().to(device)))
-            trainable.append(transform.bias)
-    programmed_kl = holdout_kl(model, holdout, teacher_holdout, config.batch_size)
+            trainable[f"{layer.name}.router_bias"] = [transform.bias]
+    programmed_kl = holdout_kl(model, holdout, teacher.holdout, config.batch_size)
     started_by = (least_squares_start(model, chip, tokens.fit, config.batch_size)
-                  if config.retune_start == "least_squares" else [])
+                  if config.retune_start == "least_squares" and not blockwise else [])
     gains = norm_gains(model)
     for name in chosen.norms:
         calibration.retune_norm(name, gains[name])
-        trainable.append(gains[name])
+        trainable[name] = [gains[name]]
 
-    if not trainable:  # the budget holds nothing (not even the norm gains): nothing to fit
+    params = [p for ps in trainable.values() for p in ps]
+    if not params:  # the budget holds nothing (not even the norm gains): nothing to fit
         calibration.report["retune"] = {"parameters_added": 0, "budget_parameters": chosen.budget,
                                         "budget_fraction_used": 0.0, "norm_parameters": 0, "norm_gains": 0,
                                         "chip_weights": chip.total_parameters, "columns": [], "ranks": {},
                                         "router_bias": False, "seconds": time.perf_counter() - started,
-                                        "skipped": "the budget holds no correction"}
+                                        "engine": config.retune_engine, "skipped": "the budget holds no correction"}
         return
-    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not t for t in trainable)]
+    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not t for t in params)]
     for param in frozen:
         param.requires_grad_(False)
-    for param in trainable:
+    for param in params:
         param.requires_grad_(True)
-    checkpointing = config.retune_checkpointing == "on" or (config.retune_checkpointing == "auto"
-                                                             and device.type != "cpu")
+    polish = config.retune_polish_steps if blockwise else config.retune_steps
+    checkpointing = polish > 0 and (config.retune_checkpointing == "on" or (config.retune_checkpointing == "auto"
+                                                                            and device.type != "cpu"))
     fit_started = time.perf_counter()
+    history: dict = {}
     try:
         # callers may evaluate under no_grad; the fit needs gradients of the digital part
-        with torch.enable_grad(), checkpointed_in_eval_mode(model) if checkpointing else contextlib.nullcontext():
-            history = _fit(model, trainable, tokens.fit, teacher_fit, holdout, teacher_holdout, config)
+        with torch.enable_grad():
+            if blockwise:
+                history["blockwise"] = fit_blockwise(model, chip, trainable, tokens, teacher, config)
+            if polish:
+                with checkpointed_in_eval_mode(model) if checkpointing else contextlib.nullcontext():
+                    history |= _fit(model, params, polish, tokens.fit, teacher.fit, holdout, teacher.holdout, config)
     finally:
         for param in frozen:
             param.requires_grad_(True)
-    for param in trainable:
+    for param in params:
         param.requires_grad_(False)
+    if not polish:
+        history["holdout_kl_after"] = holdout_kl(model, holdout, teacher.holdout, config.batch_size)
     calibration.report["retune"] = {
-        "checkpointing": checkpointing, "columns": list(chosen.columns), "ranks": chosen.ranks, "router_bias": chosen.router_bias,
+        "engine": config.retune_engine, "checkpointing": checkpointing, "columns": list(chosen.columns),
+        "ranks": chosen.ranks, "router_bias": chosen.router_bias,
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
         "budget_fraction_used": chosen.added / chip.total_parameters, "norm_parameters": chosen.norm_parameters,
         "chip_weights": chip.total_parameters, "least_squares_start": len(started_by),
@@ -232,7 +249,14 @@ def retune(context) -> None:
         "seconds_before_fit": fit_started - started, "fit_seconds": time.perf_counter() - fit_started, **history}
 
 
-def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teacher_fit: list[Targets],
+def teacher_extras(config) -> tuple[str, ...]:
+    """What the fit asks of the clean twin besides its next-token distributions."""
+    blockwise = config.retune_engine == "blockwise"
+    hidden = config.retune_hidden_weight > 0 and (not blockwise or config.retune_polish_steps > 0)
+    return (("layers",) if blockwise else ()) + (("hidden",) if hidden else ())
+
+
+def _fit(model: nn.Module, params: list[nn.Parameter], steps: int, fit: torch.Tensor, teacher_fit: list[Targets],
          holdout: torch.Tensor, teacher_holdout: list[Targets], config) -> dict:
     """Adam on the loss over the fit batches (a seeded order); every `retune_eval_every` steps the held-out KL is
     measured and the parameters of the best step are kept."""
@@ -244,7 +268,7 @@ def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teache
     best_state, best_step = [p.detach().clone() for p in params], 0
     fit_losses = []
     permutation: list[int] = []
-    for step in range(1, config.retune_steps + 1):
+    for step in range(1, steps + 1):
         if not permutation:
             permutation = torch.randperm(batches, generator=order).tolist()
         index = permutation.pop()
@@ -253,7 +277,7 @@ def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teache
         loss.backward()
         optimizer.step()
         fit_losses.append(float(loss.detach()))
-        if step % config.retune_eval_every == 0 or step == config.retune_steps:
+        if step % config.retune_eval_every == 0 or step == steps:
             held = holdout_kl(model, holdout, teacher_holdout, batch)
             if held < best_kl:
                 best_kl, best_step = held, step
@@ -263,13 +287,26 @@ def _fit(model: nn.Module, params: list[nn.Parameter], fit: torch.Tensor, teache
             param.copy_(value)
     first = fit_losses[: max(1, batches)]
     last = fit_losses[-max(1, batches):]
-    return {"steps": config.retune_steps, "best_step": best_step, "holdout_kl_start": start_kl,
+    return {"steps": steps, "best_step": best_step, "holdout_kl_start": start_kl,
             "holdout_kl_after": best_kl, "fit_loss_first_epoch": sum(first) / len(first),
             "fit_loss_last_epoch": sum(last) / len(last)}
 
 
-RETUNE_OPTIONS = ("retune_budget", "retune_rank", "retune_norms", "retune_columns", "retune_router_bias", "retune_steps",
-                  "retune_lr", "retune_start", "retune_hidden_weight", "retune_eval_every", "retune_checkpointing")
+RETUNE_OPTIONS = ("retune_budget", "retune_rank", "retune_norms", "retune_columns", "retune_router_bias",
+                  "retune_engine", "retune_block_steps", "retune_block_lr", "retune_polish_steps", "retune_steps", "retune_lr",
+                  "retune_start", "retune_hidden_weight", "retune_eval_every", "retune_checkpointing")
+END_TO_END_ONLY = ("retune_steps",)
+BLOCKWISE_ONLY = ("retune_block_steps", "retune_block_lr", "retune_polish_steps")
+
+
+def engine_reads(config, options: tuple[str, ...]) -> tuple[str, ...]:
+    """`options` less those the chosen engine never reads (an explicit `retune_steps` under the block-wise engine is
+    refused, not ignored); the end-to-end loss's options only where an end-to-end pass runs."""
+    blockwise = config.retune_engine == "blockwise"
+    unread = END_TO_END_ONLY if blockwise else BLOCKWISE_ONLY
+    if blockwise and config.retune_polish_steps == 0:
+        unread += ("retune_hidden_weight", "retune_checkpointing", "retune_lr")
+    return tuple(o for o in options if o not in unread)
 
 
 class Retune(Step):
@@ -285,7 +322,10 @@ class Retune(Step):
         return self.enabled(config, chip)
 
     def clean_needs(self, config, chip) -> frozenset[str]:
-        return frozenset({"teacher"})
+        return frozenset({"teacher", *teacher_extras(config)})
+
+    def reads(self, config) -> tuple[str, ...]:
+        return engine_reads(config, self.options)
 
     def run(self, context) -> None:
         retune(context)
@@ -301,7 +341,7 @@ class RetuneCandidate(Retune):
         return config.retune and chip is not None
 
     def reads(self, config) -> tuple[str, ...]:
-        return self.options if config.retune else ("retune",)
+        return engine_reads(config, self.options) if config.retune else ("retune",)
 
     def run(self, context) -> None:
         holdout = context.tokens.require_holdout("retune")

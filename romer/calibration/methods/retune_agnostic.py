@@ -57,7 +57,7 @@ def fit_over_chips(context) -> Fitted:
     started = time.perf_counter()
     seeds = [AGNOSTIC_SEED_BASE + i for i in range(config.retune_over_chips)]
     holdout = tokens.require_holdout("retune-agnostic")
-    teacher = context.teacher()
+    teacher = context.teacher("hidden")
     device = next(model.parameters()).device
     with chip.other_instance(seeds[0]) as first:
         chosen = plan(Calibration(model, config, first), config, holdout)
@@ -87,7 +87,7 @@ def fit_over_chips(context) -> Fitted:
 
 def _fit(context, seeds, corrections, biases, chosen, gains, trainable, started) -> Fitted:
     chip, config, model, tokens = context.chip, context.config, context.model, context.tokens
-    holdout, teacher = tokens.holdout, context.teacher()
+    holdout, teacher = tokens.holdout, context.teacher("hidden")
     frozen = [p for p in model.parameters() if p.requires_grad and all(p is not t for t in trainable)]
     for param in frozen:
         param.requires_grad_(False)
@@ -147,8 +147,16 @@ class RetuneAgnostic(Retune):
     """retune's step (on a chip, with held-out tokens and the clean teacher), fitted over other chips instead."""
 
     name = "retune-agnostic"
-    options = tuple(o for o in RETUNE_OPTIONS if o not in ("retune_start", "retune_checkpointing")) + (
+    options = tuple(o for o in RETUNE_OPTIONS if o not in ("retune_start", "retune_checkpointing", "retune_engine",
+                                                           "retune_block_steps", "retune_block_lr",
+                                                           "retune_polish_steps")) + (
         "retune_over_chips",)
+
+    def clean_needs(self, config, chip) -> frozenset[str]:
+        return frozenset({"teacher", "hidden"})
+
+    def reads(self, config) -> tuple[str, ...]:
+        return self.options  # always end to end: its fit visits several chips in turn
 
     @torch.no_grad()
     def run(self, context) -> None:
