@@ -210,6 +210,59 @@ def run_command(config: Optional[str] = ConfigOpt, model: Optional[str] = typer.
               dict(name=backend, address=address, workers=workers, cpus=worker_cpus, gpus=worker_gpus, threads=threads))
 
 
+@app.command("age")
+@user_errors
+def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
+                data: Optional[str] = typer.Option(None, "--data", "-d"), calib_data: Optional[str] = CalibDataOpt,
+                noise: Optional[str] = typer.Option(None, "--noise", help="Chip with drift and temperature terms; "
+                                                    "default pcm-cim."),
+                methods: Optional[str] = typer.Option(None, "--methods", help="Comma list; default none,romer "
+                                                      "(none is always measured)."),
+                seeds: Optional[str] = typer.Option(None, "--seeds", help="Chip seeds: 0,1,2 or 0-4; default 0."),
+                options: Optional[str] = CalibSetOpt,
+                calibrate_at: Optional[str] = typer.Option(None, "--calibrate-at", help="TIME@TEMPERATURE each "
+                                                           "method is calibrated at; default 1h@25C."),
+                times: Optional[str] = typer.Option(None, "--times", help="Times since programming, e.g. "
+                                                    "1h,1d,1w,1mo,1y; default 1h,1mo,1y."),
+                temperatures: Optional[str] = typer.Option(None, "--temperatures", help="°C, e.g. 25,55,80; "
+                                                           "default 25,80."),
+                reference: bool = typer.Option(True, "--reference/--no-reference", help="Also fit each method afresh "
+                                               "at every condition (the recalibrated line)."),
+                max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Evaluation tokens; default 4096."),
+                monitor_tokens: Optional[int] = typer.Option(None, "--monitor-tokens", help="Live traffic the "
+                                                             "monitor reads per condition; default 4096."),
+                out_dir: str = typer.Option("runs/age", "--out"), force: bool = ForceOpt,
+                device: Optional[str] = typer.Option(None, "--device"),
+                threads: Optional[int] = ThreadsOpt, as_json: bool = JsonOpt) -> None:
+    """A chip in the field: each method calibrated once, then read unchanged from hours to a year after
+    programming at several temperatures, beside a recalibration at each; the monitor's drift score against the
+    true loss. Resumable; results.json, report.md and aging.png in --out."""
+    from romer.campaign.age import age_spec, run_age
+
+    try:
+        temperature_list = [float(t) for t in _split_list(temperatures)] if temperatures else None
+    except ValueError:
+        raise RomerError(f"cannot read --temperatures '{temperatures}'; write °C values such as 25,55,80") from None
+    require_folder(out_dir, "--out")
+    spec = age_spec(model=model, data=data, calib_data=calib_data, noise=noise, methods=_split_list(methods),
+                    seeds=parse_seeds(seeds) if seeds else None, calibrate_at=calibrate_at,
+                    times=_split_list(times), temperatures=temperature_list, reference=reference,
+                    max_tokens=max_tokens, monitor_tokens=monitor_tokens, device=device,
+                    calibration=calibration_config("none", options).model_dump(exclude={"method"}, exclude_unset=True)
+                    if options else None)
+    _backend(threads=threads)
+    _quiet_transformers()
+    results = run_age(spec, out_dir, force=force)
+    if as_json:
+        print(json.dumps(results))
+        return
+    out.print(f"report: {results['paths']['report']} (plot: {results['paths']['plot']})", highlight=False)
+    for method, record in results["monitor"].items():
+        rho = "–" if record["spearman_rho"] is None else f"{record['spearman_rho']:.3f}"
+        out.print(f"monitor, {method}: Spearman ρ {rho} over {record['readings']} readings, "
+                  f"{record['false_alarms']} false alarms of {record['unchanged_readings']}", highlight=False)
+
+
 @app.command("sweep")
 @user_errors
 def sweep_command(config: Optional[str] = ConfigOpt, model: Optional[str] = typer.Option(None, "--model", "-m"),

@@ -11,24 +11,35 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Protocol
 
 from romer.atomic import write_text_atomic
 from romer.calibration.registry import ALIASES
-from romer.campaign.spec import RunSpec
 from romer.crashpoints import armed, crash_point
 from romer.errors import RomerError
 
 
 OUTPUTS = ("results.jsonl", "run.json", "results.json", "report.md", "perplexity.png", "expert_load.png",
-           "topk_agreement.png", "sweep.png", "regime_map.png")
+           "topk_agreement.png", "sweep.png", "regime_map.png", "aging.png")
 
 
 def unit_key(record: dict) -> tuple:
-    return (record["kind"], record.get("noise"), record.get("strength"), record.get("seed"), record.get("method"))
+    return (record["kind"], record.get("noise"), record.get("strength"), record.get("seed"), record.get("method"),
+            record.get("condition"))
+
+
+class CampaignSpec(Protocol):
+    """What a results log needs of a campaign's spec (`RunSpec`, `AgeSpec`)."""
+
+    def fingerprint(self) -> str: ...
+
+    def fingerprints(self) -> set[str]: ...
+
+    def model_dump(self, **kwargs) -> dict: ...
 
 
 class ResultsLog:
-    def __init__(self, folder: str | Path, spec: RunSpec, force: bool = False) -> None:
+    def __init__(self, folder: str | Path, spec: CampaignSpec, force: bool = False) -> None:
         self.folder = Path(folder)
         self.path = self.folder / "results.jsonl"
         meta = self.folder / "run.json"

@@ -112,3 +112,14 @@ register_preset(Preset(
     "window of some tens of µS and reports post-verify relaxation of a few µS): g_max = 40 µS, σ_dev = 6 % "
     "(2.4 µS) constant in conductance",
     NoiseConfig(name="reram", g_max_us=40.0, sigma_dev=0.06)))
+
+register_preset(Preset(
+    "pcm-cim", "the pcm devices (programming noise, drift, 1/f read noise) in the cim chip's arrays and periphery, "
+               "read one hour after programming at 25 °C; read later or hotter with `romer age` or Condition",
+    "devices: as pcm (Nandakumar et al., ICECS 2019, via IBM aihwkit's PCMLikeNoiseModel); arrays, DAC/ADC and "
+    "trimmed periphery: as cim-25c (assumptions, romer/noise/presets.py). Assumption: the cell temperature terms "
+    "(compensated mean shift, spread, access-transistor leakage) are cim-25c's, not measured on PCM; PCM's drift "
+    "exponents are taken at 25 °C whatever the temperature (no thermal acceleration of drift)",
+    NoiseConfig(name="pcm-cim", temperature_c=25.0, **(_FLASH | dict(
+        sigma_dev=0.0, prog_coeffs_us=(0.26348, 1.9650, -1.1731), drift_nu="pcm", drift_time_s=3600.0,
+        drift_t0_s=20.0, read_1f=True)))))

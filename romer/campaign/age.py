@@ -1,0 +1,362 @@
+"""`romer age`: a chip in the field. Each method is calibrated once, at one moment, and read unchanged later.
+
+    spec = age_spec(noise="pcm-cim", methods=["none", "romer"], seeds=[0], calibrate_at="1h@25C",
+                    times=["1h", "1mo", "1y"], temperatures=[25, 80])
+    results = run_age(spec, "runs/age")
+
+For each chip seed and method: the chip is programmed and read at `calibrate_at`, the method calibrates it
+there, and the same chip instance (same programming errors, drift exponents and periphery draws) is then
+read at every (time since programming, temperature) of the grid with its calibration unchanged
+(`ChipHandle.move_to`). Beside it, unless `reference` is off, the method is fitted afresh at each condition:
+what a recalibration would bring back there. At each aged reading the monitor (`romer.diagnosis.monitor`)
+compares the chip's statistics on live traffic with the ones stored at calibration, so its drift score can be
+set against the true loss.
+
+Units (one line each in results.jsonl, resumable, one writer per folder): the clean model; (seed, method,
+condition) aged; (seed, method, condition) recalibrated. Recovery of the gap at a condition is measured
+against `none` at that same condition and chip seed (paired), so it says how much of the damage present
+then the calibration still repairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from romer.atomic import write_text_atomic
+from romer.calibration import calibrate_
+from romer.campaign.lock import folder_lock
+from romer.campaign.log import ResultsLog
+from romer.campaign.run import Workbench
+from romer.campaign.spec import run_spec
+from romer.campaign.trials import calibration_for
+from romer.crashpoints import crash_point
+from romer.diagnosis.monitor import Snapshot, drift_score, snapshot
+from romer.errors import RomerError
+from romer.noise import Condition, apply_noise_, parse_noise_spec
+from romer.progress import progress_bar
+from romer.validation import build
+
+
+class AgeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field("romer-tiny", description="romer-tiny, a local folder or a hub id")
+    data: str = Field("stdlib", description="evaluation corpus (its test split)")
+    calib_data: str | None = Field(None, description="calibration text; default: the calib split of `data`")
+    noise: str = Field("pcm-cim", description="the chip: a preset with drift (time) and temperature terms")
+    seeds: list[int] = Field([0], description="chip instances")
+    methods: list[str] = Field(["none", "romer"], description="calibration methods (`none` is always measured)")
+    calibration: dict = Field(default_factory=dict, description="CalibrationConfig options; each method takes those "
+                                                                "it reads")
+    calibrate_at: str = Field("1h@25C", description="the moment each method is calibrated at")
+    times: list[str] = Field(["1h", "1mo", "1y"], description="times since programming the chip is read at")
+    temperatures: list[float] = Field([25.0, 80.0], description="operating temperatures, °C")
+    reference: bool = Field(True, description="also fit each method afresh at every condition")
+    max_tokens: int | None = Field(4096, ge=1, description="evaluation tokens (the first N of the test split)")
+    monitor_tokens: int = Field(4096, ge=64, description="live traffic the monitor reads at each condition (the "
+                                                         "start of the evaluation stream; its reference: the same "
+                                                         "number of calibration tokens, at calibration)")
+    window: int | None = Field(None, ge=2)
+    batch_size: int = Field(8, ge=1)
+    device: str = "cpu"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+    @field_validator("calibrate_at")
+    @classmethod
+    def _moment(cls, text: str) -> str:
+        condition = Condition.parse(text)
+        if condition.time_s is None or condition.temperature_c is None:
+            raise ValueError("calibrate_at needs a time and a temperature, e.g. 1h@25C")
+        return text
+
+    @field_validator("times")
+    @classmethod
+    def _times(cls, times: list[str]) -> list[str]:
+        for text in times:
+            if Condition.parse(text).time_s is None:
+                raise ValueError(f"{text!r} is not a time since programming (e.g. 1h, 1d, 1w, 1mo, 1y)")
+        return times
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        return ["none"] + [m for m in methods if m != "none"]
+
+    def conditions(self) -> list[str]:
+        """Every condition of the grid, `calibrate_at` first (the reading the others are compared with)."""
+        grid = [f"{time}@{_degrees(t)}C" for t, time in itertools.product(self.temperatures, self.times)]
+        return [self.calibrate_at] + [c for c in grid if Condition.parse(c) != Condition.parse(self.calibrate_at)]
+
+    def run_fields(self) -> dict:
+        return {"model": self.model, "data": self.data, "calib_data": self.calib_data, "noise": [self.noise],
+                "seeds": self.seeds, "methods": self.methods, "calibration": self.calibration,
+                "max_tokens": self.max_tokens, "window": self.window, "batch_size": self.batch_size,
+                "device": self.device, "dtype": self.dtype, "trust_remote_code": self.trust_remote_code,
+                "routing_tokens": 0, "clean_cost": False}
+
+    def fingerprint(self) -> str:
+        fields = self.model_dump(exclude={"device", "seeds"})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprints(self) -> set[str]:
+        return {self.fingerprint()}
+
+
+def _degrees(value: float) -> str:
+    return f"{value:g}"
+
+
+def age_spec(**fields) -> AgeSpec:
+    """An AgeSpec from the fields given (None: the default), or a one-line RomerError naming the first bad one."""
+    return build(AgeSpec, {k: v for k, v in fields.items() if v is not None}, "age option",
+                 "see `romer age --help`", flags=True)
+
+
+def run_age(spec: AgeSpec, out: str | Path, force: bool = False, progress: bool = True,
+            on_record: Callable[[dict], None] | None = None) -> dict:
+    """Measure what `out` does not hold yet, then write results.json, report.md and aging.png."""
+    from romer.campaign.run import check_spec
+
+    noise = parse_noise_spec(spec.noise)
+    for condition in spec.conditions():
+        Condition.parse(condition).applied_to(noise)  # every moment is a valid chip before anything loads
+    check_spec(run_spec(**spec.run_fields()))
+    with folder_lock(out):
+        log = ResultsLog(out, spec, force)
+        conditions = spec.conditions()
+        calibrated = [m for m in spec.methods if m != "none"]
+        total = 1 + len(spec.seeds) * (len(spec.methods) * len(conditions)
+                                       + (len(calibrated) * (len(conditions) - 1) if spec.reference else 0))
+        bench = None
+        with progress_bar("age", total=total, enabled=progress) as advance:
+            advance(len(log.records))
+
+            def keep(record: dict) -> None:
+                if log.append(record):
+                    advance(1)
+                    if on_record is not None:
+                        on_record(record)
+
+            def workbench() -> Workbench:
+                nonlocal bench
+                bench = bench or Workbench.load(run_spec(**spec.run_fields()))
+                return bench
+
+            if log.done(kind="clean") is None:
+                keep({"kind": "clean", "ppl": workbench().measure(with_routing=False)["ppl"]})
+            for seed, method in itertools.product(spec.seeds, spec.methods):
+                wanted = [c for c in conditions if log.done(kind="aged", seed=seed, method=method, condition=c) is None]
+                if wanted:
+                    for record in _aged(workbench(), spec, noise, seed, method, wanted):
+                        keep(record)
+                if spec.reference and method != "none":
+                    for condition in conditions[1:]:
+                        if log.done(kind="recalibrated", seed=seed, method=method, condition=condition) is None:
+                            keep(_recalibrated(workbench(), spec, noise, seed, method, condition))
+        summary = summarize_age(spec, list(log.records.values()))
+        return write_age_report(spec, summary, Path(out))
+
+
+def _live(bench: Workbench, spec: AgeSpec, calibration: bool):
+    stream = bench.calib_ids if calibration else bench.ids
+    tokens = min(spec.monitor_tokens, stream.numel()) // bench.window * bench.window
+    return stream[:tokens]
+
+
+def _aged(bench: Workbench, spec: AgeSpec, noise, seed: int, method: str, wanted: list[str]):
+    """Calibrate at `calibrate_at`, then read the same chip at each wanted condition, the calibration unchanged."""
+    start = Condition.parse(spec.calibrate_at)
+    with apply_noise_(bench.model, noise, seed, at=start) as chip:
+        started = time.perf_counter()
+        calibration = None
+        if method != "none":
+            calibration = calibrate_(bench.model, calibration_for(run_spec(**spec.run_fields()), method),
+                                     bench.calib_ids, chip=chip)
+            crash_point("calibrated")
+        seconds = time.perf_counter() - started
+        reference = snapshot(bench.model, _live(bench, spec, calibration=True), bench.window, bench.batch_size,
+                             floor=True)
+        for condition in wanted:
+            chip.move_to(Condition.parse(condition))
+            monitor = drift_score(reference, snapshot(bench.model, _live(bench, spec, calibration=False),
+                                                      bench.window, bench.batch_size))
+            yield {"kind": "aged", "seed": seed, "method": method, "condition": condition, "calib_seconds": seconds,
+                   "ppl": bench.measure(with_routing=False)["ppl"], "monitor": monitor}
+        if calibration is not None:
+            calibration.remove()
+
+
+def _recalibrated(bench: Workbench, spec: AgeSpec, noise, seed: int, method: str, condition: str) -> dict:
+    with apply_noise_(bench.model, noise, seed, at=Condition.parse(condition)) as chip:
+        started = time.perf_counter()
+        calibration = calibrate_(bench.model, calibration_for(run_spec(**spec.run_fields()), method),
+                                 bench.calib_ids, chip=chip)
+        crash_point("calibrated")
+        record = {"kind": "recalibrated", "seed": seed, "method": method, "condition": condition,
+                  "calib_seconds": time.perf_counter() - started, "ppl": bench.measure(with_routing=False)["ppl"]}
+        calibration.remove()
+    return record
+
+
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    if len(x) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(x, y).statistic
+    return None if math.isnan(rho) else float(rho)
+
+
+def summarize_age(spec: AgeSpec, records: list[dict]) -> dict:
+    """Per (method, condition): perplexity and recovery of that condition's gap, aged and recalibrated (mean ± std
+    over seeds, paired with `none` on the same chip); the monitor's Spearman ρ against the true loss and its alarms."""
+    clean = next((r["ppl"] for r in records if r["kind"] == "clean"), None)
+    found = {(r["kind"], r["seed"], r["method"], r["condition"]): r for r in records if r["kind"] != "clean"}
+    rows = []
+    for method, condition in itertools.product(spec.methods, spec.conditions()):
+        row = {"method": method, "condition": condition}
+        for kind in ("aged", "recalibrated"):
+            ppls, recoveries = [], []
+            for seed in spec.seeds:
+                unit = found.get((kind, seed, method, condition)) or (
+                    found.get(("aged", seed, method, condition)) if condition == spec.calibrate_at else None)
+                noisy = found.get(("aged", seed, "none", condition))
+                if unit is None or noisy is None:
+                    continue
+                ppls.append(unit["ppl"])
+                gap = noisy["ppl"] - clean if clean is not None else None
+                if gap and gap > 0:
+                    recoveries.append(100 * (noisy["ppl"] - unit["ppl"]) / gap)
+            if ppls:
+                row[kind] = {"ppl": _mean_std(ppls), "recovery": _mean_std(recoveries) if recoveries else None,
+                             "seeds": len(ppls)}
+        rows.append(row)
+    monitor = {}
+    for method in spec.methods:
+        scores, losses, alarms, unchanged = [], [], 0, 0
+        for seed in spec.seeds:
+            base = found.get(("aged", seed, method, spec.calibrate_at))
+            for condition in spec.conditions():
+                unit = found.get(("aged", seed, method, condition))
+                if unit is None or base is None or "monitor" not in unit:
+                    continue
+                scores.append(unit["monitor"]["score"])
+                losses.append(unit["ppl"] - base["ppl"])
+                if condition == spec.calibrate_at:
+                    unchanged += 1
+                    alarms += bool(unit["monitor"].get("recalibrate"))
+        monitor[method] = {"spearman_rho": _spearman(scores, losses), "readings": len(scores),
+                           "false_alarms": alarms, "unchanged_readings": unchanged}
+    return {"spec": spec.model_dump(mode="json"), "clean_ppl": clean, "rows": rows, "monitor": monitor,
+            "conditions": spec.conditions()}
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def write_age_report(spec: AgeSpec, summary: dict, out: Path) -> dict:
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(out / "report.md", age_markdown(spec, summary))
+    plot_age(spec, summary, out / "aging.png")
+    return summary | {"paths": {"results": str(out / "results.json"), "report": str(out / "report.md"),
+                                "plot": str(out / "aging.png")}}
+
+
+def _cell(entry: dict | None) -> str:
+    if not entry or not entry.get("recovery"):
+        return "–"
+    r = entry["recovery"]
+    return f"{r['mean']:+.1f} ± {r['std']:.1f} %"
+
+
+def age_markdown(spec: AgeSpec, summary: dict) -> str:
+    seeds = ", ".join(map(str, spec.seeds))
+    lines = [f"# {spec.model} on `{spec.noise}`, calibrated at {spec.calibrate_at}, read later",
+             "",
+             f"Chip seeds {seeds}; evaluation: the first {spec.max_tokens} tokens of {spec.data}'s test split; "
+             f"calibration: {spec.calib_data or spec.data + ' calib split'}. Clean PPL "
+             f"{summary['clean_ppl']:.3f}." if summary["clean_ppl"] is not None else "",
+             "",
+             "Recovery of the gap at each condition (against `none` at that condition, same chip seed), mean ± std "
+             "over seeds: **aged** (calibrated once, read unchanged) / *recalibrated* (fitted afresh there).", ""]
+    for temperature in spec.temperatures:
+        conditions = [c for c in summary["conditions"] if Condition.parse(c).temperature_c == temperature]
+        if not conditions:
+            continue
+        lines += [f"## {temperature:g} °C", "", "| method | " + " | ".join(conditions) + " |",
+                  "|---|" + "---|" * len(conditions)]
+        for method in spec.methods:
+            cells = []
+            for condition in conditions:
+                row = next(r for r in summary["rows"] if r["method"] == method and r["condition"] == condition)
+                ppl = row.get("aged", {}).get("ppl")
+                text = f"**{_cell(row.get('aged'))}**" if method != "none" else (
+                    f"PPL {ppl['mean']:.3f}" if ppl else "–")
+                if method != "none" and spec.reference and condition != spec.calibrate_at:
+                    text += f" / *{_cell(row.get('recalibrated'))}*"
+                cells.append(text)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Monitor", "",
+              "Drift score from live traffic only (expert load, router-logit medians and IQRs, per-column output "
+              "statistics) against the statistics stored at calibration; ρ: Spearman's rank correlation with the true "
+              "perplexity loss since calibration; alarms at the calibration condition are false alarms.", "",
+              "| method | ρ | readings | false alarms |", "|---|---|---|---|"]
+    for method, record in summary["monitor"].items():
+        rho = "–" if record["spearman_rho"] is None else f"{record['spearman_rho']:.3f}"
+        lines.append(f"| {method} | {rho} | {record['readings']} | {record['false_alarms']} of "
+                     f"{record['unchanged_readings']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_age(spec: AgeSpec, summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temperatures = spec.temperatures
+    figure, axes = plt.subplots(1, len(temperatures), figsize=(4.5 * len(temperatures), 3.6), squeeze=False,
+                                sharey=True)
+    for axis, temperature in zip(axes[0], temperatures):
+        for index, method in enumerate(m for m in spec.methods if m != "none"):
+            color = f"C{index}"
+            for kind, style in (("aged", "o-"), ("recalibrated", "s--")):
+                points = []
+                for row in summary["rows"]:
+                    condition = Condition.parse(row["condition"])
+                    entry = row.get(kind) or (row.get("aged") if row["condition"] == spec.calibrate_at else None)
+                    if row["method"] == method and condition.temperature_c == temperature and entry \
+                            and entry.get("recovery"):
+                        points.append((condition.time_s, entry["recovery"]["mean"], entry["recovery"]["std"]))
+                if points and (kind == "aged" or spec.reference):
+                    points.sort()
+                    axis.errorbar([p[0] / 3600 for p in points], [p[1] for p in points], [p[2] for p in points],
+                                  fmt=style, color=color, capsize=2,
+                                  label=f"{method}" + (" (recalibrated)" if kind == "recalibrated" else ""))
+        axis.set_xscale("log")
+        axis.set_xlabel("hours since programming")
+        axis.set_title(f"{temperature:g} °C")
+        axis.axhline(0, color="grey", lw=0.5)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("recovery of the gap, %")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7)
+    figure.suptitle(f"{spec.model} on {spec.noise}, calibrated at {spec.calibrate_at}")
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.partial.png")  # a reader sees the old plot or the new one
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    temporary.replace(path)
