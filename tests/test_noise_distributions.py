@@ -179,3 +179,50 @@ def test_strength_leaves_deterministic_effects_alone():
     for k in (0.5, 2.0):
         config = NoiseConfig(temperature_c=80.0, temp_shift_per_c=-0.002, strength=k)
         assert torch.allclose(DevicePhysics.from_config(config).program(weight, rng(14))[0], weight, atol=1e-5)
+
+
+def test_retention_loss_is_normal_around_rho_times_the_decades_and_heat_adds_decades():
+    from romer.noise.devices import Retention
+
+    year = 365 * 86400.0
+    cool = Retention(year, 1.0, per_decade=0.004, spread=0.5, relax_us=0.0, temperature_c=25.0, reference_c=25.0,
+                     ea_ev=1.1)
+    decades = math.log10(1 + year)
+    assert cool.decades() == pytest.approx(decades)
+    g = torch.full((N,), 20.0)
+    ratio = cool.apply(g, rng(11)) / g
+    mean, std = 1 - 0.004 * decades, 0.004 * decades * 0.5
+    check(ratio, stats.norm(mean, std), mean, std)
+    hot = Retention(year, 1.0, 0.004, 0.5, 0.0, temperature_c=80.0, reference_c=25.0, ea_ev=1.1)
+    speedup = math.exp(1.1 / 8.617333262e-5 * (1 / 298.15 - 1 / 353.15))  # Arrhenius, ≈ 770×
+    assert hot.decades() == pytest.approx(math.log10(1 + year * speedup / 1.0))
+    assert not Retention(0.0, 1.0, 0.004, 0.5, 1.0, 80.0, 25.0, 1.1).active
+
+
+def test_relaxation_is_a_random_walk_in_the_square_root_of_the_decades():
+    from romer.noise.devices import Retention
+
+    effect = Retention(3600.0, 1.0, per_decade=0.0, spread=0.0, relax_us=0.8, temperature_c=25.0, reference_c=25.0,
+                       ea_ev=1.1)
+    g = torch.full((N,), 20.0)  # far from 0: the clamp never acts
+    delta = effect.apply(g, rng(12)) - g
+    sigma = 0.8 * math.sqrt(math.log10(1 + 3600.0))
+    check(delta, stats.norm(0, sigma), 0.0, sigma)
+
+
+def test_retention_moves_only_with_time_and_keeps_the_programming_errors():
+    """The same chip read later: programming draws and everything else equal; only the time terms move."""
+    config = NoiseConfig(sigma_dev=0.05, retention_per_decade=0.004, retention_spread=0.5, relax_us_per_decade=0.5,
+                         drift_compensation=False)
+    weight = torch.randn(64, 64, generator=rng(13))
+    from romer.noise.streams import stream
+
+    def programmed(time_s):
+        physics = DevicePhysics.from_config(config.model_copy(update={"drift_time_s": time_s}))
+        return physics.program(weight, lambda effect: stream(0, "w", effect))[0]
+
+    fresh, later = programmed(0.0), programmed(30 * 86400.0)
+    assert torch.equal(fresh, programmed(0.0)) and torch.equal(later, programmed(30 * 86400.0))
+    assert not torch.equal(fresh, later)
+    errors = torch.stack([(fresh - weight).flatten(), (later - weight).flatten()])
+    assert torch.corrcoef(errors)[0, 1] > 0.5  # the programming errors stay; the time terms come on top

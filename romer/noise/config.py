@@ -73,6 +73,17 @@ class NoiseConfig(BaseModel):
     drift_compensation: bool = Field(
         True, description="rescale each tensor by its measured mean conductance loss (global drift compensation)")
 
+    # retention and relaxation at drift_time_s (flash charge loss, ReRAM relaxation), in decades of effective time
+    retention_per_decade: float = Field(0.0, ge=0, le=0.2, description="mean relative conductance loss per decade of "
+                                        "time since programming (flash charge loss; 0: off)")
+    retention_spread: float = Field(0.0, ge=0, le=3, description="cell-to-cell spread of that loss, relative to its "
+                                                                 "mean")
+    relax_us_per_decade: float = Field(0.0, ge=0, description="µS, std of the conductance random walk per √decade "
+                                                              "of time since programming (ReRAM relaxation; 0: off)")
+    retention_t0_s: float = Field(1.0, gt=0, description="s, the verify read retention and relaxation start from")
+    retention_ea_ev: float = Field(1.1, ge=0, le=3, description="eV, Arrhenius activation energy that speeds "
+                                                                "retention loss and relaxation above reference_c")
+
     # per-forward effects
     read_sigma: float = Field(0.0, ge=0, description="read noise std per forward, relative to g_max (0: off)")
     dac_bits: int = Field(8, ge=1, le=32, description="analog mode: input DAC resolution, bits")

@@ -144,3 +144,46 @@ class AccumulatedReadNoise:
         sigma = q_s * math.sqrt(math.log((t + self.t_read_s) / (2 * self.t_read_s)))
         noise = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
         return (g + g.abs() * self.scale * sigma * noise).clamp(min=0)
+
+
+BOLTZMANN_EV = 8.617333262e-5  # eV/K
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Charge loss (flash) and conductance relaxation (ReRAM) after the verify read, in decades of effective time.
+
+    With t_eff = t·exp(E_a/k·(1/T_ref − 1/T)) (Arrhenius: heat speeds both, T in K) and D = log10(1 + t_eff/t0),
+    ε, ε' ~ N(0, 1) per device:
+
+    g·(1 − ρ·D·(1 + s·ε)) + σ_r·√D·ε', clamped at 0.
+
+    ρ (`retention_per_decade`) is the mean relative loss per decade and s (`retention_spread`) its cell-to-cell
+    spread; σ_r (`relax_us_per_decade`, µS) the std of a random walk that grows as √D. Global drift compensation
+    (when on) removes the mean loss and leaves the spread.
+    """
+
+    time_s: float
+    t0_s: float
+    per_decade: float
+    spread: float
+    relax_us: float
+    temperature_c: float
+    reference_c: float
+    ea_ev: float
+
+    @property
+    def active(self) -> bool:
+        return self.time_s > 0 and (self.per_decade > 0 or self.relax_us > 0)
+
+    def decades(self) -> float:
+        kelvin = lambda c: c + 273.15  # noqa: E731
+        speedup = math.exp(self.ea_ev / BOLTZMANN_EV * (1 / kelvin(self.reference_c) - 1 / kelvin(self.temperature_c)))
+        return math.log10(1 + self.time_s * speedup / self.t0_s)
+
+    def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        decades = self.decades()
+        loss = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
+        walk = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
+        g = g * (1 - self.per_decade * decades * (1 + self.spread * loss))
+        return (g + self.relax_us * math.sqrt(decades) * walk).clamp(min=0)

@@ -3,7 +3,7 @@
 Programming draws from the matrix's own stream; every effect that time or temperature changes (temperature, drift,
 accumulated read noise) draws from a stream of its own beside it. So the same chip read at another moment keeps its
 programming errors, its per-device drift exponents and its cell-to-cell temperature response: only what the moment
-changes moves (`ChipHandle.move_to`)."""
+changes moves (`ChipHandle.move_to`): temperature, drift, accumulated read noise, retention and relaxation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from romer.noise.config import NoiseConfig
-from romer.noise.devices import AccumulatedReadNoise, PowerLawDrift, ProgrammingNoise, TemperatureShift
+from romer.noise.devices import AccumulatedReadNoise, PowerLawDrift, ProgrammingNoise, Retention, TemperatureShift
 from romer.noise.mapping import ConductanceMapping
 from romer.noise.periphery import AdcGain, AdcOffset, ColumnPeriphery, IrDrop
 
@@ -27,6 +27,7 @@ class DevicePhysics:
     read_1f: AccumulatedReadNoise
     compensation: bool
     periphery: ColumnPeriphery
+    retention: Retention
 
     @classmethod
     def from_config(cls, c: NoiseConfig) -> "DevicePhysics":
@@ -44,11 +45,13 @@ class DevicePhysics:
                 offset=AdcOffset(k * c.adc_offset_sigma, k * c.adc_offset_per_c, c.temperature_c - c.reference_c),
                 gain=AdcGain(k * c.adc_gain_sigma), ir_drop=IrDrop(c.ir_drop, c.g_max_us),
                 tile_cols=c.tile_cols, adc_group=c.adc_group),
+            retention=Retention(c.drift_time_s, c.retention_t0_s, k * c.retention_per_decade, c.retention_spread,
+                                k * c.relax_us_per_decade, c.temperature_c, c.reference_c, c.retention_ea_ev),
         )
 
     @property
     def perturbs_weights(self) -> bool:
-        return any(e.active for e in (self.programming, self.temperature, self.drift, self.read_1f))
+        return any(e.active for e in (self.programming, self.temperature, self.drift, self.read_1f, self.retention))
 
     def program(self, weight: torch.Tensor, streams: Callable[[str], torch.Generator] | torch.Generator
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +68,8 @@ class DevicePhysics:
         if self.programming.active:
             g = self.programming.apply(g, streams("programming"))
         programmed = (g[0] - g[1]).abs().sum()
-        for name, effect in (("temperature", self.temperature), ("drift", self.drift), ("read_1f", self.read_1f)):
+        for name, effect in (("temperature", self.temperature), ("drift", self.drift), ("read_1f", self.read_1f),
+                             ("retention", self.retention)):
             if effect.active:
                 g = effect.apply(g, streams(name))
         now = (g[0] - g[1]).abs().sum()

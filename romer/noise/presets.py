@@ -83,6 +83,12 @@ _FLASH = dict(
     # - IR drop off: flash cells read at sub-µA currents drop little along 256-cell lines (aihwkit's nominal
     #   strength at 25 µS changes romer-tiny's perplexity by < 0.2 %); sweep `ir_drop` to study it.
     adc_offset_sigma=0.3, adc_offset_per_c=0.01, adc_gain_sigma=0.005, adc_group=8, ir_drop=0.0,
+    # retention (acts only when the chip is read some time after programming: drift_time_s, `romer age`):
+    # assumption: a verified multi-level cell read in its linear region loses charge logarithmically in time,
+    # 0.3 % of its conductance per decade from the verify read at 25 °C (2.2 % a year later), with a cell-to-cell
+    # spread of half that loss; heat speeds it with E_a = 1.1 eV, the activation energy JEDEC JESD47 assumes for
+    # flash data-retention bakes (×770 in time at 80 °C).
+    retention_per_decade=0.003, retention_spread=0.5, retention_t0_s=1.0, retention_ea_ev=1.1,
 )
 
 register_preset(Preset(
@@ -111,7 +117,11 @@ register_preset(Preset(
     "assumption in the range of RRAM CIM chips (e.g. NeuRRAM, Wan et al., Nature 2022, verifies cells in a "
     "window of some tens of µS and reports post-verify relaxation of a few µS): g_max = 40 µS, σ_dev = 6 % "
     "(2.4 µS) constant in conductance",
-    NoiseConfig(name="reram", g_max_us=40.0, sigma_dev=0.06)))
+    NoiseConfig(name="reram", g_max_us=40.0, sigma_dev=0.06,
+                # read later (drift_time_s, `romer age`): assumption, relaxation goes on after the first read as a
+                # random walk of 1 µS per √decade of time (2 µS one hour on, 2.8 µS a year on: "a few µS", as
+                # reported after verify), sped up by heat with E_a = 1.1 eV (assumed, as for flash)
+                relax_us_per_decade=1.0, retention_t0_s=1.0, retention_ea_ev=1.1)))
 
 register_preset(Preset(
     "pcm-cim", "the pcm devices (programming noise, drift, 1/f read noise) in the cim chip's arrays and periphery, "
@@ -119,7 +129,8 @@ register_preset(Preset(
     "devices: as pcm (Nandakumar et al., ICECS 2019, via IBM aihwkit's PCMLikeNoiseModel); arrays, DAC/ADC and "
     "trimmed periphery: as cim-25c (assumptions, romer/noise/presets.py). Assumption: the cell temperature terms "
     "(compensated mean shift, spread, access-transistor leakage) are cim-25c's, not measured on PCM; PCM's drift "
-    "exponents are taken at 25 °C whatever the temperature (no thermal acceleration of drift)",
+    "exponents are taken at 25 °C whatever the temperature (no thermal acceleration of drift); flash's charge loss "
+    "is off (PCM's drift takes its place)",
     NoiseConfig(name="pcm-cim", temperature_c=25.0, **(_FLASH | dict(
         sigma_dev=0.0, prog_coeffs_us=(0.26348, 1.9650, -1.1731), drift_nu="pcm", drift_time_s=3600.0,
-        drift_t0_s=20.0, read_1f=True)))))
+        drift_t0_s=20.0, read_1f=True, retention_per_decade=0.0, retention_spread=0.0)))))
