@@ -26,6 +26,7 @@ import json
 import math
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +40,7 @@ from romer.campaign.run import Workbench
 from romer.campaign.spec import run_spec
 from romer.campaign.trials import calibration_for
 from romer.crashpoints import crash_point
-from romer.diagnosis.monitor import Snapshot, drift_score, snapshot
+from romer.diagnosis.monitor import drift_score, reference, snapshot
 from romer.errors import RomerError
 from romer.noise import Condition, apply_noise_, parse_noise_spec
 from romer.progress import progress_bar
@@ -62,9 +63,10 @@ class AgeSpec(BaseModel):
     temperatures: list[float] = Field([25.0, 80.0], description="operating temperatures, °C")
     reference: bool = Field(True, description="also fit each method afresh at every condition")
     max_tokens: int | None = Field(4096, ge=1, description="evaluation tokens (the first N of the test split)")
-    monitor_tokens: int = Field(4096, ge=64, description="live traffic the monitor reads at each condition (the "
-                                                         "start of the evaluation stream; its reference: the same "
-                                                         "number of calibration tokens, at calibration)")
+    monitor_tokens: int = Field(4096, ge=64, description="live traffic the monitor reads in each window: the "
+                                                         "evaluation split after the scored tokens, three windows "
+                                                         "(two at calibration: the reference and its floor; one "
+                                                         "at each later reading)")
     window: int | None = Field(None, ge=2)
     batch_size: int = Field(8, ge=1)
     device: str = "cpu"
@@ -100,7 +102,7 @@ class AgeSpec(BaseModel):
     def run_fields(self) -> dict:
         return {"model": self.model, "data": self.data, "calib_data": self.calib_data, "noise": [self.noise],
                 "seeds": self.seeds, "methods": self.methods, "calibration": self.calibration,
-                "max_tokens": self.max_tokens, "window": self.window, "batch_size": self.batch_size,
+                "window": self.window, "batch_size": self.batch_size,
                 "device": self.device, "dtype": self.dtype, "trust_remote_code": self.trust_remote_code,
                 "routing_tokens": 0, "clean_cost": False}
 
@@ -147,33 +149,40 @@ def run_age(spec: AgeSpec, out: str | Path, force: bool = False, progress: bool 
                     if on_record is not None:
                         on_record(record)
 
-            def workbench() -> Workbench:
+            def workbench() -> tuple[Workbench, list]:
                 nonlocal bench
-                bench = bench or Workbench.load(run_spec(**spec.run_fields()))
+                bench = bench or _scored_bench(spec)
                 return bench
 
             if log.done(kind="clean") is None:
-                keep({"kind": "clean", "ppl": workbench().measure(with_routing=False)["ppl"]})
+                keep({"kind": "clean", "ppl": workbench()[0].measure(with_routing=False)["ppl"]})
             for seed, method in itertools.product(spec.seeds, spec.methods):
                 wanted = [c for c in conditions if log.done(kind="aged", seed=seed, method=method, condition=c) is None]
                 if wanted:
-                    for record in _aged(workbench(), spec, noise, seed, method, wanted):
+                    for record in _aged(*workbench(), spec, noise, seed, method, wanted):
                         keep(record)
                 if spec.reference and method != "none":
                     for condition in conditions[1:]:
                         if log.done(kind="recalibrated", seed=seed, method=method, condition=condition) is None:
-                            keep(_recalibrated(workbench(), spec, noise, seed, method, condition))
+                            keep(_recalibrated(workbench()[0], spec, noise, seed, method, condition))
         summary = summarize_age(spec, list(log.records.values()))
         return write_age_report(spec, summary, Path(out))
 
 
-def _live(bench: Workbench, spec: AgeSpec, calibration: bool):
-    stream = bench.calib_ids if calibration else bench.ids
-    tokens = min(spec.monitor_tokens, stream.numel()) // bench.window * bench.window
-    return stream[:tokens]
+def _scored_bench(spec: AgeSpec) -> tuple[Workbench, list]:
+    """The work bench with the first `max_tokens` of the evaluation split scored, and the text after them kept as the
+    monitor's live traffic (never scored)."""
+    bench = Workbench.load(run_spec(**spec.run_fields()))
+    scored = spec.max_tokens or bench.ids.numel()
+    window = min(spec.monitor_tokens, bench.ids.numel()) // bench.window * bench.window
+    traffic = bench.ids[scored:scored + 3 * window]
+    if window < bench.window or traffic.numel() < 3 * window:
+        raise RomerError(f"the evaluation split has {bench.ids.numel()} tokens: too few for {scored} scored tokens and "
+                         f"three monitor windows of {spec.monitor_tokens}; lower --max-tokens or --monitor-tokens")
+    return replace(bench, ids=bench.ids[:scored]), [traffic[i * window:(i + 1) * window] for i in range(3)]
 
 
-def _aged(bench: Workbench, spec: AgeSpec, noise, seed: int, method: str, wanted: list[str]):
+def _aged(bench: Workbench, traffic: list, spec: AgeSpec, noise, seed: int, method: str, wanted: list[str]):
     """Calibrate at `calibrate_at`, then read the same chip at each wanted condition, the calibration unchanged."""
     start = Condition.parse(spec.calibrate_at)
     with apply_noise_(bench.model, noise, seed, at=start) as chip:
@@ -184,12 +193,11 @@ def _aged(bench: Workbench, spec: AgeSpec, noise, seed: int, method: str, wanted
                                      bench.calib_ids, chip=chip)
             crash_point("calibrated")
         seconds = time.perf_counter() - started
-        reference = snapshot(bench.model, _live(bench, spec, calibration=True), bench.window, bench.batch_size,
-                             floor=True)
+        first, second, later = traffic
+        stored = reference(bench.model, first, second, bench.window, bench.batch_size)
         for condition in wanted:
             chip.move_to(Condition.parse(condition))
-            monitor = drift_score(reference, snapshot(bench.model, _live(bench, spec, calibration=False),
-                                                      bench.window, bench.batch_size))
+            monitor = drift_score(stored, snapshot(bench.model, later, bench.window, bench.batch_size))
             yield {"kind": "aged", "seed": seed, "method": method, "condition": condition, "calib_seconds": seconds,
                    "ppl": bench.measure(with_routing=False)["ppl"], "monitor": monitor}
         if calibration is not None:

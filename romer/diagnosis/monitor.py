@@ -5,16 +5,18 @@ It reads only what the chip itself sees on live, unlabeled traffic (no labels, n
 - each router's logit medians and inter-quartile ranges, per expert;
 - each decoder layer's output, per column (hidden unit): its mean and its root mean square.
 
-`snapshot` takes these statistics; the one stored at calibration is the reference. `drift_score` compares
-a later snapshot with it and returns one number, the mean over layers of three parts:
+`snapshot` takes these statistics; `reference` takes them at calibration on two successive windows of live
+traffic. `drift_score` compares a later snapshot (on later traffic, as many tokens) with the reference and
+returns one number, the mean over layers of three parts:
 - load: total-variation distance between the two load distributions;
 - logits: the median |Δ median| over experts, in units of the reference IQR, plus |log(IQR ratio)|;
 - columns: the median over columns of |Δ mean| / reference RMS plus |log(RMS ratio)|.
 
-Each part is 0 for an unchanged chip read on unlimited traffic. On finite traffic it is not: the reference's
-own traffic, split in two halves, gives the score of an unchanged chip (`floor`), and a recommendation to
-recalibrate is raised when the score exceeds `ALARM × floor`: a ratio, so the same rule serves a model of any
-size. How well the score tracks the true loss is measured by `romer age` (Spearman's ρ in its report).
+Each part is 0 for an unchanged chip read on unlimited traffic. On finite traffic it is not: the score between
+the reference's two windows, the same chip on different text of the same size, is what an unchanged chip scores
+(`floor`), and a recommendation to recalibrate is raised when a later score exceeds `ALARM × floor`: a ratio, so
+the same rule serves a model of any size. How well the score tracks the true loss, and how often it alarms on an
+unchanged chip, is measured by `romer age` (Spearman's ρ and the false alarms in its report).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Snapshot:
     column_mean: list[torch.Tensor]
     column_rms: list[torch.Tensor]
     tokens: int
-    floor: float | None = None  # the score of the same chip on two halves of this traffic
+    floor: float | None = None  # a reference's: the score of the same chip on a second window of traffic
 
     def as_dict(self) -> dict:
         return {"load": [t.tolist() for t in self.load], "logit_median": [t.tolist() for t in self.logit_median],
@@ -56,9 +58,8 @@ class Snapshot:
 
 
 @torch.no_grad()
-def snapshot(model: nn.Module, ids: torch.Tensor, window: int, batch_size: int = 8, floor: bool = False) -> Snapshot:
-    """The chip's statistics on the token stream `ids` (what it serves); `floor`: also the score between the two
-    halves of that traffic, the level an unchanged chip reaches."""
+def snapshot(model: nn.Module, ids: torch.Tensor, window: int, batch_size: int = 8) -> Snapshot:
+    """The chip's statistics on the token stream `ids` (what it serves)."""
     sums: list[torch.Tensor] = []
     squares: list[torch.Tensor] = []
     counted = [0]
@@ -84,18 +85,18 @@ def snapshot(model: nn.Module, ids: torch.Tensor, window: int, batch_size: int =
     quartiles = [torch.quantile(l, torch.tensor([0.25, 0.5, 0.75]), dim=0) if l.numel() else torch.zeros(3, 0)
                  for l in logits]
     tokens = counted[0]
-    result = Snapshot(load=[c.double() / c.sum().clamp(min=1) for c in routed.counts],
-                      logit_median=[q[1] for q in quartiles], logit_iqr=[q[2] - q[0] for q in quartiles],
-                      column_mean=[s / max(tokens, 1) for s in sums],
-                      column_rms=[(q / max(tokens, 1)).sqrt() for q in squares], tokens=tokens)
-    if floor:
-        usable = ids.numel() // window * window
-        half = usable // 2 // window * window
-        if half >= window:
-            first = snapshot(model, ids[:half], window, batch_size)
-            second = snapshot(model, ids[half:2 * half], window, batch_size)
-            result.floor = drift_score(first, second)["score"]
-    return result
+    return Snapshot(load=[c.double() / c.sum().clamp(min=1) for c in routed.counts],
+                    logit_median=[q[1] for q in quartiles], logit_iqr=[q[2] - q[0] for q in quartiles],
+                    column_mean=[s / max(tokens, 1) for s in sums],
+                    column_rms=[(q / max(tokens, 1)).sqrt() for q in squares], tokens=tokens)
+
+
+def reference(model: nn.Module, first: torch.Tensor, second: torch.Tensor, window: int, batch_size: int = 8) -> Snapshot:
+    """The statistics a monitor stores at calibration: a snapshot on the traffic window `first`, with the score of
+    the same chip on the next window `second` (as many tokens) as its floor."""
+    stored = snapshot(model, first, window, batch_size)
+    stored.floor = drift_score(stored, snapshot(model, second, window, batch_size))["score"]
+    return stored
 
 
 def drift_score(reference: Snapshot, now: Snapshot) -> dict:
