@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from romer.atomic import require_folder
 from romer.campaign.spec import parse_seeds
@@ -54,7 +55,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except RomerError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[bold yellow]interrupted:[/] every finished unit is kept (results.jsonl in the --out folder of "

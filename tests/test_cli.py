@@ -148,3 +148,14 @@ def test_estimate_json_includes_the_retune_fit(tiny_moe_dir):
     assert record["retune_peak_bytes"] > record["weights_bytes"] and record["fits"] is True
     code, stdout, _ = run("estimate", "--model", str(tiny_moe_dir), "--window", "64", "--memory-gib", "1")
     assert code == 0 and "retune fit" in stdout and "fits in 1.00 GiB" in stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--times", "soon"], "write TIME[@TEMPERATURE], e.g. 1h@25C"),  # brackets in a message are printed, not markup
+    (["--temperatures", "hot"], "cannot read --temperatures 'hot'"),
+    (["--calibrate-at", "1h"], "calibrate_at needs a time and a temperature"),
+])
+def test_bad_age_input_is_one_line_and_exit_2(tmp_path, args, message):
+    code, stdout, stderr = run("age", *args, "--out", str(tmp_path / "age"))
+    assert code == 2 and message in stderr and "Traceback" not in stderr + stdout
+    assert len(stderr.strip().splitlines()) == 1
