@@ -336,7 +336,7 @@ def plot_age(spec: AgeSpec, summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     temperatures = spec.temperatures
-    figure, axes = plt.subplots(1, len(temperatures), figsize=(4.5 * len(temperatures), 3.6), squeeze=False,
+    figure, axes = plt.subplots(1, len(temperatures), figsize=(4.5 * len(temperatures) + 2.2, 3.6), squeeze=False,
                                 sharey=True)
     for axis, temperature in zip(axes[0], temperatures):
         for index, method in enumerate(m for m in spec.methods if m != "none"):
@@ -361,7 +361,7 @@ def plot_age(spec: AgeSpec, summary: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("recovery of the gap, %")
     if axes[0][-1].get_legend_handles_labels()[0]:
-        axes[0][-1].legend(fontsize=7)
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the panels, not on them
     figure.suptitle(f"{spec.model} on {spec.noise}, calibrated at {spec.calibrate_at}")
     figure.tight_layout()
     temporary = path.with_name(f".{path.name}.partial.png")  # a reader sees the old plot or the new one
