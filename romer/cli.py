@@ -301,8 +301,8 @@ DEMO = {"model": "romer-tiny", "data": "stdlib", "noise": ["cim-80c"], "seeds": 
         # hetero: the published remedy that recovers most on bench/remedies.py's leaderboard (at its own digital share)
         "methods": ["none", "romer", "hetero", "retune"], "max_tokens": 16384, "routing_tokens": 4096,
         "clean_cost": False,
-        # retune fits 50 steps here, not 200: the demo stays under 3 minutes and its recovery within a point of the
-        # full fit's (README, `romer demo`)
+        # retune fits 50 steps on 8,192 tokens here, not 200 on 32,768: the demo stays under 2 minutes on 2 cores; the
+        # full fit recovers more (docs/results/retune.md)
         "calibration": {"calib_tokens": 8192, "retune_steps": 50, "retune_eval_every": 10}}
 
 
