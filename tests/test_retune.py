@@ -93,11 +93,16 @@ def test_on_the_clean_model_retune_changes_nothing():
     calibration.remove()
 
 
-def test_save_and_load_reproduce_the_retuned_chip_bit_for_bit(tmp_path, tiny_moe_dir):
+BLOCKWISE = dict(method="retune", retune_engine="blockwise", calib_tokens=64 * 12, window=64, retune_block_steps=12,
+                 retune_eval_every=4, retune_budget=0.05)
+
+
+@pytest.mark.parametrize("config", [FAST, BLOCKWISE], ids=["end_to_end", "blockwise"])
+def test_save_and_load_reproduce_the_retuned_chip_bit_for_bit(tmp_path, tiny_moe_dir, config):
     model, tokenizer = romer.load_model(str(tiny_moe_dir))
     tokens = (torch.arange(64 * 12).remainder(299) + 1)
     with apply_noise_(model, NOISE, seed=3) as chip:
-        calibration = calibrate_(model, RomerConfig(**FAST), tokens, chip=chip)
+        calibration = calibrate_(model, RomerConfig(**config), tokens, chip=chip)
         tuned = outputs(model, tokens[:256])
         save_calibrated(model, tokenizer, calibration, tmp_path / "saved")
         calibration.remove()
