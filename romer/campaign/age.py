@@ -106,6 +106,10 @@ class AgeSpec(BaseModel):
                 "device": self.device, "dtype": self.dtype, "trust_remote_code": self.trust_remote_code,
                 "routing_tokens": 0, "clean_cost": False}
 
+    def run_spec(self):
+        """The same model, data and calibration as a `romer run` spec (the work bench and each method's settings)."""
+        return run_spec(**self.run_fields())
+
     def fingerprint(self) -> str:
         fields = self.model_dump(exclude={"device", "seeds"})
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -132,7 +136,7 @@ def run_age(spec: AgeSpec, out: str | Path, force: bool = False, progress: bool 
     noise = parse_noise_spec(spec.noise)
     for condition in spec.conditions():
         Condition.parse(condition).applied_to(noise)  # every moment is a valid chip before anything loads
-    check_spec(run_spec(**spec.run_fields()))
+    check_spec(spec.run_spec())
     with folder_lock(out):
         log = ResultsLog(out, spec, force)
         conditions = spec.conditions()
@@ -172,7 +176,7 @@ def run_age(spec: AgeSpec, out: str | Path, force: bool = False, progress: bool 
 def _scored_bench(spec: AgeSpec) -> tuple[Workbench, list]:
     """The work bench with the first `max_tokens` of the evaluation split scored, and the text after them kept as the
     monitor's live traffic (never scored)."""
-    bench = Workbench.load(run_spec(**spec.run_fields()))
+    bench = Workbench.load(spec.run_spec())
     scored = spec.max_tokens or bench.ids.numel()
     window = min(spec.monitor_tokens, bench.ids.numel()) // bench.window * bench.window
     traffic = bench.ids[scored:scored + 3 * window]
@@ -189,7 +193,7 @@ def _aged(bench: Workbench, traffic: list, spec: AgeSpec, noise, seed: int, meth
         started = time.perf_counter()
         calibration = None
         if method != "none":
-            calibration = calibrate_(bench.model, calibration_for(run_spec(**spec.run_fields()), method),
+            calibration = calibrate_(bench.model, calibration_for(spec.run_spec(), method),
                                      bench.calib_ids, chip=chip)
             crash_point("calibrated")
         seconds = time.perf_counter() - started
@@ -207,7 +211,7 @@ def _aged(bench: Workbench, traffic: list, spec: AgeSpec, noise, seed: int, meth
 def _recalibrated(bench: Workbench, spec: AgeSpec, noise, seed: int, method: str, condition: str) -> dict:
     with apply_noise_(bench.model, noise, seed, at=Condition.parse(condition)) as chip:
         started = time.perf_counter()
-        calibration = calibrate_(bench.model, calibration_for(run_spec(**spec.run_fields()), method),
+        calibration = calibrate_(bench.model, calibration_for(spec.run_spec(), method),
                                  bench.calib_ids, chip=chip)
         crash_point("calibrated")
         record = {"kind": "recalibrated", "seed": seed, "method": method, "condition": condition,

@@ -19,9 +19,9 @@ inputs (`retune_start.py`). Two engines fit them (`retune_engine`, recorded in t
   best step;
 - `blockwise` (`blockwise.py`): one decoder layer at a time on its cached inputs, one block in
   memory, optionally followed by `retune_polish_steps` end-to-end steps.
- No gradient reaches
-an on-chip weight (the chip's weights are detached inside `analog_linear`), and
-`Calibration.remove()` undoes it all.
+
+No gradient reaches an on-chip weight (the chip's weights are detached inside `analog_linear`),
+and `Calibration.remove()` undoes it all.
 """
 
 from __future__ import annotations
