@@ -75,6 +75,11 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "attention-retune": ("attention-retune", {}, "ours: attention digital, then retune at 1 % of the rest"),
     "over-chips": ("retune-agnostic", {}, "ours, after AHWA-LoRA: one fit over 4 other chips, budget 1 %"),
     "from-agnostic": ("retune-from-agnostic", {}, "ours: retune per chip, started from the over-chips fit"),
+    "ahwa-lora": ("ahwa-lora", {}, "published (Li, Ferro, Lammie et al. 2024, AHWA-LoRA): LoRA r=8, α=32 on every "
+                                   "layer, trained once under fresh chip draws, deployed unchanged"),
+    "ahwa-lora-injection": ("ahwa-lora", {"lora_train_noise": "ahwa-injection"},
+                            "published AHWA-LoRA trained under the authors' injected noise"),
+    "ahwa-lora-retune": ("ahwa-lora-retune", {}, "ours: ahwa-lora, then 50 steps of retune's fit of its adapters per chip"),
     "outliers-0.1": ("outliers", {"outlier_fraction": 0.0005}, "ours: 0.05 % largest weights per tile digital"),
     "outliers-0.2": ("outliers", {"outlier_fraction": 0.001}, "ours: 0.1 % largest weights per tile digital"),
     "outliers": ("outliers", {}, "ours: 0.25 % largest weights per tile digital"),
@@ -233,7 +238,9 @@ def plot(tables: dict, path: Path) -> None:
                 "retune": ("retune", "*"), "hpd": ("hpd (published)", "D"), "hpd-every": ("hpd, every layer", "d"),
                 "hpd-ranked": ("hpd on our ranking (ours)", "p"), "control": ("HPD's control: the same matrices whole", "x"),
                 "hetero-routers": ("hetero, routers digital too", ">"),
-                "over-chips": ("retune-agnostic (over 4 chips)", "P"),
+                "over-chips": ("retune-agnostic (over 4 chips)", "P"), "ahwa-lora": ("ahwa-lora (published)", "8"),
+                "ahwa-lora-retune": ("ahwa-lora, then retune per chip (ours)", "1"),
+                "ahwa-lora-injection": ("ahwa-lora, the authors' injected noise", "2"),
                 "attention-retune": ("attention-retune", "X"), "outliers": ("outliers (ours)", "h"),
                 "outlier-retune": ("outlier-retune (ours)", "H")}
     panels = list(tables)

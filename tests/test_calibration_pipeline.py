@@ -81,7 +81,8 @@ IGNORED = {"none": ("tau", "er"), "er": ("router", "rc"), "rc": ("tau", "er"), "
            "compensate-global": ("router", "rc"), "hetero": ("tau", "er"), "hetero-measured": ("retune_rank", "retune"),
            "retune-agnostic": ("tau", "er"), "hpd": ("tau", "er"),
            "attention-retune": ("tau", "er"), "outliers": ("retune_rank", "retune"),
-           "outlier-retune": ("tau", "er"), "retune-from-agnostic": ("tau", "er")}
+           "outlier-retune": ("tau", "er"), "retune-from-agnostic": ("tau", "er"),
+           "ahwa-lora": ("retune_rank", "retune"), "ahwa-lora-retune": ("retune_rank", "retune")}
 
 
 @pytest.mark.parametrize("method", sorted(IGNORED))

@@ -24,6 +24,12 @@ FIT = dict(calib_tokens=64 * 12, window=64, retune_steps=4, retune_eval_every=2,
 RETUNE = FIT | {"retune_budget": 0.05}
 
 
+LORA = dict(calib_tokens=64 * 12, window=64, lora_max_steps=2, lora_eval_every=1, lora_check_chips=1, lora_cache="off")
+# a per-column scale and A (8 × in), B (out × 8) on every on-chip matrix, per expert slot
+LORA_COUNT = LAYERS * (4 * (HIDDEN + 8 * 2 * HIDDEN) + (EXPERTS + 8 * (EXPERTS + HIDDEN))
+                       + EXPERTS * ((2 * FFN + 8 * (2 * FFN + HIDDEN)) + (HIDDEN + 8 * (HIDDEN + FFN))))
+
+
 def ids(tokens: int = 64 * 12) -> torch.Tensor:
     return torch.randint(1, 128, (tokens,), generator=torch.Generator().manual_seed(3))
 
@@ -74,6 +80,9 @@ CASES = {
                         lambda c, chip: retune_count(c.report["retune-agnostic"], chip)),
     "retune-from-agnostic": (CalibrationConfig(method="retune-from-agnostic", retune_over_chips=2, **RETUNE),
                              lambda c, chip: retune_count(c.report["retune"], chip)),
+    "ahwa-lora": (CalibrationConfig(method="ahwa-lora", **LORA), lambda c, chip: LORA_COUNT),
+    "ahwa-lora-retune": (CalibrationConfig(method="ahwa-lora-retune", lora_chip_steps=2, retune_eval_every=1, **LORA),
+                         lambda c, chip: LORA_COUNT),
 }
 
 

@@ -97,7 +97,11 @@ BLOCKWISE = dict(method="retune", retune_engine="blockwise", calib_tokens=64 * 1
                  retune_eval_every=4, retune_budget=0.05)
 
 
-@pytest.mark.parametrize("config", [FAST, BLOCKWISE], ids=["end_to_end", "blockwise"])
+AHWA_LORA = dict(method="ahwa-lora", calib_tokens=64 * 12, window=64, lora_max_steps=4, lora_eval_every=2,
+                 lora_check_chips=1, lora_lr=1e-2, lora_cache="off")
+
+
+@pytest.mark.parametrize("config", [FAST, BLOCKWISE, AHWA_LORA], ids=["end_to_end", "blockwise", "ahwa-lora"])
 def test_save_and_load_reproduce_the_retuned_chip_bit_for_bit(tmp_path, tiny_moe_dir, config):
     model, tokenizer = romer.load_model(str(tiny_moe_dir))
     tokens = (torch.arange(64 * 12).remainder(299) + 1)

@@ -116,6 +116,35 @@ class CalibrationConfig(BaseModel):
         "auto", description="gradient checkpointing per decoder layer during the fit (auto: on an accelerator), "
                             "for models whose activations would not fit (romer estimate shows both)")
 
+    # AHWA-LoRA (romer/calibration/methods/ahwa_lora.py): the authors' settings by default
+    lora_rank: int = Field(8, ge=1, le=256, description="ahwa-lora: LoRA rank r on every on-chip linear layer (the "
+                                                        "authors: 8)")
+    lora_alpha: float = Field(32.0, gt=0, le=4096, description="ahwa-lora: LoRA α; the adapter's output is scaled by "
+                                                               "α / r (the authors: 32)")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="ahwa-lora: dropout on the adapter's input while "
+                                                             "training (the authors: 0.1)")
+    lora_lr: float = Field(2e-4, gt=0, le=1, description="ahwa-lora: AdamW learning rate (the authors: 2e-4)")
+    lora_weight_decay: float = Field(1e-4, ge=0, le=1, description="ahwa-lora: AdamW weight decay (the authors: 1e-4)")
+    lora_max_steps: int = Field(3000, ge=1, le=1_000_000, description="ahwa-lora: most training steps; training "
+                                                                     "stops earlier once the held-out loss has not "
+                                                                     "improved for lora_patience checks")
+    lora_eval_every: int = Field(25, ge=1, description="ahwa-lora: steps between held-out checks (the best is kept)")
+    lora_patience: int = Field(4, ge=1, le=1000, description="ahwa-lora: held-out checks without improvement before "
+                                                              "training stops")
+    lora_check_chips: int = Field(2, ge=1, le=64, description="ahwa-lora: fixed chip draws the held-out loss is "
+                                                              "averaged over (never trained on, never evaluated on)")
+    lora_train_noise: str = Field("chip", description="ahwa-lora: the noise trained under, a fresh draw every step: "
+                                                       "chip (the chip's own configuration), or a preset spec such as "
+                                                       "ahwa-injection (the authors' injected noise) or cim-80c")
+    lora_loss: Literal["task", "distill"] = Field(
+        "task", description="ahwa-lora: task (as published: the next-token cross-entropy of the calibration text) "
+                            "or distill (ours: KL to the clean twin's next-token distributions)")
+    lora_chip_steps: int = Field(50, ge=1, le=100000, description="ahwa-lora-retune: per-chip steps of retune's "
+                                                                   "end-to-end fit, from the deployed adapters")
+    lora_cache: str = Field("", description="ahwa-lora: folder of trained adapters, one file per (model, training "
+                                            "noise, options, tokens); empty: $ROMER_CACHE/ahwa-lora or "
+                                            "~/.cache/romer/ahwa-lora; off: no disk cache")
+
     # calibration data
     calib_tokens: int = Field(32768, ge=64, description="calibration tokens used (the start of the calibration split)")
     holdout: float = Field(0.25, ge=0, lt=1, description="share of the calibration tokens held out to score choices "

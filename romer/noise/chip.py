@@ -480,14 +480,15 @@ class ChipHandle:
                 programmed.close()
 
     @contextmanager
-    def other_instance(self, seed: int) -> Iterator["ChipHandle"]:
-        """Chip instance `seed` of this chip's configuration and layout (what is digital, decomposed or outlier) in
-        place of this one for the block (its own handle, restored on exit), then this chip again, bit for bit: a fit
-        over many chip draws (retune-agnostic) visits them one at a time on the same model."""
+    def other_instance(self, seed: int, config: NoiseConfig | None = None) -> Iterator["ChipHandle"]:
+        """Chip instance `seed` of this chip's configuration (or of `config`) and layout (what is digital, decomposed
+        or outlier) in place of this one for the block (its own handle, restored on exit), then this chip again, bit
+        for bit: a fit over many chip draws (retune-agnostic, ahwa-lora) visits them one at a time on the same
+        model."""
         with self.suspended():
             del _CHIPS[self.model]
             try:
-                with apply_noise_(self.model, self.config, seed, layout=self._layout) as other:
+                with apply_noise_(self.model, config or self.config, seed, layout=self._layout) as other:
                     yield other
             finally:
                 _CHIPS[self.model] = self

@@ -134,3 +134,15 @@ register_preset(Preset(
     NoiseConfig(name="pcm-cim", temperature_c=25.0, **(_FLASH | dict(
         sigma_dev=0.0, prog_coeffs_us=(0.26348, 1.9650, -1.1731), drift_nu="pcm", drift_time_s=3600.0,
         drift_t0_s=20.0, read_1f=True, retention_per_decade=0.0, retention_spread=0.0)))))
+
+register_preset(Preset(
+    "ahwa-injection", "the noise AHWA-LoRA trains its adapters under: additive Gaussian weight noise of 0.067 of each "
+                      "column's largest |w|, output noise 0.04, 8-bit DAC and ADC (a training model, not a chip)",
+    "Li, Ferro, Lammie et al., arXiv 2411.17367, code github.com/chenlicodebank/lora_on_analog_hardware: IBM aihwkit "
+    "TorchInferenceRPUConfig with column-wise weight scaling, weight modifier ADD_NORMAL std 0.067, out_noise 0.04, "
+    "8-bit input and output. Here: scaling=column, σ_dev = 0.0564, which gives a weight error of std 0.067 of each "
+    "output column's largest |w| (measured: tests/test_ahwa_lora.py; each device of a pair draws it and a conductance stops at zero, so the error is "
+    "near Gaussian, KS distance 0.009, where aihwkit adds an exact Gaussian to the weight), output noise 0.04 in units of one full-scale input "
+    "on one g_max device (σ_adc = 0.04 / adc_full_scale), analog mode",
+    NoiseConfig(name="ahwa-injection", mode="analog", scaling="column", sigma_dev=0.0564,
+                sigma_adc=0.04 / 8.0, adc_full_scale=8.0, dac_bits=8, adc_bits=8)))

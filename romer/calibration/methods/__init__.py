@@ -10,7 +10,7 @@ from romer.calibration.registry import Method, register_method
 
 register_method(Method("none", "no calibration: the noisy model as it is"))
 
-LISTED_FIRST = ("romer", "tune", "load_bias", "offload", "retune", "compensate", "hetero", "hpd", "retune_agnostic",
+LISTED_FIRST = ("romer", "tune", "load_bias", "offload", "retune", "compensate", "hetero", "hpd", "retune_agnostic", "ahwa_lora",
                 "attention_retune", "outliers")
 
 for _module in (*LISTED_FIRST, *sorted({m.name for m in pkgutil.iter_modules(__path__)} - set(LISTED_FIRST))):

@@ -230,7 +230,7 @@ def retune(context) -> None:
                 history["blockwise"] = fit_blockwise(model, chip, trainable, tokens, teacher, config)
             if polish:
                 with checkpointed_in_eval_mode(model) if checkpointing else contextlib.nullcontext():
-                    history |= _fit(model, params, polish, tokens.fit, teacher.fit, holdout, teacher.holdout, config)
+                    history |= fit_end_to_end(model, params, polish, tokens.fit, teacher.fit, holdout, teacher.holdout, config)
     finally:
         for param in frozen:
             param.requires_grad_(True)
@@ -256,7 +256,7 @@ def teacher_extras(config) -> tuple[str, ...]:
     return (("layers",) if blockwise else ()) + (("hidden",) if hidden else ())
 
 
-def _fit(model: nn.Module, params: list[nn.Parameter], steps: int, fit: torch.Tensor, teacher_fit: list[Targets],
+def fit_end_to_end(model: nn.Module, params: list[nn.Parameter], steps: int, fit: torch.Tensor, teacher_fit: list[Targets],
          holdout: torch.Tensor, teacher_holdout: list[Targets], config) -> dict:
     """Adam on the loss over the fit batches (a seeded order); every `retune_eval_every` steps the held-out KL is
     measured and the parameters of the best step are kept."""
