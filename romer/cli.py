@@ -229,6 +229,9 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
                                                            "default 25,80."),
                 reference: bool = typer.Option(True, "--reference/--no-reference", help="Also fit each method afresh "
                                                "at every condition (the recalibrated line)."),
+                refresh_steps: Optional[int] = typer.Option(None, "--refresh-steps", help="Also refresh each fitted "
+                                                            "calibration at every later condition with this many "
+                                                            "steps from the values it carries; default 0 (off)."),
                 max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Evaluation tokens; default 4096."),
                 monitor_tokens: Optional[int] = typer.Option(None, "--monitor-tokens", help="Live traffic the "
                                                              "monitor reads per condition; default 4096."),
@@ -248,7 +251,7 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
     spec = age_spec(model=model, data=data, calib_data=calib_data, noise=noise, methods=_split_list(methods),
                     seeds=parse_seeds(seeds) if seeds else None, calibrate_at=calibrate_at,
                     times=_split_list(times), temperatures=temperature_list, reference=reference,
-                    max_tokens=max_tokens, monitor_tokens=monitor_tokens, device=device,
+                    refresh_steps=refresh_steps, max_tokens=max_tokens, monitor_tokens=monitor_tokens, device=device,
                     calibration=calibration_config("none", options).model_dump(exclude={"method"}, exclude_unset=True)
                     if options else None)
     _backend(threads=threads)

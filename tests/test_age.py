@@ -84,3 +84,56 @@ def test_the_drift_score_is_zero_on_the_same_traffic_and_grows_as_the_chip_ages(
     restored = Snapshot.from_dict(json.loads(json.dumps(stored.as_dict())))
     assert all(torch.allclose(a, b.to(a.dtype)) for a, b in zip(stored.load, restored.load))
     assert restored.floor == stored.floor
+
+
+FAST_RETUNE = dict(calib_tokens=64 * 12, window=64, retune_steps=6, retune_eval_every=2, retune_budget=0.05)
+
+
+def test_a_refresh_refits_what_the_calibration_carries_on_the_aged_chip_adds_nothing_and_undoes():
+    from tests.families import build
+
+    model = build("olmoe")
+    tokens = torch.arange(64 * 12).remainder(97) + 1
+    probe = (torch.arange(64 * 4).remainder(89) + 1).view(-1, 64)
+
+    def logits():
+        with torch.no_grad():
+            return model(input_ids=probe).logits
+
+    with apply_noise_(model, NoiseConfig.preset("pcm-cim"), seed=1, at=Condition.parse("1h@25C")) as chip:
+        calibration = romer.calibrate_(model, romer.CalibrationConfig(method="retune", **FAST_RETUNE), tokens)
+        share = calibration.digital_weights()
+        chip.move_to(Condition.parse("1y@80C"))
+        aged = logits()
+        record = romer.refresh_(model, calibration, tokens, steps=4)
+        assert record["steps"] == 4 and record["parameters"] == sum(p.numel() for p in calibration.fitted_parameters())
+        assert record["holdout_kl_after"] <= record["holdout_kl_start"]  # the best held-out step, never worse
+        assert calibration.digital_weights() == share
+        assert (record["best_step"] == 0) == torch.equal(logits(), aged)
+        calibration.rollback(record["mark"])
+        assert torch.equal(logits(), aged)  # undone: the calibration as it was fitted at 1 h, 25 °C
+        calibration.remove()
+        statistics_only = romer.calibrate_(model, romer.CalibrationConfig(method="romer", tau=1.0), tokens)
+        with pytest.raises(RomerError, match="no fitted digital numbers"):
+            romer.refresh_(model, statistics_only, tokens)
+        statistics_only.remove()
+
+
+def test_age_refreshes_each_fitted_calibration_at_every_later_condition_and_resumes(tiny_moe_dir, texts, tmp_path):
+    spec = spec_for(tiny_moe_dir, texts, methods=["none", "retune", "romer"], reference=False, refresh_steps=2,
+                    calibration=FAST_RETUNE, times=["1h", "1y"], temperatures=[80])
+    seen = []
+    results = run_age(spec, tmp_path / "age", progress=False, on_record=seen.append)
+    refreshed = [r for r in seen if r["kind"] == "refreshed"]
+    assert spec.conditions() == ["1h@25C", "1h@80C", "1y@80C"]  # refreshed at each but the calibration's own
+    assert {(r["method"], r["condition"]) for r in refreshed} == {(m, c) for m in ("retune", "romer")
+                                                                  for c in ("1h@80C", "1y@80C")}
+    fitted = next(r for r in refreshed if r["method"] == "retune")
+    assert fitted["refresh"]["steps"] == 2 and 0 < fitted["refresh_share_of_fit"]
+    assert "skipped" in next(r for r in refreshed if r["method"] == "romer")  # statistics, no fitted numbers
+    row = next(r for r in results["rows"] if r["method"] == "retune" and r["condition"] == "1y@80C")
+    assert row["refreshed"]["seeds"] == 1 and "cost_percent_of_fit" in row["refreshed"]
+    assert "refreshed (2 steps" in (tmp_path / "age" / "report.md").read_text()
+    again = []
+    run_age(spec, tmp_path / "age", progress=False, on_record=again.append)
+    assert again == []

@@ -97,6 +97,24 @@ class Calibration:
 
         self._undo.append(undo)
 
+    def fitted_parameters(self) -> list[torch.Tensor]:
+        """The digital numbers this calibration fitted and a refresh may fit again: every correction's parts (gains,
+        offsets, adapters), the norm gains it re-set, and the routers' logit biases."""
+        tensors = [p for correction in self.corrections.values() for p in correction.parameters()]
+        tensors += [param for param, _ in self.norms.values()]
+        tensors += [t.bias for _, t in sorted(self.transforms.items()) if isinstance(t.bias, torch.nn.Parameter)]
+        return tensors
+
+    def keep_values(self, tensors: list[torch.Tensor]) -> None:
+        """Their values now come back on undo (a refresh that changes them in place is undone like any step)."""
+        before = [t.detach().clone() for t in tensors]
+
+        def undo() -> None:
+            for tensor, value in zip(tensors, before):
+                tensor.data.copy_(value)
+
+        self._undo.append(undo)
+
     def pending_correction(self, name: str, correction) -> None:
         """A correction of a loaded calibration, attached when the model is put on a chip (`apply_noise_`)."""
         self.corrections[name] = correction

@@ -33,7 +33,7 @@ from typing import Callable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from romer.atomic import write_text_atomic
-from romer.calibration import calibrate_
+from romer.calibration import calibrate_, refresh_, refreshable
 from romer.campaign.lock import folder_lock
 from romer.campaign.log import ResultsLog
 from romer.campaign.run import Workbench
@@ -62,6 +62,9 @@ class AgeSpec(BaseModel):
     times: list[str] = Field(["1h", "1mo", "1y"], description="times since programming the chip is read at")
     temperatures: list[float] = Field([25.0, 80.0], description="operating temperatures, °C")
     reference: bool = Field(True, description="also fit each method afresh at every condition")
+    refresh_steps: int = Field(0, ge=0, le=100000, description="also refresh each fitted calibration at every later "
+                                                                "condition with this many steps of retune's fit from "
+                                                                "the values it carries (romer.refresh_); 0: off")
     max_tokens: int | None = Field(4096, ge=1, description="evaluation tokens (the first N of the test split)")
     monitor_tokens: int = Field(4096, ge=64, description="live traffic the monitor reads in each window: the "
                                                          "evaluation split after the scored tokens, three windows "
@@ -141,8 +144,9 @@ def run_age(spec: AgeSpec, out: str | Path, force: bool = False, progress: bool 
         log = ResultsLog(out, spec, force)
         conditions = spec.conditions()
         calibrated = [m for m in spec.methods if m != "none"]
+        later = len(conditions) - 1
         total = 1 + len(spec.seeds) * (len(spec.methods) * len(conditions)
-                                       + (len(calibrated) * (len(conditions) - 1) if spec.reference else 0))
+                                       + len(calibrated) * later * (spec.reference + bool(spec.refresh_steps)))
         bench = None
         with progress_bar("age", total=total, enabled=progress) as advance:
             advance(len(log.records))
@@ -161,7 +165,9 @@ def run_age(spec: AgeSpec, out: str | Path, force: bool = False, progress: bool 
             if log.done(kind="clean") is None:
                 keep({"kind": "clean", "ppl": workbench()[0].measure(with_routing=False)["ppl"]})
             for seed, method in itertools.product(spec.seeds, spec.methods):
-                wanted = [c for c in conditions if log.done(kind="aged", seed=seed, method=method, condition=c) is None]
+                wanted = [c for c in conditions if log.done(kind="aged", seed=seed, method=method, condition=c) is None
+                          or (refreshing(spec, method, c) and
+                              log.done(kind="refreshed", seed=seed, method=method, condition=c) is None)]
                 if wanted:
                     for record in _aged(*workbench(), spec, noise, seed, method, wanted):
                         keep(record)
@@ -186,8 +192,13 @@ def _scored_bench(spec: AgeSpec) -> tuple[Workbench, list]:
     return replace(bench, ids=bench.ids[:scored]), [traffic[i * window:(i + 1) * window] for i in range(3)]
 
 
+def refreshing(spec: AgeSpec, method: str, condition: str) -> bool:
+    return bool(spec.refresh_steps) and method != "none" and condition != spec.calibrate_at
+
+
 def _aged(bench: Workbench, traffic: list, spec: AgeSpec, noise, seed: int, method: str, wanted: list[str]):
-    """Calibrate at `calibrate_at`, then read the same chip at each wanted condition, the calibration unchanged."""
+    """Calibrate at `calibrate_at`, then read the same chip at each wanted condition, the calibration unchanged; with
+    `refresh_steps`, also refreshed there (and the refresh undone before the next condition)."""
     start = Condition.parse(spec.calibrate_at)
     with apply_noise_(bench.model, noise, seed, at=start) as chip:
         started = time.perf_counter()
@@ -204,8 +215,24 @@ def _aged(bench: Workbench, traffic: list, spec: AgeSpec, noise, seed: int, meth
             monitor = drift_score(stored, snapshot(bench.model, later, bench.window, bench.batch_size))
             yield {"kind": "aged", "seed": seed, "method": method, "condition": condition, "calib_seconds": seconds,
                    "ppl": bench.measure(with_routing=False)["ppl"], "monitor": monitor}
+            if refreshing(spec, method, condition):
+                yield _refreshed(bench, spec, calibration, seed, method, condition, seconds)
         if calibration is not None:
             calibration.remove()
+
+
+def _refreshed(bench: Workbench, spec: AgeSpec, calibration, seed: int, method: str, condition: str,
+               calib_seconds: float) -> dict:
+    record = {"kind": "refreshed", "seed": seed, "method": method, "condition": condition,
+              "calib_seconds": calib_seconds}
+    if not refreshable(calibration):
+        return record | {"skipped": "no fitted digital numbers to refresh"}
+    refresh = refresh_(bench.model, calibration, bench.calib_ids, spec.refresh_steps)
+    record |= {"ppl": bench.measure(with_routing=False)["ppl"],
+               "refresh": {k: v for k, v in refresh.items() if k != "mark"},
+               "refresh_share_of_fit": refresh["seconds"] / calib_seconds}
+    calibration.rollback(refresh["mark"])
+    return record
 
 
 def _recalibrated(bench: Workbench, spec: AgeSpec, noise, seed: int, method: str, condition: str) -> dict:
@@ -237,21 +264,23 @@ def summarize_age(spec: AgeSpec, records: list[dict]) -> dict:
     rows = []
     for method, condition in itertools.product(spec.methods, spec.conditions()):
         row = {"method": method, "condition": condition}
-        for kind in ("aged", "recalibrated"):
-            ppls, recoveries = [], []
+        for kind in ("aged", "recalibrated", "refreshed"):
+            ppls, recoveries, costs = [], [], []
             for seed in spec.seeds:
                 unit = found.get((kind, seed, method, condition)) or (
                     found.get(("aged", seed, method, condition)) if condition == spec.calibrate_at else None)
                 noisy = found.get(("aged", seed, "none", condition))
-                if unit is None or noisy is None:
+                if unit is None or noisy is None or unit.get("ppl") is None:
                     continue
+                if "refresh_share_of_fit" in unit:
+                    costs.append(100 * unit["refresh_share_of_fit"])
                 ppls.append(unit["ppl"])
                 gap = noisy["ppl"] - clean if clean is not None else None
                 if gap and gap > 0:
                     recoveries.append(100 * (noisy["ppl"] - unit["ppl"]) / gap)
             if ppls:
                 row[kind] = {"ppl": _mean_std(ppls), "recovery": _mean_std(recoveries) if recoveries else None,
-                             "seeds": len(ppls)}
+                             "seeds": len(ppls)} | ({"cost_percent_of_fit": _mean_std(costs)} if costs else {})
         rows.append(row)
     monitor = {}
     for method in spec.methods:
@@ -302,7 +331,9 @@ def age_markdown(spec: AgeSpec, summary: dict) -> str:
              f"{summary['clean_ppl']:.3f}." if summary["clean_ppl"] is not None else "",
              "",
              "Recovery of the gap at each condition (against `none` at that condition, same chip seed), mean ± std "
-             "over seeds: **aged** (calibrated once, read unchanged) / *recalibrated* (fitted afresh there).", ""]
+             "over seeds: **aged** (calibrated once, read unchanged) / *recalibrated* (fitted afresh there)"
+             + (f" / refreshed ({spec.refresh_steps} steps from the values it carries; its cost in % of the "
+                "calibration's own seconds)" if spec.refresh_steps else "") + ".", ""]
     for temperature in spec.temperatures:
         conditions = [c for c in summary["conditions"] if Condition.parse(c).temperature_c == temperature]
         if not conditions:
@@ -318,6 +349,9 @@ def age_markdown(spec: AgeSpec, summary: dict) -> str:
                     f"PPL {ppl['mean']:.3f}" if ppl else "–")
                 if method != "none" and spec.reference and condition != spec.calibrate_at:
                     text += f" / *{_cell(row.get('recalibrated'))}*"
+                if refreshing(spec, method, condition) and row.get("refreshed"):
+                    cost = row["refreshed"].get("cost_percent_of_fit")
+                    text += f" / {_cell(row['refreshed'])}" + (f" ({cost['mean']:.0f} %)" if cost else "")
                 cells.append(text)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -345,7 +379,7 @@ def plot_age(spec: AgeSpec, summary: dict, path: Path) -> None:
     for axis, temperature in zip(axes[0], temperatures):
         for index, method in enumerate(m for m in spec.methods if m != "none"):
             color = f"C{index}"
-            for kind, style in (("aged", "o-"), ("recalibrated", "s--")):
+            for kind, style in (("aged", "o-"), ("recalibrated", "s--"), ("refreshed", "^:")):
                 points = []
                 for row in summary["rows"]:
                     condition = Condition.parse(row["condition"])
@@ -353,11 +387,12 @@ def plot_age(spec: AgeSpec, summary: dict, path: Path) -> None:
                     if row["method"] == method and condition.temperature_c == temperature and entry \
                             and entry.get("recovery"):
                         points.append((condition.time_s, entry["recovery"]["mean"], entry["recovery"]["std"]))
-                if points and (kind == "aged" or spec.reference):
+                shown = {"aged": True, "recalibrated": spec.reference, "refreshed": bool(spec.refresh_steps)}[kind]
+                if len(points) > (kind == "refreshed") and shown:
                     points.sort()
                     axis.errorbar([p[0] / 3600 for p in points], [p[1] for p in points], [p[2] for p in points],
                                   fmt=style, color=color, capsize=2,
-                                  label=f"{method}" + (" (recalibrated)" if kind == "recalibrated" else ""))
+                                  label=f"{method}" + ("" if kind == "aged" else f" ({kind})"))
         axis.set_xscale("log")
         axis.set_xlabel("hours since programming")
         axis.set_title(f"{temperature:g} °C")
