@@ -85,13 +85,13 @@ def test_the_per_chip_fit_started_from_the_agnostic_one_goes_on_from_its_values_
     model = build("olmoe")
     options = FAST | dict(retune_rank=0)
     at_start = {}
-    fit = retune_module._fit
+    fit = retune_module.fit_end_to_end
 
     def recording_fit(*args, **kwargs):
         at_start.update({n: chip.correction(n).gain.detach().clone() for n in chip.corrected_names()})
         return fit(*args, **kwargs)
 
-    monkeypatch.setattr(retune_module, "_fit", recording_fit)
+    monkeypatch.setattr(retune_module, "fit_end_to_end", recording_fit)
     with apply_noise_(model, NOISE, seed=0) as chip:
         noisy = outputs(model)
         agnostic = calibrate_(model, CalibrationConfig(**options), ids())

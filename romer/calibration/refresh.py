@@ -24,6 +24,7 @@ from romer.calibration.context import CalibrationContext
 from romer.calibration.methods.retune import fit_end_to_end
 from romer.calibration.state import Calibration
 from romer.calibration.tokens import CalibrationTokens
+from romer.calibration.trainable import training_only
 from romer.errors import RomerError
 from romer.evaluation.perplexity import default_window
 
@@ -55,21 +56,10 @@ def refresh_(model: nn.Module, calibration: Calibration, calib_ids: torch.Tensor
     teacher_seconds = time.perf_counter() - started
     mark = calibration.mark()
     calibration.keep_values(params)
-    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in params)]
-    for param in frozen:
-        param.requires_grad_(False)
-    for param in params:
-        param.requires_grad_(True)
     fit_started = time.perf_counter()
-    try:
-        with torch.enable_grad():
-            fit = fit_end_to_end(model, params, steps, tokens.fit, teacher.fit, tokens.holdout, teacher.holdout,
-                                 config.model_copy(update={"retune_eval_every": min(config.retune_eval_every, steps)}))
-    finally:
-        for param in frozen:
-            param.requires_grad_(True)
-        for param in params:
-            param.requires_grad_(False)
+    with training_only(model, params):
+        fit = fit_end_to_end(model, params, steps, tokens.fit, teacher.fit, tokens.holdout, teacher.holdout,
+                             config.model_copy(update={"retune_eval_every": min(config.retune_eval_every, steps)}))
     return {"mark": mark, "steps": steps, "parameters": sum(p.numel() for p in params),
             "teacher_seconds": teacher_seconds, "fit_seconds": time.perf_counter() - fit_started,
             "seconds": time.perf_counter() - started, **fit}

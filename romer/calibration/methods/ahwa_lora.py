@@ -43,6 +43,7 @@ from torch import nn
 from romer.calibration.methods.retune import fit_end_to_end, fit_loss, holdout_kl, matrix_shape
 from romer.calibration.registry import Method, register_method
 from romer.calibration.step import Step, register_step
+from romer.calibration.trainable import training_only
 from romer.errors import RomerError
 from romer.evaluation.perplexity import sequence_perplexity
 from romer.noise.config import NoiseConfig, parse_noise_spec
@@ -198,6 +199,7 @@ def train(context) -> Trained:
                 other.attach_correction(name, adapter)
             yield
 
+    @torch.no_grad()
     def check() -> float:
         for adapter in adapters.values():
             adapter.eval()
@@ -210,40 +212,33 @@ def train(context) -> Trained:
             adapter.train()
         return sum(losses) / len(losses)
 
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for param in frozen:
-        param.requires_grad_(False)
     history, fit_losses = [], []
-    try:
-        with torch.enable_grad(), progress_bar("ahwa-lora: training the adapters (once)", config.lora_max_steps) \
-                as advance:
-            best = (check(), [p.detach().clone() for p in params], 0)
-            history.append({"step": 0, "holdout": best[0]})
-            waited, step = 0, 0
-            while step < config.lora_max_steps and waited < config.lora_patience:
-                step += 1
-                if not permutation:
-                    permutation = torch.randperm(batches, generator=order).tolist()
-                index = permutation.pop()
-                sequences = tokens.fit[index * batch:(index + 1) * batch]
-                with on_chip(TRAIN_SEED_BASE + step):
-                    loss = (fit_loss(model, sequences, teacher.fit[index]) if distill
-                            else task_loss(model, sequences))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                fit_losses.append(float(loss.detach()))
-                advance(1)
-                if step % config.lora_eval_every == 0:
-                    held = check()
-                    history.append({"step": step, "holdout": held})
-                    if held < best[0]:
-                        best, waited = (held, [p.detach().clone() for p in params], step), 0
-                    else:
-                        waited += 1
-    finally:
-        for param in frozen:
-            param.requires_grad_(True)
+    with training_only(model, params), \
+            progress_bar("ahwa-lora: training the adapters (once)", config.lora_max_steps) as advance:
+        best = (check(), [p.detach().clone() for p in params], 0)
+        history.append({"step": 0, "holdout": best[0]})
+        waited, step = 0, 0
+        while step < config.lora_max_steps and waited < config.lora_patience:
+            step += 1
+            if not permutation:
+                permutation = torch.randperm(batches, generator=order).tolist()
+            index = permutation.pop()
+            sequences = tokens.fit[index * batch:(index + 1) * batch]
+            with on_chip(TRAIN_SEED_BASE + step):
+                loss = (fit_loss(model, sequences, teacher.fit[index]) if distill
+                        else task_loss(model, sequences))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            fit_losses.append(float(loss.detach()))
+            advance(1)
+            if step % config.lora_eval_every == 0:
+                held = check()
+                history.append({"step": step, "holdout": held})
+                if held < best[0]:
+                    best, waited = (held, [p.detach().clone() for p in params], step), 0
+                else:
+                    waited += 1
     with torch.no_grad():
         for param, value in zip(params, best[1]):
             param.copy_(value)
@@ -334,20 +329,9 @@ class AhwaLoraRetune(Step):
         model, config, tokens = context.model, context.config, context.tokens
         teacher = context.teacher("hidden")
         params = [p for _, correction in context.calibration.correction_items() for p in correction.parameters()]
-        frozen = [p for p in model.parameters() if p.requires_grad]
-        for param in frozen:
-            param.requires_grad_(False)
-        for param in params:
-            param.requires_grad_(True)
-        try:
-            with torch.enable_grad():
-                history = fit_end_to_end(model, params, config.lora_chip_steps, tokens.fit, teacher.fit,
-                                         tokens.holdout, teacher.holdout, config)
-        finally:
-            for param in frozen:
-                param.requires_grad_(True)
-            for param in params:
-                param.requires_grad_(False)
+        with training_only(model, params):
+            history = fit_end_to_end(model, params, config.lora_chip_steps, tokens.fit, teacher.fit, tokens.holdout,
+                                     teacher.holdout, config)
         context.calibration.report["ahwa-lora-retune"] = {**history, "seconds": time.perf_counter() - started}
 
 

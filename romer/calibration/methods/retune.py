@@ -43,6 +43,7 @@ from romer.calibration.norms import norm_gains
 from romer.calibration.state import Calibration
 from romer.calibration.step import Step, register_step
 from romer.calibration.teacher import Targets
+from romer.calibration.trainable import training_only
 from romer.evaluation.perplexity import sequence_perplexity
 from romer.noise.chip import ChipHandle
 from romer.noise.digital import ColumnCorrection
@@ -213,29 +214,18 @@ def retune(context) -> None:
                                         "router_bias": False, "seconds": time.perf_counter() - started,
                                         "engine": config.retune_engine, "skipped": "the budget holds no correction"}
         return
-    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not t for t in params)]
-    for param in frozen:
-        param.requires_grad_(False)
-    for param in params:
-        param.requires_grad_(True)
     polish = config.retune_polish_steps if blockwise else config.retune_steps
     checkpointing = polish > 0 and (config.retune_checkpointing == "on" or (config.retune_checkpointing == "auto"
                                                                             and device.type != "cpu"))
     fit_started = time.perf_counter()
     history: dict = {}
-    try:
-        # callers may evaluate under no_grad; the fit needs gradients of the digital part
-        with torch.enable_grad():
-            if blockwise:
-                history["blockwise"] = fit_blockwise(model, chip, trainable, tokens, teacher, config)
-            if polish:
-                with checkpointed_in_eval_mode(model) if checkpointing else contextlib.nullcontext():
-                    history |= fit_end_to_end(model, params, polish, tokens.fit, teacher.fit, holdout, teacher.holdout, config)
-    finally:
-        for param in frozen:
-            param.requires_grad_(True)
-    for param in params:
-        param.requires_grad_(False)
+    with training_only(model, params):
+        if blockwise:
+            history["blockwise"] = fit_blockwise(model, chip, trainable, tokens, teacher, config)
+        if polish:
+            with checkpointed_in_eval_mode(model) if checkpointing else contextlib.nullcontext():
+                history |= fit_end_to_end(model, params, polish, tokens.fit, teacher.fit, holdout, teacher.holdout,
+                                          config)
     if not polish:
         history["holdout_kl_after"] = holdout_kl(model, holdout, teacher.holdout, config.batch_size)
     calibration.report["retune"] = {

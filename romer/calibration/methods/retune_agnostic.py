@@ -27,6 +27,7 @@ from romer.calibration.registry import Method, register_method
 from romer.calibration.methods.retune import RETUNE_OPTIONS, Retune, holdout_kl, fit_loss, matrix_shape, plan
 from romer.calibration.norms import norm_gains
 from romer.calibration.state import Calibration
+from romer.calibration.trainable import training_only
 from romer.calibration.step import register_step
 from romer.noise.digital import ColumnCorrection
 
@@ -88,45 +89,34 @@ def fit_over_chips(context) -> Fitted:
 def _fit(context, seeds, corrections, biases, chosen, gains, trainable, started) -> Fitted:
     chip, config, model, tokens = context.chip, context.config, context.model, context.tokens
     holdout, teacher = tokens.holdout, context.teacher("hidden")
-    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not t for t in trainable)]
-    for param in frozen:
-        param.requires_grad_(False)
-    for param in trainable:
-        param.requires_grad_(True)
     optimizer = torch.optim.Adam(trainable, lr=config.retune_lr)
     order = torch.Generator().manual_seed(0)
     batch, batches, permutation = config.batch_size, len(teacher.fit), []
     cycles = max(1, config.retune_steps // config.retune_eval_every)
     best = (float("inf"), None, 0)
     history = []
-    try:
-        with torch.enable_grad():
-            for cycle in range(1, cycles + 1):
-                held = []
-                for seed in seeds:
-                    with chip.other_instance(seed) as other:
-                        for name, correction in corrections.items():
-                            other.attach_correction(name, correction)
-                        for _ in range(config.retune_eval_every):
-                            if not permutation:
-                                permutation = torch.randperm(batches, generator=order).tolist()
-                            index = permutation.pop()
-                            loss = fit_loss(model, tokens.fit[index * batch:(index + 1) * batch], teacher.fit[index],
-                                         config.retune_hidden_weight)
-                            optimizer.zero_grad(set_to_none=True)
-                            loss.backward()
-                            optimizer.step()
-                        with torch.no_grad():
-                            held.append(holdout_kl(model, holdout, teacher.holdout, batch))
-                mean_kl = sum(held) / len(held)
-                history.append(mean_kl)
-                if mean_kl < best[0]:
-                    best = (mean_kl, [p.detach().clone() for p in trainable], cycle)
-    finally:
-        for param in frozen:
-            param.requires_grad_(True)
-        for param in trainable:
-            param.requires_grad_(False)
+    with training_only(model, trainable):
+        for cycle in range(1, cycles + 1):
+            held = []
+            for seed in seeds:
+                with chip.other_instance(seed) as other:
+                    for name, correction in corrections.items():
+                        other.attach_correction(name, correction)
+                    for _ in range(config.retune_eval_every):
+                        if not permutation:
+                            permutation = torch.randperm(batches, generator=order).tolist()
+                        index = permutation.pop()
+                        loss = fit_loss(model, tokens.fit[index * batch:(index + 1) * batch], teacher.fit[index],
+                                        config.retune_hidden_weight)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                    with torch.no_grad():
+                        held.append(holdout_kl(model, holdout, teacher.holdout, batch))
+            mean_kl = sum(held) / len(held)
+            history.append(mean_kl)
+            if mean_kl < best[0]:
+                best = (mean_kl, [p.detach().clone() for p in trainable], cycle)
     with torch.no_grad():
         for param, value in zip(trainable, best[1]):
             param.copy_(value)
