@@ -141,3 +141,21 @@ def test_ahwa_lora_retune_fits_the_deployed_adapters_on_the_chip_without_adding_
         assert record["holdout_kl_after"] <= record["holdout_kl_start"]
         assert (record["best_step"] == 0) == torch.equal(outputs(model), before)
         tuned.remove()
+
+
+def test_the_training_key_is_the_model_s_not_the_folder_it_was_loaded_from(tmp_path, tiny_moe_dir):
+    import shutil
+
+    import romer
+    from romer.calibration.methods.ahwa_lora import model_fingerprint
+
+    shutil.copytree(tiny_moe_dir, tmp_path / "elsewhere")
+    prints = []
+    for folder in (tiny_moe_dir, tmp_path / "elsewhere"):
+        model, _ = romer.load_model(str(folder))
+        with apply_noise_(model, NOISE, seed=0) as chip:
+            prints.append(model_fingerprint(model, chip))
+    assert prints[0] == prints[1]
+    other = build("olmoe")  # another model
+    with apply_noise_(other, NOISE, seed=0) as chip:
+        assert model_fingerprint(other, chip) != prints[0]

@@ -101,12 +101,12 @@ def training_noise(context) -> NoiseConfig:
 
 
 def model_fingerprint(model: nn.Module, chip) -> str:
-    """What identifies the model the adapters belong to, cheaply: its source, its configuration, every on-chip
-    tensor's name, shape and a strided sample of its clean values."""
+    """What identifies the model the adapters belong to, cheaply and wherever it was loaded from: its configuration,
+    every on-chip tensor's name, shape and a strided sample of its clean values."""
     digest = hashlib.sha256()
-    digest.update(str(getattr(model, "name_or_path", "")).encode())
     config = getattr(model, "config", None)
-    digest.update((config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else "").encode())
+    fields = {k: v for k, v in (config.to_dict() if hasattr(config, "to_dict") else {}).items() if k != "_name_or_path"}
+    digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     for name in sorted(chip.on_chip_names()):
         value = chip.clean_value(name).detach().flatten()[::1009].float().cpu()
         digest.update(f"{name}{tuple(chip.shape(name))}".encode() + value.numpy().tobytes())
