@@ -2,7 +2,7 @@
 
     python bench/remedies.py [--model romer-tiny] [--noise cim-80c,cim-25c] [--seeds 0-4] [--variants all]
                              [--max-tokens 16384] [--calib-tokens 32768] [--out runs/bench-remedies]
-    python bench/remedies.py --report runs/bench-remedies [--plot docs/remedies-pareto.png]
+    python bench/remedies.py --report runs/bench-remedies[,runs/more-rows] [--plot docs/remedies-pareto.png]
 
 Each variant is a registered method at stated options (VARIANTS: the published ones at their authors' settings,
 ours labelled as ours). Every variant runs on the same chip seeds, the same first test tokens and, if it reads any,
@@ -79,6 +79,10 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
                                    "layer, trained once under fresh chip draws, deployed unchanged"),
     "ahwa-lora-injection": ("ahwa-lora", {"lora_train_noise": "ahwa-injection"},
                             "published AHWA-LoRA trained under the authors' injected noise"),
+    "ahwa-lora-full": ("ahwa-lora", {"calib_tokens": 1_000_000},
+                       "published AHWA-LoRA trained on the whole calibration split (118,089 tokens)"),
+    "ahwa-lora-full-retune": ("ahwa-lora-retune", {"calib_tokens": 1_000_000},
+                              "ours: ahwa-lora-full, then 50 steps of retune's fit of its adapters per chip"),
     "ahwa-lora-retune": ("ahwa-lora-retune", {}, "ours: ahwa-lora, then 50 steps of retune's fit of its adapters per chip"),
     "outliers-0.1": ("outliers", {"outlier_fraction": 0.0005}, "ours: 0.05 % largest weights per tile digital"),
     "outliers-0.2": ("outliers", {"outlier_fraction": 0.001}, "ours: 0.1 % largest weights per tile digital"),
@@ -99,8 +103,9 @@ def data_free(name: str) -> bool:
 
 
 def variant_config(name: str, calib_tokens: int):
+    """The variant's config; it reads `calib_tokens` calibration tokens unless it is data-free or names its own."""
     method, options, _ = VARIANTS[name]
-    return calibration_config(method=method, **options, **({} if data_free(name) else {"calib_tokens": calib_tokens}))
+    return calibration_config(method=method, **(({} if data_free(name) else {"calib_tokens": calib_tokens}) | options))
 
 
 def run(args) -> None:
@@ -142,14 +147,14 @@ def run(args) -> None:
             with apply_noise_(bench.model, parse_noise_spec(noise), seed) as chip:
                 for name in pending:
                     started = time.perf_counter()
-                    calibration = None
+                    calibration, config = None, variant_config(name, args.calib_tokens)
                     if name != "none":
-                        calibration = calibrate_(bench.model, variant_config(name, args.calib_tokens),
-                                                 bench.calib_ids, chip=chip)
+                        calibration = calibrate_(bench.model, config, bench.calib_ids, chip=chip)
                     seconds = time.perf_counter() - started
                     record = {"model": args.model, "noise": noise, "seed": seed, "variant": name, "ppl": ppl(),
                               "seconds": seconds, "test_tokens": int(bench.ids.numel()),
-                              "calib_tokens": 0 if data_free(name) else args.calib_tokens,
+                              "calib_tokens": 0 if data_free(name) else min(config.calib_tokens,
+                                                                            int(bench.calib_ids.numel())),
                               "digital_share": calibration.digital_share() if calibration else 0.0,
                               "digital_weights": calibration.digital_weights() if calibration else 0,
                               "chip_weights": chip.total_parameters}
@@ -162,6 +167,21 @@ def read_log(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_logs(folders: str) -> list[dict]:
+    """The records of one results folder, or of several (comma-separated) run on the same chips and tokens: a unit
+    measured in more than one is taken from the first, and must have the same perplexity in each (else the folders
+    were not run on the same chips, and are refused)."""
+    records: dict[tuple, dict] = {}
+    for folder in folders.split(","):
+        for record in read_log(Path(folder) / "results.jsonl"):
+            key = (record["model"], record["noise"], record["seed"], record["variant"])
+            if key in records and records[key]["ppl"] != record["ppl"]:
+                raise SystemExit(f"{folder}: {key} has perplexity {record['ppl']} here and {records[key]['ppl']} in "
+                                 "an earlier folder: not the same chips or tokens")
+            records.setdefault(key, record)
+    return list(records.values())
 
 
 def p_value(a: dict, b: dict) -> float | None:
@@ -292,16 +312,17 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16384, help="test tokens (the first N of the test split)")
     parser.add_argument("--calib-tokens", type=int, default=32768, help="calibration tokens (romer's default)")
     parser.add_argument("--out", default="runs/bench-remedies")
-    parser.add_argument("--report", help="print the leaderboard of this results folder (no run)")
+    parser.add_argument("--report", help="print the leaderboard of this results folder, or of several run on the same "
+                                         "chips and tokens (comma-separated; no run)")
     parser.add_argument("--plot", help="with --report: write the Pareto plot here")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.report:
-        tables = leaderboard(read_log(Path(args.report) / "results.jsonl"))
+        tables = leaderboard(read_logs(args.report))
         text = markdown(tables)
-        (Path(args.report) / "leaderboard.md").write_text(text)
+        (Path(args.report.split(",")[0]) / "leaderboard.md").write_text(text)
         print(text)
         if args.plot:
             plot(tables, Path(args.plot))
