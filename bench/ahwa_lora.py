@@ -3,6 +3,7 @@
     python bench/ahwa_lora.py [--noise cim-80c] [--seeds 0-4] [--strengths 1,0.8,1.2] [--train-noise chip]
                               [--loss task] [--methods none,ahwa-lora,ahwa-lora-retune] [--out runs/bench-ahwa]
     python bench/ahwa_lora.py --report runs/bench-ahwa
+    python bench/ahwa_lora.py --count romer-tiny,bench/configs/olmoe-1b-7b,bench/configs/qwen1.5-moe-a2.7b,bench/configs/deepseek-moe-16b
 
 The adapters are trained once, on fresh draws of `--noise` at 1× (`--train-noise chip`) or of another preset
 (`ahwa-injection`: the authors' injected noise), and cached on disk (`lora_cache`); every chip seed at every
@@ -112,6 +113,25 @@ def report(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def adapter_share(spec: str, rank: int = 8) -> dict:
+    """AHWA-LoRA's digital share on a model, counted from its structure on the meta device (no weights): a scale per
+    output column and A (rank × in), B (out × rank) on every on-chip matrix (every expert slot its own), over the
+    weights the chip holds (the default roles)."""
+    from romer.models import resolve_model_path
+    from romer.noise import NoiseConfig
+    from romer.noise.roles import on_chip_tensors
+    from romer.scale.memory import meta_model
+
+    model, _ = meta_model(resolve_model_path(spec, False))
+    weights = adapters = 0
+    for tensor in on_chip_tensors(model, NoiseConfig().roles):
+        shape = tuple(tensor.param.shape)
+        slots, out_dim, in_dim = (1, *shape) if len(shape) == 2 else shape
+        weights += slots * out_dim * in_dim
+        adapters += slots * (out_dim + rank * (out_dim + in_dim))
+    return {"model": spec, "chip_weights": weights, "adapter_parameters": adapters, "share": adapters / weights}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="romer-tiny")
@@ -127,7 +147,14 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-ahwa")
     parser.add_argument("--report", help="print the table of this results folder (no run)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--count", help="comma list of models or config folders: print the adapters' digital share")
     args = parser.parse_args()
+    if args.count:
+        for spec in args.count.split(","):
+            row = adapter_share(spec)
+            print(f"{row['model']}: {row['adapter_parameters']:,} adapter parameters over {row['chip_weights']:,} "
+                  f"chip weights = {100 * row['share']:.2f} %")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.report:
