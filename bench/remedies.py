@@ -247,6 +247,10 @@ def markdown(tables: dict) -> str:
     return "\n".join(lines)
 
 
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+          "tab:olive", "tab:cyan", "black", "navy", "darkgoldenrod", "teal", "maroon", "lime")  # distinct, all dark
+
+
 def plot(tables: dict, path: Path) -> None:
     import matplotlib
 
@@ -258,15 +262,20 @@ def plot(tables: dict, path: Path) -> None:
                 "retune": ("retune", "*"), "hpd": ("hpd (published)", "D"), "hpd-every": ("hpd, every layer", "d"),
                 "hpd-ranked": ("hpd on our ranking (ours)", "p"), "control": ("HPD's control: the same matrices whole", "x"),
                 "hetero-routers": ("hetero, routers digital too", ">"),
+                "hetero-analog-routers": ("hetero, routers left on the chip", "v"),
                 "over-chips": ("retune-agnostic (over 4 chips)", "P"), "ahwa-lora": ("ahwa-lora (published)", "8"),
                 "ahwa-lora-retune": ("ahwa-lora, then retune per chip (ours)", "1"),
+                "ahwa-lora-full": ("ahwa-lora (published), the whole calibration split", "8"),
+                "ahwa-lora-full-retune": ("ahwa-lora, then retune per chip (ours)", "1"),
+                "retune-blockwise": ("retune, block by block (ours)", "4"),
+                "outlier-retune-blockwise": ("outlier-retune, block by block (ours)", "3"),
                 "ahwa-lora-injection": ("ahwa-lora, the authors' injected noise", "2"),
                 "attention-retune": ("attention-retune", "X"), "outliers": ("outliers (ours)", "h"),
                 "outlier-retune": ("outlier-retune (ours)", "H")}
     panels = list(tables)
     columns = min(2, len(panels))
     grid = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(grid, columns, figsize=(6.5 * columns, 4.5 * grid), squeeze=False)
+    figure, axes = plt.subplots(grid, columns, figsize=(10 * columns, 4.8 * grid), squeeze=False)
     for axis in axes.flat[len(panels):]:
         axis.set_visible(False)
     for axis, key in zip(axes.flat, panels):
@@ -275,17 +284,19 @@ def plot(tables: dict, path: Path) -> None:
         for name, row in rows.items():
             if name == "none":
                 continue
-            family = "control" if name.endswith("-control") else \
+            family = "control" if name.endswith("-control") else name if name in families else \
                 next((f for f in sorted(families, key=len, reverse=True) if name.startswith(f)), name)
             groups[family].append((100 * row["digital_share"]["mean"], 100 * row["recovery"]["mean"],
                                    100 * row["recovery"]["std"], name))
         floor = -40.0  # a point below it is drawn on the floor with its value written beside it
-        for family, points in groups.items():
+        for index, (family, points) in enumerate(groups.items()):
             points.sort()
             label, marker = families.get(family, (family, "x"))
             shown = [max(p[1], floor) for p in points]
+            spread = len({p[0] for p in points}) > 1  # a line joins one family's budgets, never points at one share
             lines = axis.errorbar([p[0] for p in points], shown, yerr=[p[2] if p[1] > floor else 0 for p in points],
-                                  marker=marker, capsize=3, label=label, linestyle="-" if len(points) > 1 else "none")
+                                  marker=marker, capsize=3, label=label, linestyle="-" if spread else "none",
+                                  color=COLORS[index % len(COLORS)], markersize=7)
             for (share, value, _, _), y in zip(points, shown):
                 if value < floor:
                     axis.annotate(f"{value:.0f} %", (share, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
@@ -297,7 +308,7 @@ def plot(tables: dict, path: Path) -> None:
         axis.set_xlabel("digital share of the chip's weights (%)")
         axis.set_ylabel("recovery of the noisy gap (%)")
         axis.set_title(f"{key[0]}, {key[1]} ({len(rows['none']['seeds'])} chip seeds)")
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the points, not on them
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
