@@ -42,7 +42,8 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "hetero": ("hetero", {}, "published (Chowdhury et al. 2026): attention, routers + 12.5 % of experts"),
     "hetero-analog-routers": ("hetero", {"digital_routers": False},
                               "the published placement with the routers left on the chip (our former default)"),
-    "hetero-25": ("hetero", {"digital_experts": 0.25}, "published: attention + 25 % of experts"),
+    "hetero-25": ("hetero", {"digital_experts": 0.25}, "published (Chowdhury et al. 2026, its upper share): attention, "
+                                                        "routers + 25 % of experts"),
     "hetero-experts-3": ("hetero", {"digital_attention": False, "digital_routers": False, "digital_experts": 0.03125},
                          "published ranking, experts only, 3.1 % of experts"),
     "hetero-experts-12": ("hetero", {"digital_attention": False, "digital_routers": False},
@@ -56,11 +57,11 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "hpd": ("hpd", {}, "published (Feng, Zhou et al. 2025, arXiv 2508.11935): the last layer's attention output "
                        "projection decomposed"),
     "hpd-control": ("hpd", {"hpd_whole": True}, "control: the same matrix moved whole to digital"),
-    "hpd-every-1": ("hpd", {"hpd_reading": "every"}, "published, second reading: each layer's output projection "
-                                                    "from the last back, within 1 %"),
+    "hpd-every-1": ("hpd", {"hpd_reading": "every"}, "published (Feng, Zhou et al. 2025), second reading: each layer's "
+                                                    "output projection from the last back, within 1 %"),
     "hpd-every-1-control": ("hpd", {"hpd_reading": "every", "hpd_whole": True}, "control: the same matrices whole"),
     "hpd-every-5": ("hpd", {"hpd_reading": "every", "digital_budget": 0.05},
-                    "published, second reading, within 5 % (every layer's)"),
+                    "published (Feng, Zhou et al. 2025), second reading, within 5 % (every layer's)"),
     "hpd-every-5-control": ("hpd", {"hpd_reading": "every", "digital_budget": 0.05, "hpd_whole": True},
                             "control: the same matrices whole"),
     "hpd-ranked-1": ("hpd", {"hpd_reading": "ranked"}, "ours: HPD on our sensitivity ranking (routers excluded), 1 %"),
@@ -78,9 +79,10 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "ahwa-lora": ("ahwa-lora", {}, "published (Li, Ferro, Lammie et al. 2024, AHWA-LoRA): LoRA r=8, α=32 on every "
                                    "layer, trained once under fresh chip draws, deployed unchanged"),
     "ahwa-lora-injection": ("ahwa-lora", {"lora_train_noise": "ahwa-injection"},
-                            "published AHWA-LoRA trained under the authors' injected noise"),
+                            "published (Li, Ferro, Lammie et al. 2024) under the authors' injected noise"),
     "ahwa-lora-full": ("ahwa-lora", {"calib_tokens": 1_000_000},
-                       "published AHWA-LoRA trained on the whole calibration split (118,089 tokens)"),
+                       "published (Li, Ferro, Lammie et al. 2024, AHWA-LoRA), trained on the whole calibration "
+                       "split (118,089 tokens)"),
     "ahwa-lora-full-retune": ("ahwa-lora-retune", {"calib_tokens": 1_000_000},
                               "ours: ahwa-lora-full, then 50 steps of retune's fit of its adapters per chip"),
     "ahwa-lora-retune": ("ahwa-lora-retune", {}, "ours: ahwa-lora, then 50 steps of retune's fit of its adapters per chip"),
