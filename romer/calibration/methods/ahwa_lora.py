@@ -100,9 +100,19 @@ def training_noise(context) -> NoiseConfig:
     return context.chip.config if spec == "chip" else parse_noise_spec(spec)
 
 
+_FINGERPRINTS: "WeakKeyDictionary[nn.Module, str]" = WeakKeyDictionary()
+
+
 def model_fingerprint(model: nn.Module, chip) -> str:
     """What identifies the model the adapters belong to, cheaply and wherever it was loaded from: its configuration,
-    every on-chip tensor's name, shape and a strided sample of its clean values."""
+    every on-chip tensor's name, shape and a strided sample of its clean values; read once per model object (a clean
+    value may come from a disk backup), then remembered for every later chip."""
+    if model not in _FINGERPRINTS:
+        _FINGERPRINTS[model] = _fingerprint(model, chip)
+    return _FINGERPRINTS[model]
+
+
+def _fingerprint(model: nn.Module, chip) -> str:
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     fields = {k: v for k, v in (config.to_dict() if hasattr(config, "to_dict") else {}).items() if k != "_name_or_path"}
@@ -141,11 +151,11 @@ def load_trained(folder: Path | None, key: str) -> Trained | None:
     return Trained(corrections, record["report"])
 
 
-def save_trained(folder: Path | None, key: str, trained: Trained) -> str | None:
+def save_trained(folder: Path | None, key: str, trained: Trained) -> None:
     """Both files written to temporary siblings and renamed into place, the tensors first: a reader finds the record
     only once its tensors are whole."""
     if folder is None:
-        return None
+        return
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}/{part}": value.cpu().contiguous() for name, (_, state) in trained.corrections.items()
                for part, value in state.items()}
@@ -161,7 +171,6 @@ def save_trained(folder: Path | None, key: str, trained: Trained) -> str | None:
         except BaseException:
             Path(staging).unlink(missing_ok=True)
             raise
-    return str(folder / f"{key}.safetensors")
 
 
 def task_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
