@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from romer.atomic import write_atomic, write_text_atomic
 from romer.calibration.methods.retune import fit_end_to_end, fit_loss, holdout_kl, matrix_shape
 from romer.calibration.registry import Method, register_method
 from romer.calibration.step import Step, register_step
@@ -152,25 +152,15 @@ def load_trained(folder: Path | None, key: str) -> Trained | None:
 
 
 def save_trained(folder: Path | None, key: str, trained: Trained) -> None:
-    """Both files written to temporary siblings and renamed into place, the tensors first: a reader finds the record
-    only once its tensors are whole."""
+    """Both files written atomically, the tensors first: a reader finds the record only once its tensors are whole."""
     if folder is None:
         return
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}/{part}": value.cpu().contiguous() for name, (_, state) in trained.corrections.items()
                for part, value in state.items()}
     record = {"shapes": {name: list(shape) for name, (shape, _) in trained.corrections.items()},
               "report": trained.report}
-    for suffix, write in ((".safetensors", lambda path: save_file(tensors, path)),
-                          (".json", lambda path: Path(path).write_text(json.dumps(record, indent=1)))):
-        handle, staging = tempfile.mkstemp(prefix=f".{key}-", suffix=suffix, dir=folder)
-        os.close(handle)
-        try:
-            write(staging)
-            os.replace(staging, folder / f"{key}{suffix}")
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
+    write_atomic(folder / f"{key}.safetensors", lambda temporary: save_file(tensors, str(temporary)))
+    write_text_atomic(folder / f"{key}.json", json.dumps(record, indent=1))
 
 
 def task_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
