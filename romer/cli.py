@@ -232,9 +232,19 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
                 refresh_steps: Optional[int] = typer.Option(None, "--refresh-steps", help="Also refresh each fitted "
                                                             "calibration at every later condition with this many "
                                                             "steps from the values it carries; default 0 (off)."),
+                refresh_lr: Optional[float] = typer.Option(None, "--refresh-lr", help="The refresh's Adam learning "
+                                                           "rate; default: the fit's own (retune_lr)."),
+                refresh_batch_size: Optional[int] = typer.Option(None, "--refresh-batch-size", help="Sequences per "
+                                                                 "refresh step; default: the calibration's batch."),
                 max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Evaluation tokens; default 4096."),
-                monitor_tokens: Optional[int] = typer.Option(None, "--monitor-tokens", help="Live traffic the "
-                                                             "monitor reads per condition; default 4096."),
+                monitor: Optional[str] = typer.Option(None, "--monitor", help="What the drift monitor reads: probe "
+                                                      "(a stored probe of calibration text, replayed at each check; "
+                                                      "default) or live (windows of later test text)."),
+                monitor_tokens: Optional[int] = typer.Option(None, "--monitor-tokens", help="Tokens the monitor "
+                                                             "reads per check; default 4096."),
+                monitor_floor_windows: Optional[int] = typer.Option(None, "--monitor-floor-windows", help="Windows "
+                                                                    "the monitor scores the unchanged chip on at "
+                                                                    "calibration (its floor and spread); default 6."),
                 out_dir: str = typer.Option("runs/age", "--out"), force: bool = ForceOpt,
                 device: Optional[str] = typer.Option(None, "--device"),
                 threads: Optional[int] = ThreadsOpt, as_json: bool = JsonOpt) -> None:
@@ -251,7 +261,10 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
     spec = age_spec(model=model, data=data, calib_data=calib_data, noise=noise, methods=_split_list(methods),
                     seeds=parse_seeds(seeds) if seeds else None, calibrate_at=calibrate_at,
                     times=_split_list(times), temperatures=temperature_list, reference=reference,
-                    refresh_steps=refresh_steps, max_tokens=max_tokens, monitor_tokens=monitor_tokens, device=device,
+                    refresh_steps=refresh_steps, refresh_lr=refresh_lr,
+                    refresh_batch_size=refresh_batch_size, max_tokens=max_tokens,
+                    monitor=monitor, monitor_tokens=monitor_tokens, monitor_floor_windows=monitor_floor_windows,
+                    device=device,
                     calibration=calibration_config("none", options).model_dump(exclude={"method"}, exclude_unset=True)
                     if options else None)
     _backend(threads=threads)
@@ -264,7 +277,9 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
     for method, record in results["monitor"].items():
         rho = "–" if record["spearman_rho"] is None else f"{record['spearman_rho']:.3f}"
         out.print(f"monitor, {method}: Spearman ρ {rho} over {record['readings']} readings, "
-                  f"{record['false_alarms']} false alarms of {record['unchanged_readings']}", highlight=False)
+                  f"{record['false_alarms']} false alarms of {record['unchanged_readings']}, "
+                  f"{record['alarms']} alarms of {record['readings'] - record['unchanged_readings']} later readings",
+                  highlight=False)
 
 
 @app.command("sweep")

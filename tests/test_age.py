@@ -4,14 +4,16 @@ recalibration; resumable; the monitor's score from live traffic alone."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
 
 import romer
 from romer import Condition, NoiseConfig, apply_noise_
+from romer.calibration import refresh_teacher
 from romer.campaign.age import age_spec, run_age
-from romer.diagnosis.monitor import ALARM, Snapshot, drift_score, reference, snapshot
+from romer.diagnosis.monitor import ALARM_FRACTION, SIGMAS, Snapshot, drift_score, reference, snapshot
 from romer.errors import RomerError
 from romer.evaluation import perplexity, tokenize_stream
 
@@ -20,7 +22,7 @@ def spec_for(model_dir, texts, **extra):
     evaluation, calibration = texts
     fields = dict(model=str(model_dir), data=str(evaluation), calib_data=str(calibration), noise="pcm-cim",
                   methods=["none", "compensate"], seeds=[0], times=["1h", "1y"], temperatures=[25, 80],
-                  max_tokens=512, monitor_tokens=192, window=64)
+                  max_tokens=512, monitor_tokens=192, monitor_floor_windows=2, window=64)
     return age_spec(**(fields | extra))
 
 
@@ -67,23 +69,43 @@ def test_bad_conditions_are_one_line_errors(tiny_moe_dir, texts):
         spec_for(tiny_moe_dir, texts, times=["soon"])
 
 
-def test_the_drift_score_is_zero_on_the_same_traffic_and_grows_as_the_chip_ages(tiny_moe_dir, sample_txt):
+def test_the_drift_score_is_zero_on_the_same_probe_grows_as_the_chip_ages_and_alarms_past_half_its_damage(
+        tiny_moe_dir, sample_txt):
     model, tokenizer = romer.load_model(str(tiny_moe_dir))
     ids = tokenize_stream(tokenizer, sample_txt.read_text())[:64 * 16]
+    windows = [ids[64 * 4 * i:64 * 4 * (i + 1)] for i in range(4)]
+    probe = windows[0]
+    clean = snapshot(model, probe, 64)
     with apply_noise_(model, NoiseConfig.preset("pcm-cim"), seed=0) as chip:
-        stored = reference(model, ids[:64 * 8], ids[64 * 8:], 64)
-        assert drift_score(stored, snapshot(model, ids[:64 * 8], 64))["score"] == 0.0  # same chip, same traffic
-        assert stored.floor == drift_score(stored, snapshot(model, ids[64 * 8:], 64))["score"] > 0
+        stored = reference(model, probe, 64, clean=clean)
+        assert (stored.floor, stored.spread) == (0.0, 0.0)  # the chip reads the same probe bit for bit
+        assert stored.damage == drift_score(stored, clean)["score"] > 0
+        assert stored.threshold() == ALARM_FRACTION * stored.damage
+        unchanged = drift_score(stored, snapshot(model, probe, 64))
+        assert unchanged["score"] == 0.0 and not unchanged["recalibrate"]
         scores = []
         for moment in ("1d", "1y", "1y@80C"):
             chip.move_to(Condition.parse(moment))
-            scores.append(drift_score(stored, snapshot(model, ids[:64 * 8], 64))["score"])
-        assert scores[0] < scores[1] < scores[2]
-        alarm = drift_score(stored, snapshot(model, ids[:64 * 8], 64))
-        assert alarm["recalibrate"] == (alarm["score"] > ALARM * stored.floor)
+            scores.append(drift_score(stored, snapshot(model, probe, 64)))
+        assert scores[0]["score"] < scores[1]["score"] < scores[2]["score"]
+        assert all(s["recalibrate"] == (s["score"] > stored.threshold()) for s in scores)
+        chip.move_to(Condition.parse("1h@25C"))
+        live = reference(model, probe, 64, others=windows[1:])  # live traffic: the floor from other windows
+        floor = [drift_score(live, snapshot(model, w, 64))["score"] for w in windows[1:]]
+        assert live.floor == pytest.approx(statistics.fmean(floor)) and live.floor > 0
+        assert live.spread == pytest.approx(statistics.stdev(floor)) and live.spread > 0
+        assert live.damage is None and live.threshold() == pytest.approx(live.floor + SIGMAS * live.spread)
+        alarm = drift_score(live, snapshot(model, windows[1], 64))
+        assert alarm["recalibrate"] == (alarm["score"] > live.threshold())
+        assert alarm["sigmas"] == pytest.approx((alarm["score"] - live.floor) / live.spread)
     restored = Snapshot.from_dict(json.loads(json.dumps(stored.as_dict())))
     assert all(torch.allclose(a, b.to(a.dtype)) for a, b in zip(stored.load, restored.load))
-    assert restored.floor == stored.floor
+    assert (restored.floor, restored.spread, restored.damage) == (stored.floor, stored.spread, stored.damage)
+    with pytest.raises(ValueError, match="further read"):
+        reference(model, probe, 64, others=[])
+    one = reference(model, probe, 64, others=windows[1:2])
+    assert one.spread is None and one.threshold() is None
+    assert "recalibrate" not in drift_score(one, snapshot(model, windows[2], 64))
 
 
 FAST_RETUNE = dict(calib_tokens=64 * 12, window=64, retune_steps=6, retune_eval_every=2, retune_budget=0.05)
@@ -119,9 +141,52 @@ def test_a_refresh_refits_what_the_calibration_carries_on_the_aged_chip_adds_not
         statistics_only.remove()
 
 
+def test_a_kept_teacher_refreshes_bit_for_bit_as_a_visit_to_the_clean_twin_at_any_batch():
+    from tests.families import build
+
+    model = build("olmoe")
+    tokens = torch.arange(64 * 12).remainder(97) + 1
+    with apply_noise_(model, NoiseConfig.preset("pcm-cim"), seed=1, at=Condition.parse("1h@25C")) as chip:
+        calibration = romer.calibrate_(model, romer.CalibrationConfig(method="retune", **FAST_RETUNE), tokens)
+        kept = refresh_teacher(model, calibration, tokens, batch_size=2)  # at calibration, before the chip moves
+        chip.move_to(Condition.parse("1y@80C"))
+        values = {}
+        for teacher in (None, kept):
+            record = romer.refresh_(model, calibration, tokens, steps=3, batch_size=2, teacher=teacher)
+            assert record["batch_size"] == 2 and record["teacher_kept"] == (teacher is not None)
+            assert (record["teacher_seconds"] == 0) == (teacher is not None)
+            values[teacher is None] = [p.detach().clone() for p in calibration.fitted_parameters()]
+            calibration.rollback(record["mark"])
+        assert all(torch.equal(a, b) for a, b in zip(values[True], values[False]))
+        with pytest.raises(RomerError, match="batches of 2 sequences"):
+            romer.refresh_(model, calibration, tokens, steps=1, batch_size=4, teacher=kept)
+        with pytest.raises(RomerError, match="at least one sequence"):
+            romer.refresh_(model, calibration, tokens, steps=1, batch_size=0)
+        calibration.remove()
+
+
+def test_the_refresh_teacher_is_the_clean_model_not_the_clean_weights_with_the_calibration_left_on():
+    from romer.calibration.teacher import clean_teacher
+    from romer.calibration.tokens import CalibrationTokens
+    from tests.families import build
+
+    model = build("olmoe")
+    tokens = torch.arange(64 * 12).remainder(97) + 1
+    config = romer.CalibrationConfig(method="retune", **FAST_RETUNE)
+    expected = clean_teacher(model, CalibrationTokens.split(tokens, 64, config.calib_tokens, 0.25), 2, hidden=True)
+    with apply_noise_(model, NoiseConfig.preset("pcm-cim"), seed=1):
+        calibration = romer.calibrate_(model, config, tokens)
+        assert calibration.norms and any(t.bias is not None for t in calibration.transforms.values())
+        kept = refresh_teacher(model, calibration, tokens, batch_size=2)
+        for made, wanted in zip(kept.fit + kept.holdout, expected.fit + expected.holdout):
+            assert torch.equal(made.probs, wanted.probs)
+            assert all(torch.equal(a, b) for a, b in zip(made.hidden, wanted.hidden))
+        calibration.remove()
+
+
 def test_age_refreshes_each_fitted_calibration_at_every_later_condition_and_resumes(tiny_moe_dir, texts, tmp_path):
     spec = spec_for(tiny_moe_dir, texts, methods=["none", "retune", "romer"], reference=False, refresh_steps=2,
-                    calibration=FAST_RETUNE, times=["1h", "1y"], temperatures=[80])
+                    refresh_batch_size=2, calibration=FAST_RETUNE, times=["1h", "1y"], temperatures=[80])
     seen = []
     results = run_age(spec, tmp_path / "age", progress=False, on_record=seen.append)
     refreshed = [r for r in seen if r["kind"] == "refreshed"]
@@ -130,6 +195,8 @@ def test_age_refreshes_each_fitted_calibration_at_every_later_condition_and_resu
                                                                   for c in ("1h@80C", "1y@80C")}
     fitted = next(r for r in refreshed if r["method"] == "retune")
     assert fitted["refresh"]["steps"] == 2 and 0 < fitted["refresh_share_of_fit"]
+    assert fitted["refresh"]["teacher_kept"] and fitted["refresh"]["batch_size"] == 2
+    assert fitted["refresh"]["teacher_seconds"] == 0 < fitted["refresh"]["kept_teacher_seconds"]
     assert "skipped" in next(r for r in refreshed if r["method"] == "romer")  # statistics, no fitted numbers
     row = next(r for r in results["rows"] if r["method"] == "retune" and r["condition"] == "1y@80C")
     assert row["refreshed"]["seeds"] == 1 and "cost_percent_of_fit" in row["refreshed"]

@@ -9,11 +9,11 @@ from romer.calibration import methods as _built_in  # noqa: F401  (registers the
 from romer.calibration.config import CalibrationConfig, RomerConfig, calibration_config, romer_config
 from romer.calibration.persist import load_calibration
 from romer.calibration.pipeline import calibrate_, carried_calibration, resolve
-from romer.calibration.refresh import refresh_, refreshable
+from romer.calibration.refresh import refresh_, refresh_teacher, refreshable
 from romer.calibration.registry import Method, get_method, method_names, register_method, register_step
 from romer.calibration.state import Calibration
 from romer.calibration.step import Step
 
 __all__ = ["Calibration", "CalibrationConfig", "Method", "RomerConfig", "Step", "calibrate_", "calibration_config",
-           "carried_calibration", "get_method", "load_calibration", "method_names", "refresh_", "refreshable", "register_method",
+           "carried_calibration", "get_method", "load_calibration", "method_names", "refresh_", "refresh_teacher", "refreshable", "register_method",
            "register_step", "resolve", "romer_config"]

@@ -15,6 +15,7 @@ from torch import nn
 from romer.calibration.config import CalibrationConfig
 from romer.calibration.replacement import Replacement, write_replacement
 from romer.calibration.router import LayerTransform
+from romer.errors import RomerError
 from romer.moe.adapter import MoeAdapter, adapter_for
 from romer.noise.chip import ChipHandle
 from romer.noise.layout import ChipLayout, parse_digital_key
@@ -161,6 +162,27 @@ class Calibration:
             with torch.no_grad():
                 for name, (param, _) in self.norms.items():
                     param.copy_(tuned[name])
+
+    @contextmanager
+    def clean_twin(self) -> Iterator[None]:
+        """The chip's clean twin with this calibration installed, for the duration of the block: the clean weights
+        (`ChipHandle.suspended`, which also takes the corrections after the ADCs off), the norm gains as they were
+        before the calibration, and every routing transform bypassed. A calibration that re-programmed experts
+        (ROMER's replacements) is refused: its twin would hold the copies."""
+        if self.chip is None or self.chip.restored:
+            raise RomerError("the clean twin needs the calibration's chip, live")
+        if self.replacements:
+            raise RomerError(f"a '{self.config.method}' calibration re-programmed experts, so the model it is installed "
+                             "on is not the clean twin; take the clean twin's outputs before calibrating")
+        bypassed = {index: dict(vars(transform)) for index, transform in self.transforms.items()}
+        with self.chip.suspended(), self.original_norms():
+            for transform in self.transforms.values():
+                transform.__dict__.update(vars(type(transform)()))  # a fresh transform: the identity
+            try:
+                yield
+            finally:
+                for index, fields in bypassed.items():
+                    self.transforms[index].__dict__.update(fields)
 
     def mark(self) -> int:
         """A point to roll back to: everything changed after it can be undone alone (`rollback`)."""

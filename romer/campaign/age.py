@@ -30,17 +30,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from romer.atomic import write_text_atomic
-from romer.calibration import calibrate_, refresh_, refreshable
+from romer.calibration import calibrate_, refresh_, refresh_teacher, refreshable
 from romer.campaign.lock import folder_lock
 from romer.campaign.log import ResultsLog
 from romer.campaign.run import Workbench
 from romer.campaign.spec import run_spec
 from romer.campaign.trials import calibration_for
 from romer.crashpoints import crash_point
-from romer.diagnosis.monitor import drift_score, reference, snapshot
+from romer.diagnosis.monitor import ALARM_FRACTION, FLOOR_WINDOWS, SIGMAS, Snapshot, drift_score, reference, snapshot
 from romer.errors import RomerError
 from romer.noise import Condition, apply_noise_, parse_noise_spec
 from romer.progress import progress_bar
@@ -65,11 +67,20 @@ class AgeSpec(BaseModel):
     refresh_steps: int = Field(0, ge=0, le=100000, description="also refresh each fitted calibration at every later "
                                                                 "condition with this many steps of retune's fit from "
                                                                 "the values it carries (romer.refresh_); 0: off")
+    refresh_lr: float | None = Field(None, gt=0, le=1, description="the refresh's Adam learning rate (default: the "
+                                                                   "fit's own retune_lr)")
+    refresh_batch_size: int | None = Field(None, ge=1, le=4096, description="sequences per refresh step (default: "
+                                                                             "the calibration's batch_size)")
     max_tokens: int | None = Field(4096, ge=1, description="evaluation tokens (the first N of the test split)")
-    monitor_tokens: int = Field(4096, ge=64, description="live traffic the monitor reads in each window: the "
-                                                         "evaluation split after the scored tokens, three windows "
-                                                         "(two at calibration: the reference and its floor; one "
-                                                         "at each later reading)")
+    monitor: Literal["probe", "live"] = Field("probe", description="what the drift monitor reads: a stored probe "
+                                                                   "of calibration text, replayed at each check, or "
+                                                                   "live traffic (windows of the evaluation split "
+                                                                   "after the scored tokens)")
+    monitor_tokens: int = Field(4096, ge=64, description="tokens the monitor reads per check (the probe, or each "
+                                                         "live window)")
+    monitor_floor_windows: int = Field(FLOOR_WINDOWS, ge=2, le=64, description="reads of the unchanged chip at "
+                                                                              "calibration (probe replays, or live "
+                                                                              "windows): the floor's mean and spread")
     window: int | None = Field(None, ge=2)
     batch_size: int = Field(8, ge=1)
     device: str = "cpu"
@@ -179,17 +190,35 @@ def run_age(spec: AgeSpec, out: str | Path, force: bool = False, progress: bool 
         return write_age_report(spec, summary, Path(out))
 
 
-def _scored_bench(spec: AgeSpec) -> tuple[Workbench, list]:
-    """The work bench with the first `max_tokens` of the evaluation split scored, and the text after them kept as the
-    monitor's live traffic (never scored)."""
+def _scored_bench(spec: AgeSpec) -> tuple[Workbench, tuple]:
+    """The work bench with the first `max_tokens` of the evaluation split scored, and what the monitor reads:
+    (reference, floor windows or None for probe replays, the later check's tokens). A probe is the first
+    `monitor_tokens` of the calibration text, read at every check; live traffic is the evaluation split after the
+    scored tokens (never scored): a reference window, `monitor_floor_windows` windows, and one later window, the same
+    at every condition."""
     bench = Workbench.load(spec.run_spec())
     scored = spec.max_tokens or bench.ids.numel()
+    if spec.monitor == "probe":
+        size = min(spec.monitor_tokens, bench.calib_ids.numel()) // bench.window * bench.window
+        if size < bench.window:
+            raise RomerError(f"the calibration text has {bench.calib_ids.numel()} tokens: too few for a monitor probe "
+                             f"of one {bench.window}-token window; give more calibration text")
+        probe = bench.calib_ids[:size]
+        return replace(bench, ids=bench.ids[:scored]), (probe, None, probe, _clean(bench, probe))
     window = min(spec.monitor_tokens, bench.ids.numel()) // bench.window * bench.window
-    traffic = bench.ids[scored:scored + 3 * window]
-    if window < bench.window or traffic.numel() < 3 * window:
+    count = spec.monitor_floor_windows + 2
+    traffic = bench.ids[scored:scored + count * window]
+    if window < bench.window or traffic.numel() < count * window:
         raise RomerError(f"the evaluation split has {bench.ids.numel()} tokens: too few for {scored} scored tokens and "
-                         f"three monitor windows of {spec.monitor_tokens}; lower --max-tokens or --monitor-tokens")
-    return replace(bench, ids=bench.ids[:scored]), [traffic[i * window:(i + 1) * window] for i in range(3)]
+                         f"{count} monitor windows of {spec.monitor_tokens}; lower --max-tokens, --monitor-tokens or "
+                         "--monitor-floor-windows, or use --monitor probe")
+    windows = [traffic[i * window:(i + 1) * window] for i in range(count)]
+    return replace(bench, ids=bench.ids[:scored]), (windows[0], windows[1:-1], windows[-1], _clean(bench, windows[0]))
+
+
+def _clean(bench: Workbench, ids) -> Snapshot:
+    """The clean model's monitor statistics on the reference tokens (in the lab, before any chip)."""
+    return snapshot(bench.model, ids, bench.window, bench.batch_size)
 
 
 def refreshing(spec: AgeSpec, method: str, condition: str) -> bool:
@@ -198,7 +227,9 @@ def refreshing(spec: AgeSpec, method: str, condition: str) -> bool:
 
 def _aged(bench: Workbench, traffic: list, spec: AgeSpec, noise, seed: int, method: str, wanted: list[str]):
     """Calibrate at `calibrate_at`, then read the same chip at each wanted condition, the calibration unchanged; with
-    `refresh_steps`, also refreshed there (and the refresh undone before the next condition)."""
+    `refresh_steps`, also refreshed there (and the refresh undone before the next condition). A refreshing chip keeps
+    the clean twin's targets on the calibration text from calibration (`refresh_teacher`, once): in the field there
+    is no clean twin, so a refresh pays only its steps."""
     start = Condition.parse(spec.calibrate_at)
     with apply_noise_(bench.model, noise, seed, at=start) as chip:
         started = time.perf_counter()
@@ -208,28 +239,36 @@ def _aged(bench: Workbench, traffic: list, spec: AgeSpec, noise, seed: int, meth
                                      bench.calib_ids, chip=chip)
             crash_point("calibrated")
         seconds = time.perf_counter() - started
-        first, second, later = traffic
-        stored = reference(bench.model, first, second, bench.window, bench.batch_size)
+        kept = None
+        if calibration is not None and any(refreshing(spec, method, c) for c in wanted) and refreshable(calibration):
+            started = time.perf_counter()
+            kept = (refresh_teacher(bench.model, calibration, bench.calib_ids, spec.refresh_batch_size),
+                    time.perf_counter() - started)
+        first, floor, later, clean = traffic
+        stored = reference(bench.model, first, bench.window, bench.batch_size, clean=clean, others=floor,
+                           replays=spec.monitor_floor_windows)
         for condition in wanted:
             chip.move_to(Condition.parse(condition))
             monitor = drift_score(stored, snapshot(bench.model, later, bench.window, bench.batch_size))
             yield {"kind": "aged", "seed": seed, "method": method, "condition": condition, "calib_seconds": seconds,
                    "ppl": bench.measure(with_routing=False)["ppl"], "monitor": monitor}
             if refreshing(spec, method, condition):
-                yield _refreshed(bench, spec, calibration, seed, method, condition, seconds)
+                yield _refreshed(bench, spec, calibration, seed, method, condition, seconds, kept)
         if calibration is not None:
             calibration.remove()
 
 
 def _refreshed(bench: Workbench, spec: AgeSpec, calibration, seed: int, method: str, condition: str,
-               calib_seconds: float) -> dict:
+               calib_seconds: float, kept: tuple | None) -> dict:
     record = {"kind": "refreshed", "seed": seed, "method": method, "condition": condition,
               "calib_seconds": calib_seconds}
     if not refreshable(calibration):
         return record | {"skipped": "no fitted digital numbers to refresh"}
-    refresh = refresh_(bench.model, calibration, bench.calib_ids, spec.refresh_steps)
+    teacher, teacher_seconds = kept
+    refresh = refresh_(bench.model, calibration, bench.calib_ids, spec.refresh_steps, lr=spec.refresh_lr,
+                       batch_size=spec.refresh_batch_size, teacher=teacher)
     record |= {"ppl": bench.measure(with_routing=False)["ppl"],
-               "refresh": {k: v for k, v in refresh.items() if k != "mark"},
+               "refresh": {k: v for k, v in refresh.items() if k != "mark"} | {"kept_teacher_seconds": teacher_seconds},
                "refresh_share_of_fit": refresh["seconds"] / calib_seconds}
     calibration.rollback(refresh["mark"])
     return record
@@ -284,7 +323,7 @@ def summarize_age(spec: AgeSpec, records: list[dict]) -> dict:
         rows.append(row)
     monitor = {}
     for method in spec.methods:
-        scores, losses, alarms, unchanged = [], [], 0, 0
+        scores, losses, alarms, unchanged, fired = [], [], 0, 0, 0
         for seed in spec.seeds:
             base = found.get(("aged", seed, method, spec.calibrate_at))
             for condition in spec.conditions():
@@ -296,8 +335,14 @@ def summarize_age(spec: AgeSpec, records: list[dict]) -> dict:
                 if condition == spec.calibrate_at:
                     unchanged += 1
                     alarms += bool(unit["monitor"].get("recalibrate"))
+                else:
+                    fired += bool(unit["monitor"].get("recalibrate"))
         monitor[method] = {"spearman_rho": _spearman(scores, losses), "readings": len(scores),
-                           "false_alarms": alarms, "unchanged_readings": unchanged}
+                           "false_alarms": alarms, "unchanged_readings": unchanged, "alarms": fired,
+                           "alarm_conditions": sorted({c for s in spec.seeds for c in spec.conditions()
+                                                       if (u := found.get(("aged", s, method, c))) and
+                                                       u.get("monitor", {}).get("recalibrate")
+                                                       and c != spec.calibrate_at}, key=spec.conditions().index)}
     return {"spec": spec.model_dump(mode="json"), "clean_ppl": clean, "rows": rows, "monitor": monitor,
             "conditions": spec.conditions()}
 
@@ -358,12 +403,19 @@ def age_markdown(spec: AgeSpec, summary: dict) -> str:
     lines += ["## Monitor", "",
               "Drift score from live traffic only (expert load, router-logit medians and IQRs, per-column output "
               "statistics) against the statistics stored at calibration; ρ: Spearman's rank correlation with the true "
-              "perplexity loss since calibration; alarms at the calibration condition are false alarms.", "",
-              "| method | ρ | readings | false alarms |", "|---|---|---|---|"]
+              "perplexity loss since calibration; alarms at the calibration condition are false alarms, alarms at "
+              f"a later one recommend a recalibration (score above {ALARM_FRACTION:g} × the chip's distance from "
+              f"the clean model at calibration, and above the unchanged chip's floor by {SIGMAS:g} spreads). The "
+              f"monitor reads {'a stored probe of calibration text' if spec.monitor == 'probe' else 'live traffic'}"
+              f" of {spec.monitor_tokens} tokens per check.", "",
+              "| method | ρ | readings | false alarms | alarms at later readings | conditions that raised one |",
+              "|---|---|---|---|---|---|"]
     for method, record in summary["monitor"].items():
         rho = "–" if record["spearman_rho"] is None else f"{record['spearman_rho']:.3f}"
         lines.append(f"| {method} | {rho} | {record['readings']} | {record['false_alarms']} of "
-                     f"{record['unchanged_readings']} |")
+                     f"{record['unchanged_readings']} | {record['alarms']} of "
+                     f"{record['readings'] - record['unchanged_readings']} | "
+                     f"{', '.join(record['alarm_conditions']) or '–'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,26 +1,35 @@
-"""A monitor a deployed chip can run: has the chip moved since it was calibrated?
+"""A monitor a deployed chip can run: has the chip moved since it was calibrated, and far enough to recalibrate?
 
-It reads only what the chip itself sees on live, unlabeled traffic (no labels, no clean twin):
+It reads only what the chip itself computes on unlabeled text (no labels, no clean twin at run time):
 - each MoE layer's expert load (selection counts);
 - each router's logit medians and inter-quartile ranges, per expert;
 - each decoder layer's output, per column (hidden unit): its mean and its root mean square.
 
-`snapshot` takes these statistics; `reference` takes them at calibration on two successive windows of live
-traffic. `drift_score` compares a later snapshot (on later traffic, as many tokens) with the reference and
-returns one number, the mean over layers of three parts:
+`snapshot` takes these statistics on some tokens; `drift_score` compares a later snapshot with the one stored at
+calibration and returns one number, the mean over layers of three parts:
 - load: total-variation distance between the two load distributions;
 - logits: the median |Δ median| over experts, in units of the reference IQR, plus |log(IQR ratio)|;
 - columns: the median over columns of |Δ mean| / reference RMS plus |log(RMS ratio)|.
 
-Each part is 0 for an unchanged chip read on unlimited traffic. On finite traffic it is not: the score between
-the reference's two windows, the same chip on different text of the same size, is what an unchanged chip scores
-(`floor`), and a recommendation to recalibrate is raised when a later score exceeds `ALARM × floor`: a ratio, so
-the same rule serves a model of any size. How well the score tracks the true loss, and how often it alarms on an
-unchanged chip, is measured by `romer age` (Spearman's ρ and the false alarms in its report).
+**What it reads: a stored probe.** `reference(model, probe, …)` stores the statistics of a fixed probe, some
+thousand tokens of calibration text kept on the host; each check replays the same probe (one forward pass). The
+score then moves only with the chip: the same text read by the same chip scores 0 (more only where reads are noisy,
+which the replays at calibration measure). This is how the field watches a deployed array: aihwkit's global drift
+compensation replays one fixed reference input and compares its output with the one read at programming. Live
+traffic (`reference(…, others=[windows])`, each check on a new window) is kept for comparison: its statistics move
+with what the text is about at least as much as with the chip (bench/monitor.py measures both).
+
+**When to recalibrate.** At calibration the clean model is at hand (every calibration reads it), so the reference also
+stores `damage`: the score of the clean model against the chip as calibrated, on the same probe: how far from clean
+the calibration left it, in the score's own units. A later score is a recommendation to recalibrate when it exceeds
+`ALARM_FRACTION × damage` (the chip has since moved half as far again as it stood from clean) and the replays'
+floor by `SIGMAS` spreads (more than reading noise moves it). How well the score tracks the true loss, how often it
+alarms on an unchanged chip and where it fires are measured by `romer age` and bench/monitor.py.
 """
 
 from __future__ import annotations
 
+import statistics
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -30,7 +39,10 @@ from torch import nn
 from romer.calibration.blocks import decoder_layers, layer_output
 from romer.evaluation.routing import capture_routing
 
-ALARM = 3.0  # recalibrate when the drift score exceeds this multiple of an unchanged chip's score (the floor)
+FLOOR_WINDOWS = 6       # unchanged-chip scores taken at calibration (replays of the probe, or live windows)
+SIGMAS = 4.0            # an alarm needs a score this many spreads above that floor: with six scores an unchanged chip's
+                        # next one does so about 1 % of the time (Student's t, 5 degrees of freedom, ×√(1 + 1/6))
+ALARM_FRACTION = 0.5    # ... and above this fraction of the chip's distance from its clean twin at calibration
 
 
 @dataclass
@@ -43,18 +55,29 @@ class Snapshot:
     column_mean: list[torch.Tensor]
     column_rms: list[torch.Tensor]
     tokens: int
-    floor: float | None = None  # a reference's: the score of the same chip on a second window of traffic
+    floor: float | None = None   # a reference's: the mean score of the unchanged chip (probe replays, or windows)
+    spread: float | None = None  # ... and their standard deviation (with two or more)
+    damage: float | None = None  # a reference's: the clean twin's score against the chip as calibrated
 
     def as_dict(self) -> dict:
         return {"load": [t.tolist() for t in self.load], "logit_median": [t.tolist() for t in self.logit_median],
                 "logit_iqr": [t.tolist() for t in self.logit_iqr], "column_mean": [t.tolist() for t in self.column_mean],
-                "column_rms": [t.tolist() for t in self.column_rms], "tokens": self.tokens, "floor": self.floor}
+                "column_rms": [t.tolist() for t in self.column_rms], "tokens": self.tokens, "floor": self.floor,
+                "spread": self.spread, "damage": self.damage}
 
     @classmethod
     def from_dict(cls, record: dict) -> "Snapshot":
         tensors = {k: [torch.tensor(v) for v in record[k]] for k in
                    ("load", "logit_median", "logit_iqr", "column_mean", "column_rms")}
-        return cls(**tensors, tokens=record["tokens"], floor=record.get("floor"))
+        return cls(**tensors, tokens=record["tokens"], floor=record.get("floor"), spread=record.get("spread"),
+                   damage=record.get("damage"))
+
+    def threshold(self) -> float | None:
+        """The score above which the chip is recommended for recalibration: above `ALARM_FRACTION × damage` and above
+        the floor by `SIGMAS` spreads, each where known (None when neither is)."""
+        parts = [self.floor + SIGMAS * self.spread] if self.floor is not None and self.spread is not None else []
+        parts += [ALARM_FRACTION * self.damage] if self.damage is not None else []
+        return max(parts) if parts else None
 
 
 @torch.no_grad()
@@ -91,11 +114,26 @@ def snapshot(model: nn.Module, ids: torch.Tensor, window: int, batch_size: int =
                     column_rms=[(q / max(tokens, 1)).sqrt() for q in squares], tokens=tokens)
 
 
-def reference(model: nn.Module, first: torch.Tensor, second: torch.Tensor, window: int, batch_size: int = 8) -> Snapshot:
-    """The statistics a monitor stores at calibration: a snapshot on the traffic window `first`, with the score of
-    the same chip on the next window `second` (as many tokens) as its floor."""
-    stored = snapshot(model, first, window, batch_size)
-    stored.floor = drift_score(stored, snapshot(model, second, window, batch_size))["score"]
+def reference(model: nn.Module, probe: torch.Tensor, window: int, batch_size: int = 8, clean: Snapshot | None = None,
+              others: list[torch.Tensor] | None = None, replays: int = FLOOR_WINDOWS) -> Snapshot:
+    """The statistics a monitor stores at calibration: a snapshot of the chip on the token stream `probe`; its floor
+    and spread from `replays` further reads of the same probe (or, for a live-traffic monitor, from the windows
+    `others`, as many tokens each); with `clean` (the clean model's snapshot on the same probe, taken once in the lab),
+    its `damage`: the clean model's score against it."""
+    stored = snapshot(model, probe, window, batch_size)
+    windows = others if others is not None else [probe] * replays
+    scores = []
+    for ids in windows:
+        scores.append(drift_score(stored, snapshot(model, ids, window, batch_size))["score"])
+        if others is None and scores == [0.0]:  # the chip reads the probe bit for bit: no reading noise to measure
+            scores = [0.0, 0.0]
+            break
+    if not scores:
+        raise ValueError("a monitor's reference needs at least one further read for its floor")
+    stored.floor = statistics.fmean(scores)
+    stored.spread = statistics.stdev(scores) if len(scores) > 1 else None
+    if clean is not None:
+        stored.damage = drift_score(stored, clean)["score"]
     return stored
 
 
@@ -113,5 +151,12 @@ def drift_score(reference: Snapshot, now: Snapshot) -> dict:
     record = {"score": score, "load": float(load), "logits": float(logit), "columns": float(column)}
     if reference.floor is not None:
         record["floor"] = reference.floor
-        record["recalibrate"] = score > ALARM * reference.floor
+        record["ratio"] = score / reference.floor if reference.floor > 0 else None
+    threshold = reference.threshold()
+    if threshold is not None:
+        record["threshold"] = threshold
+        record["sigmas"] = ((score - reference.floor) / reference.spread
+                            if reference.spread and reference.floor is not None else None)
+        record["damage"] = reference.damage
+        record["recalibrate"] = score > threshold
     return record
