@@ -11,7 +11,7 @@ import torch
 
 import romer
 from romer import Condition, NoiseConfig, apply_noise_
-from romer.calibration import refresh_teacher
+from romer.calibration import refresh_teacher, refreshable
 from romer.campaign.age import age_spec, run_age
 from romer.diagnosis.monitor import ALARM_FRACTION, SIGMAS, Snapshot, drift_score, reference, snapshot
 from romer.errors import RomerError
@@ -136,9 +136,14 @@ def test_a_refresh_refits_what_the_calibration_carries_on_the_aged_chip_adds_not
         assert torch.equal(logits(), aged)  # undone: the calibration as it was fitted at 1 h, 25 °C
         calibration.remove()
         statistics_only = romer.calibrate_(model, romer.CalibrationConfig(method="romer", tau=1.0), tokens)
-        with pytest.raises(RomerError, match="no fitted digital numbers"):
+        with pytest.raises(RomerError, match="no digital numbers fitted"):
             romer.refresh_(model, statistics_only, tokens)
         statistics_only.remove()
+        data_free = romer.calibrate_(model, romer.CalibrationConfig(method="compensate"), tokens)
+        assert data_free.fitted_parameters() and not refreshable(data_free)  # gains read, not fitted
+        with pytest.raises(RomerError, match="calibrate it again"):
+            romer.refresh_(model, data_free, tokens)
+        data_free.remove()
 
 
 def test_a_kept_teacher_refreshes_bit_for_bit_as_a_visit_to_the_clean_twin_at_any_batch():

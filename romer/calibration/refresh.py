@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from romer.calibration.methods.retune import fit_end_to_end
+from romer.calibration.registry import get_method
 from romer.calibration.state import Calibration
 from romer.calibration.teacher import Teacher, clean_teacher
 from romer.calibration.tokens import CalibrationTokens
@@ -33,7 +34,14 @@ from romer.evaluation.perplexity import default_window
 
 
 def refreshable(calibration: Calibration) -> bool:
-    return bool(calibration.fitted_parameters())
+    """Whether the calibration fitted digital numbers against the clean twin's outputs (one of its method's steps
+    reads the teacher): those a refresh fits again. A data-free calibration's numbers (`compensate`'s reads, a
+    placement) are brought up to date by calibrating again, at the cost it had the first time."""
+    if not calibration.fitted_parameters():
+        return False
+    config, chip = calibration.config, calibration.chip
+    return any("teacher" in step.clean_needs(config, chip) for step in get_method(config.method).ordered_steps(config)
+               if step.enabled(config, chip))
 
 
 def refresh_teacher(model: nn.Module, calibration: Calibration, calib_ids: torch.Tensor,
@@ -75,9 +83,9 @@ def refresh_(model: nn.Module, calibration: Calibration, calib_ids: torch.Tensor
     if chip is None or chip.restored:
         raise RomerError("refresh_ needs the calibration's chip, live; program the model with apply_noise_ first")
     params = calibration.fitted_parameters()
-    if not params:
-        raise RomerError(f"a '{calibration.config.method}' calibration has no fitted digital numbers to refresh; "
-                         "calibrate it again instead")
+    if not refreshable(calibration):
+        raise RomerError(f"a '{calibration.config.method}' calibration has no digital numbers fitted against the clean "
+                         "twin to refresh; calibrate it again instead")
     if steps < 1:
         raise RomerError(f"a refresh takes at least one step, got {steps}")
     if lr is not None and not 0 < lr <= 1:

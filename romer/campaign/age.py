@@ -263,7 +263,8 @@ def _refreshed(bench: Workbench, spec: AgeSpec, calibration, seed: int, method: 
     record = {"kind": "refreshed", "seed": seed, "method": method, "condition": condition,
               "calib_seconds": calib_seconds}
     if not refreshable(calibration):
-        return record | {"skipped": "no fitted digital numbers to refresh"}
+        return record | {"skipped": "no digital numbers fitted against the clean twin: refreshing it is calibrating "
+                                    "it again"}
     teacher, teacher_seconds = kept
     refresh = refresh_(bench.model, calibration, bench.calib_ids, spec.refresh_steps, lr=spec.refresh_lr,
                        batch_size=spec.refresh_batch_size, teacher=teacher)
