@@ -91,6 +91,10 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "outliers": ("outliers", {}, "ours: 0.25 % largest weights per tile digital"),
     "outliers-1": ("outliers", {"outlier_fraction": 0.005}, "ours: 0.5 % largest weights per tile digital"),
     "outlier-retune": ("outlier-retune", {}, "ours: outliers 0.25 %, then retune at 0.5 %"),
+    "outliers-attention": ("outliers", {"outlier_attention": None},
+                           "ours: 0.25 % of the weights as outliers, attention's share chosen on held-out text"),
+    "outlier-retune-attention": ("outlier-retune", {"outlier_attention": None},
+                                 "ours: outliers 0.25 %, attention's share chosen on held-out text, then retune at 0.5 %"),
     "outlier-retune-blockwise": ("outlier-retune", {"retune_engine": "blockwise"},
                                  "ours: outliers 0.25 %, then retune at 0.5 % block by block"),
     "outlier-retune-0.2": ("outlier-retune", {"outlier_fraction": 0.001, "retune_budget": 0.008},
@@ -101,6 +105,8 @@ DATA_FREE = {"none", "compensate", "compensate-global", "hetero", "outliers"}  #
 
 def data_free(name: str) -> bool:
     method, options, _ = VARIANTS[name]
+    if options.get("outlier_attention", 1.0) is None:  # the attention factor is chosen on held-out text
+        return False
     return method in DATA_FREE or (method == "hpd" and options.get("hpd_reading", "last") != "ranked")
 
 

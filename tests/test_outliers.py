@@ -144,6 +144,44 @@ def test_outliers_count_two_numbers_each_undo_exactly_and_repeat_bit_for_bit(fam
         again.remove()
 
 
+def test_role_fractions_keep_the_count_and_give_attention_its_factor():
+    from romer.calibration.methods.outliers import role_fractions
+
+    sizes = {"q": 1000, "o": 1000, "experts": 8000}
+    roles = {"q": "attention", "o": "attention", "experts": "experts"}
+    for factor in (1.0, 2.0, 4.0, 8.0):
+        shares = role_fractions(sizes, roles, 0.01, factor)
+        assert sum(shares[n] * sizes[n] for n in sizes) == pytest.approx(0.01 * 10000)
+        assert shares["q"] == shares["o"] == pytest.approx(factor * shares["experts"])
+    assert role_fractions(sizes, roles, 0.01, 1.0) == {n: 0.01 for n in sizes}
+    assert role_fractions(sizes, roles, 0.2, 1000.0)["q"] == 0.49  # capped: a tensor keeps most of its weights
+
+
+def test_outliers_weight_attention_as_asked_and_choose_its_factor_on_held_out_text():
+    from romer.calibration.methods.outliers import OUTLIER_ATTENTION_GRID
+
+    model = build("olmoe")
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=1) as chip:
+        uniform = calibrate_(model, CalibrationConfig(method="outliers", outlier_fraction=0.02), ids())
+        even = {name: chip.outlier_weights(name) for name in chip.on_chip_names()}
+        uniform.remove()
+        weighted = calibrate_(model, CalibrationConfig(method="outliers", outlier_fraction=0.02,
+                                                       outlier_attention=4.0), ids())
+        moved = {name: chip.outlier_weights(name) for name in chip.on_chip_names()}
+        attention = [n for n in moved if chip.role(n) == "attention"]
+        others = [n for n in moved if chip.role(n) != "attention"]
+        assert sum(moved[n] for n in attention) > 2 * sum(even[n] for n in attention)
+        assert sum(moved[n] for n in others) < sum(even[n] for n in others)
+        assert sum(moved.values()) == pytest.approx(sum(even.values()), rel=0.1)  # the same count, to the floors
+        weighted.remove()
+        chosen = calibrate_(model, CalibrationConfig(method="outliers", outlier_fraction=0.02, outlier_attention=None),
+                            ids(tokens=64 * 16))
+        tried = chosen.report["outliers"]["held_out_ppl"]
+        assert list(tried) == list(OUTLIER_ATTENTION_GRID)
+        assert chosen.report["outliers"]["attention"] == min(tried, key=tried.get)
+        chosen.remove()
+
+
 def test_outliers_do_nothing_on_the_clean_model():
     model = build("olmoe")
     clean = logits(model)

@@ -76,6 +76,10 @@ class CalibrationConfig(BaseModel):
     outlier_fraction: float = Field(0.0025, ge=0, lt=0.5, description="outliers: share of the weights of each scale "
                                     "segment (a tile, or a column within a tile) held in digital units, largest |w| "
                                     "first; each costs two digital numbers (its value and its position)")
+    outlier_attention: float | None = Field(1.0, ge=1, le=1000, description="outliers: attention's fraction over "
+                                            "every other tensor's, at the same number of outliers in all (1: the "
+                                            "same fraction everywhere; None: chosen among OUTLIER_ATTENTION_GRID on "
+                                            "held-out calibration perplexity)")
     tune: bool = Field(False, description="choose pairing, τ, router calibration and load bias on held-out "
                                           "calibration tokens")
 
