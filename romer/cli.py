@@ -242,9 +242,10 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
                                                       "default) or live (windows of later test text)."),
                 monitor_tokens: Optional[int] = typer.Option(None, "--monitor-tokens", help="Tokens the monitor "
                                                              "reads per check; default 4096."),
-                monitor_floor_windows: Optional[int] = typer.Option(None, "--monitor-floor-windows", help="Windows "
-                                                                    "the monitor scores the unchanged chip on at "
-                                                                    "calibration (its floor and spread); default 6."),
+                monitor_floor_windows: Optional[int] = typer.Option(None, "--monitor-floor-windows", help="Reads "
+                                                                    "of the unchanged chip at calibration (probe "
+                                                                    "replays, or live windows): its floor and spread; "
+                                                                    "default 6."),
                 out_dir: str = typer.Option("runs/age", "--out"), force: bool = ForceOpt,
                 device: Optional[str] = typer.Option(None, "--device"),
                 threads: Optional[int] = ThreadsOpt, as_json: bool = JsonOpt) -> None:
