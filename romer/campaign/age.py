@@ -8,12 +8,13 @@ For each chip seed and method: the chip is programmed and read at `calibrate_at`
 there, and the same chip instance (same programming errors, drift exponents and periphery draws) is then
 read at every (time since programming, temperature) of the grid with its calibration unchanged
 (`ChipHandle.move_to`). Beside it, unless `reference` is off, the method is fitted afresh at each condition:
-what a recalibration would bring back there. At each aged reading the monitor (`romer.diagnosis.monitor`)
-compares the chip's statistics on live traffic with the ones stored at calibration, so its drift score can be
-set against the true loss.
+what a recalibration would bring back there; with `refresh_steps`, the calibration's fitted numbers are also
+refreshed there (`romer.refresh_`). At each aged reading the monitor (`romer.diagnosis.monitor`) compares the
+chip's statistics on a stored probe of calibration text (or on live traffic) with the ones stored at calibration,
+so its drift score and its alarms can be set against the true loss.
 
 Units (one line each in results.jsonl, resumable, one writer per folder): the clean model; (seed, method,
-condition) aged; (seed, method, condition) recalibrated. Recovery of the gap at a condition is measured
+condition) aged; (seed, method, condition) recalibrated; (seed, method, condition) refreshed. Recovery of the gap at a condition is measured
 against `none` at that same condition and chip seed (paired), so it says how much of the damage present
 then the calibration still repairs.
 """
