@@ -29,10 +29,7 @@ from romer.campaign.spec import parse_seeds, run_spec
 from romer.evaluation import perplexity
 from romer.evaluation.statistics import paired_test
 from romer.noise import apply_noise_, parse_noise_spec
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+from jsonl_log import read_log
 
 
 def run(args) -> None:

@@ -35,10 +35,7 @@ from romer.campaign.spec import parse_seeds, run_spec
 from romer.diagnosis.monitor import drift_score, reference, snapshot
 from romer.evaluation import perplexity
 from romer.noise import parse_noise_spec
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+from jsonl_log import read_log
 
 
 def plain_forward(model, ids: torch.Tensor, window: int, batch_size: int) -> None:

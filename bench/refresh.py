@@ -28,10 +28,7 @@ from romer.campaign.run import Workbench
 from romer.campaign.spec import parse_seeds, run_spec
 from romer.evaluation import perplexity
 from romer.noise import parse_noise_spec
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+from jsonl_log import read_log
 
 
 def main() -> None:
