@@ -90,13 +90,21 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "outliers-0.2": ("outliers", {"outlier_fraction": 0.001}, "ours: 0.1 % largest weights per tile digital"),
     "outliers": ("outliers", {}, "ours: 0.25 % largest weights per tile digital"),
     "outliers-1": ("outliers", {"outlier_fraction": 0.005}, "ours: 0.5 % largest weights per tile digital"),
-    "outlier-retune": ("outlier-retune", {}, "ours: outliers 0.25 %, then retune at 0.5 %"),
+    "outlier-retune": ("outlier-retune", {}, "ours: outliers 0.25 %, attention's share chosen on held-out text, then "
+                                             "retune at 0.5 %"),
+    "outlier-retune-even": ("outlier-retune", {"outlier_attention": 1.0},
+                            "ours: outliers 0.25 % at one fraction everywhere (the default before issue 31), then "
+                            "retune at 0.5 %"),
     "outliers-attention": ("outliers", {"outlier_attention": None},
                            "ours: 0.25 % of the weights as outliers, attention's share chosen on held-out text"),
     "outlier-retune-attention": ("outlier-retune", {"outlier_attention": None},
                                  "ours: outliers 0.25 %, attention's share chosen on held-out text, then retune at 0.5 %"),
     "outlier-retune-blockwise": ("outlier-retune", {"retune_engine": "blockwise"},
                                  "ours: outliers 0.25 %, then retune at 0.5 % block by block"),
+    "outlier-retune-2": ("outlier-retune", {"outlier_fraction": 0.005, "retune_budget": 0.01},
+                         "ours: outlier-retune at twice its share (outliers 0.5 %, retune at 1 %)"),
+    "outlier-retune-4": ("outlier-retune", {"outlier_fraction": 0.01, "retune_budget": 0.02},
+                         "ours: outlier-retune at four times its share (outliers 1 %, retune at 2 %)"),
     "outlier-retune-0.2": ("outlier-retune", {"outlier_fraction": 0.001, "retune_budget": 0.008},
                            "ours: outliers 0.1 %, then retune at 0.8 %"),
 }
@@ -167,6 +175,8 @@ def run(args) -> None:
                               "digital_weights": calibration.digital_weights() if calibration else 0,
                               "chip_weights": chip.total_parameters}
                     if calibration is not None:
+                        if "outliers" in calibration.report:  # the attention factor it was given or chose
+                            record["outlier_attention"] = calibration.report["outliers"]["attention"]
                         calibration.remove()
                     write(record)
 

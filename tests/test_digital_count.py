@@ -74,8 +74,12 @@ CASES = {
     "retune": (CalibrationConfig(method="retune", **RETUNE), lambda c, chip: retune_count(c.report["retune"], chip)),
     "attention-retune": (CalibrationConfig(method="attention-retune", **RETUNE),
                          lambda c, chip: LAYERS * ATTENTION + retune_count(c.report["retune"], chip)),
-    "outlier-retune": (CalibrationConfig(method="outlier-retune", outlier_fraction=0.25, **RETUNE),
-                       lambda c, chip: 2 * CHIP // 4 + retune_count(c.report["retune"], chip)),
+    # attention at twice the others' fraction: 0.1558 of every weight gives the others just over 1/8 and attention
+    # just over 1/4 of each scale segment, so the floors are whole eighths and quarters
+    "outlier-retune": (CalibrationConfig(method="outlier-retune", outlier_fraction=0.1558, outlier_attention=2.0,
+                                         **RETUNE),
+                       lambda c, chip: 2 * (LAYERS * ATTENTION // 4 + (CHIP - LAYERS * ATTENTION) // 8)
+                       + retune_count(c.report["retune"], chip)),
     "retune-agnostic": (CalibrationConfig(method="retune-agnostic", retune_over_chips=2, **RETUNE),
                         lambda c, chip: retune_count(c.report["retune-agnostic"], chip)),
     "retune-from-agnostic": (CalibrationConfig(method="retune-from-agnostic", retune_over_chips=2, **RETUNE),

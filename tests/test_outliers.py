@@ -197,6 +197,8 @@ def test_outlier_retune_fits_within_its_share_and_saves_and_reloads_bit_for_bit(
         calibration = calibrate_(model, CalibrationConfig(method="outlier-retune", outlier_fraction=0.01,
                                                           retune_steps=4, retune_eval_every=2), ids(tokens=64 * 16))
         assert chip.outlier_weights() > 0 and calibration.corrections
+        chosen = calibration.report["outliers"]  # by default it chooses attention's share on held-out text
+        assert chosen["attention"] == min(chosen["held_out_ppl"], key=chosen["held_out_ppl"].get)
         share = calibration.digital_share()
         corrections = sum(c.stored_parameters for c in calibration.corrections.values())
         norms = sum(p.numel() for p, _ in calibration.norms.values())

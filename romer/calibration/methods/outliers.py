@@ -5,7 +5,8 @@ outliers, Dettmers et al. 2023). Data-free: no calibration text is read.
 
 `outlier-retune` then runs `retune`'s fit of the digital periphery on the chip so programmed, with half of the 1 %
 digital share in outliers (`outlier_fraction` 0.25 %, two numbers each) and half in `retune`'s corrections
-(`retune_budget` 0.5 %).
+(`retune_budget` 0.5 %). It reads calibration text anyway, so by default it chooses attention's outlier share on the
+held-out part (`outlier_attention=None`); `outliers` stays data-free (the same fraction everywhere) unless asked.
 
 The outliers need not be spread evenly: at the same number of outliers, attention's tensors may hold
 `outlier_attention` times the fraction the others hold (measured on romer-tiny, `cim-80c`: attention takes a larger
@@ -75,6 +76,7 @@ register_step(OutlierSplit())
 register_method(Method("outliers", "ours: the largest weights of each tile held in digital units (two numbers each), so "
                                    "the arrays' scale and errors follow the bulk of the weights; data-free",
                        steps=("outliers",)))
-register_method(Method("outlier-retune", "ours: outliers (0.25 % of the weights), then retune's fit of the digital "
-                                         "periphery within 0.5 % of the on-chip weights",
-                       steps=("outliers", "retune"), defaults={"retune_budget": 0.005}))
+register_method(Method("outlier-retune", "ours: outliers (0.25 % of the weights, attention's share chosen on held-out "
+                                         "calibration text), then retune's fit of the digital periphery within 0.5 % "
+                                         "of the on-chip weights",
+                       steps=("outliers", "retune"), defaults={"retune_budget": 0.005, "outlier_attention": None}))
