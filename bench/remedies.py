@@ -107,6 +107,8 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
                          "ours: outlier-retune at four times its share (outliers 1 %, retune at 2 %)"),
     "outlier-retune-0.2": ("outlier-retune", {"outlier_fraction": 0.001, "retune_budget": 0.008},
                            "ours: outliers 0.1 %, then retune at 0.8 %"),
+    "outlier-retune-0.75": ("outlier-retune", {"outlier_fraction": 0.00375, "retune_budget": 0.0025},
+                            "ours: outliers 0.375 %, then retune at 0.25 %"),
 }
 DATA_FREE = {"none", "compensate", "compensate-global", "hetero", "outliers"}  # read no calibration text
 
