@@ -189,13 +189,27 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_logs(folders: str) -> list[dict]:
+def parse_renames(specs: list[str]) -> dict[tuple[str, str], str]:
+    """`FOLDER:OLD=NEW` → {(folder, old): new}: a variant whose name has since come to mean something else is read
+    under the name that now means what was run (`outlier-retune` before issue 31's default is `outlier-retune-even`)."""
+    renames = {}
+    for spec in specs:
+        folder, _, pair = spec.rpartition(":")
+        old, _, new = pair.partition("=")
+        if not (folder and old and new):
+            raise SystemExit(f"--rename {spec!r}: write FOLDER:OLD=NEW, e.g. runs/x:outlier-retune=outlier-retune-even")
+        renames[(folder, old)] = new
+    return renames
+
+
+def read_logs(folders: str, renames: dict[tuple[str, str], str] | None = None) -> list[dict]:
     """The records of one results folder, or of several (comma-separated) run on the same chips and tokens: a unit
     measured in more than one is taken from the first, and must have the same perplexity in each (else the folders
-    were not run on the same chips, and are refused)."""
+    were not run on the same chips, and are refused). `renames` (from `parse_renames`) re-names a folder's variants."""
     records: dict[tuple, dict] = {}
     for folder in folders.split(","):
         for record in read_log(Path(folder) / "results.jsonl"):
+            record["variant"] = (renames or {}).get((folder, record["variant"]), record["variant"])
             key = (record["model"], record["noise"], record["seed"], record["variant"])
             if key in records and records[key]["ppl"] != record["ppl"]:
                 raise SystemExit(f"{folder}: {key} has perplexity {record['ppl']} here and {records[key]['ppl']} in "
@@ -211,8 +225,9 @@ def p_value(a: dict, b: dict) -> float | None:
     return paired_test([a[s] for s in seeds], [b[s] for s in seeds])["t_pvalue"]
 
 
-def leaderboard(records: list[dict]) -> dict:
-    """(model, noise) → variant → its row; every row paired on the seeds it shares with `none`."""
+def leaderboard(records: list[dict], versus: tuple[str, ...] = ("romer", "retune")) -> dict:
+    """(model, noise) → variant → its row; every row paired on the seeds it shares with `none`, and tested (paired t)
+    against each variant of `versus` on the seeds they share."""
     clean = {r["model"]: r["ppl"] for r in records if r["noise"] == "clean" and r["variant"] == "none"}
     clean_cost = {(r["model"], r["variant"]): r["ppl"] for r in records if r["noise"] == "clean"}
     by = defaultdict(lambda: defaultdict(dict))
@@ -235,9 +250,9 @@ def leaderboard(records: list[dict]) -> dict:
                 "seconds": statistics.median([seeds[s].get("seconds", 0.0) for s in paired]) if paired else 0.0,
                 "clean_cost": clean_cost.get((model, name), clean[model]), "ppl_by_seed": ppl}
         for row in rows.values():
-            row["p_vs_romer"] = p_value(row["ppl_by_seed"], rows["romer"]["ppl_by_seed"]) if "romer" in rows else None
-            row["p_vs_retune"] = p_value(row["ppl_by_seed"], rows["retune"]["ppl_by_seed"]) if "retune" in rows else None
-        tables[(model, noise)] = {"clean": clean[model], "rows": rows}
+            row["p_vs"] = {other: p_value(row["ppl_by_seed"], rows[other]["ppl_by_seed"]) if other in rows else None
+                           for other in versus}
+        tables[(model, noise)] = {"clean": clean[model], "rows": rows, "versus": versus}
     return tables
 
 
@@ -252,17 +267,18 @@ def markdown(tables: dict) -> str:
         lines += [f"**{model}, {noise}** (clean PPL {table['clean']:.3f}; chip seeds {seeds[0]}–{seeds[-1]}, "
                   f"paired; ranked by recovery)", "",
                   "| method | source | PPL | recovery of the gap | PPL reduction | digital share | calib tokens "
-                  "| s / chip (median) | PPL on the clean model | p vs romer | p vs retune |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| s / chip (median) | PPL on the clean model | " + " | ".join(f"p vs {v}" for v in table["versus"]) + " |",
+                  "|---|---|---|---|---|---|---|---|---|" + "---|" * len(table["versus"])]
         order = sorted(rows, key=lambda n: -rows[n]["recovery"]["mean"] if n != "none" else math.inf)
         for name in order:
             row = rows[name]
+            fewer = f" (chips {', '.join(map(str, row['seeds']))} only)" if row["seeds"] != seeds else ""
             lines.append(
-                f"| {name} | {VARIANTS.get(name, ('', {}, '?'))[2]} | {row['ppl']['mean']:.3f} ± {row['ppl']['std']:.3f} "
+                f"| {name}{fewer} | {VARIANTS.get(name, ('', {}, '?'))[2]} | {row['ppl']['mean']:.3f} ± {row['ppl']['std']:.3f} "
                 f"| {100 * row['recovery']['mean']:+.1f} ± {100 * row['recovery']['std']:.1f} % "
                 f"| {100 * row['reduction']['mean']:+.1f} % | {100 * row['digital_share']['mean']:.2f} % "
-                f"| {row['calib_tokens']} | {row['seconds']:.1f} | {row['clean_cost']:.3f} "
-                f"| {p(row['p_vs_romer'])} | {p(row['p_vs_retune'])} |")
+                f"| {row['calib_tokens']} | {row['seconds']:.1f} | {row['clean_cost']:.3f} | "
+                + " | ".join(p(row["p_vs"][v]) for v in table["versus"]) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -346,12 +362,17 @@ def main() -> None:
     parser.add_argument("--report", help="print the leaderboard of this results folder, or of several run on the same "
                                          "chips and tokens (comma-separated; no run)")
     parser.add_argument("--plot", help="with --report: write the Pareto plot here")
+    parser.add_argument("--versus", default="romer,retune", help="with --report: the variants every row is tested "
+                                                                   "against (paired t), comma-separated")
+    parser.add_argument("--rename", action="append", default=[], metavar="FOLDER:OLD=NEW",
+                        help="with --report: read variant OLD of FOLDER as NEW (a name whose meaning has changed since "
+                             "it was run); repeatable")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.report:
-        tables = leaderboard(read_logs(args.report))
+        tables = leaderboard(read_logs(args.report, parse_renames(args.rename)), tuple(args.versus.split(",")))
         text = markdown(tables)
         (Path(args.report.split(",")[0]) / "leaderboard.md").write_text(text)
         print(text)
