@@ -100,7 +100,11 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "outlier-retune-attention": ("outlier-retune", {"outlier_attention": None},
                                  "ours: outliers 0.25 %, attention's share chosen on held-out text, then retune at 0.5 %"),
     "outlier-retune-blockwise": ("outlier-retune", {"retune_engine": "blockwise"},
-                                 "ours: outliers 0.25 %, then retune at 0.5 % block by block"),
+                                 "ours: outliers 0.25 %, attention's share chosen on held-out text, then retune at "
+                                 "0.5 % block by block"),
+    "outlier-retune-even-blockwise": ("outlier-retune", {"outlier_attention": 1.0, "retune_engine": "blockwise"},
+                                      "ours: outliers 0.25 % at one fraction everywhere, then retune at 0.5 % block "
+                                      "by block"),
     "outlier-retune-2": ("outlier-retune", {"outlier_fraction": 0.005, "retune_budget": 0.01},
                          "ours: outlier-retune at twice its share (outliers 0.5 %, retune at 1 %)"),
     "outlier-retune-4": ("outlier-retune", {"outlier_fraction": 0.01, "retune_budget": 0.02},
@@ -284,7 +288,8 @@ def markdown(tables: dict) -> str:
 
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
-          "tab:olive", "tab:cyan", "black", "navy", "darkgoldenrod", "teal", "maroon", "lime")  # distinct, all dark
+          "tab:olive", "tab:cyan", "black", "navy", "darkgoldenrod", "teal", "maroon", "lime", "crimson",
+          "darkviolet", "darkslategray")  # distinct, all dark
 
 
 def plot(tables: dict, path: Path) -> None:
@@ -307,7 +312,10 @@ def plot(tables: dict, path: Path) -> None:
                 "outlier-retune-blockwise": ("outlier-retune, block by block (ours)", "3"),
                 "ahwa-lora-injection": ("ahwa-lora, the authors' injected noise", "2"),
                 "attention-retune": ("attention-retune", "X"), "outliers": ("outliers (ours)", "h"),
-                "outlier-retune": ("outlier-retune (ours)", "H")}
+                "outliers-attention": ("outliers, attention's share chosen on held-out text (ours)", "P"),
+                "outlier-retune": ("outlier-retune (ours) at 1 / 2 / 4 %", "H"),
+                "outlier-retune-even": ("outlier-retune, one outlier fraction (its former default)", "d"),
+                "outlier-retune-even-blockwise": ("the same, block by block", "3")}
     panels = list(tables)
     columns = min(2, len(panels))
     grid = math.ceil(len(panels) / columns)
