@@ -15,13 +15,10 @@ recovery of the noisy gap per strength, mean ± std over seeds, with paired p-va
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 from pathlib import Path
-
-import torch
 
 from romer.calibration import calibrate_, calibration_config
 from romer.campaign.run import Workbench
@@ -29,13 +26,12 @@ from romer.campaign.spec import parse_seeds, run_spec
 from romer.evaluation import perplexity
 from romer.evaluation.statistics import paired_test
 from romer.noise import apply_noise_, parse_noise_spec
-from jsonl_log import read_log
+from calibration_args import bench_parser, parse_bench
+from jsonl_log import read_log, results_log
 
 
 def run(args) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "results.jsonl"
+    log = results_log(args.out)
     done = {(r["strength"], r["seed"], r["method"]) for r in read_log(log)}
     bench = Workbench.load(run_spec(model=args.model, max_tokens=args.max_tokens))
     base = parse_noise_spec(args.noise)
@@ -130,7 +126,7 @@ def adapter_share(spec: str, rank: int = 8) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "runs/bench-ahwa")
     parser.add_argument("--model", default="romer-tiny")
     parser.add_argument("--noise", default="cim-80c")
     parser.add_argument("--seeds", default="0-4")
@@ -141,19 +137,15 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16384)
     parser.add_argument("--calib-tokens", type=int, default=32768)
     parser.add_argument("--cache", default="", help="lora_cache: the folder of trained adapters")
-    parser.add_argument("--out", default="runs/bench-ahwa")
     parser.add_argument("--report", help="print the table of this results folder (no run)")
-    parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--count", help="comma list of models or config folders: print the adapters' digital share")
-    args = parser.parse_args()
+    args = parse_bench(parser)
     if args.count:
         for spec in args.count.split(","):
             row = adapter_share(spec)
             print(f"{row['model']}: {row['adapter_parameters']:,} adapter parameters over {row['chip_weights']:,} "
                   f"chip weights = {100 * row['share']:.2f} %")
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.report:
         print(report(Path(args.report)))
         return

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 
-from calibration_args import calibration_bench_parser, parse_calibration_bench
+from calibration_args import calibration_bench_parser, parse_bench
 from romer.campaign import run_campaign, run_spec
 from romer.campaign.spec import parse_seeds
 
@@ -20,7 +20,7 @@ from romer.campaign.spec import parse_seeds
 def main() -> None:
     parser = calibration_bench_parser(__doc__, "runs/bench-calibration", "cim-80c,cim-25c,gaussian")
     parser.add_argument("--strengths", default="1.0")
-    args = parse_calibration_bench(parser)
+    args = parse_bench(parser)
     for noise in args.noise.split(","):
         spec = run_spec(noise=[noise], strengths=[float(s) for s in args.strengths.split(",")],
                         seeds=parse_seeds(args.seeds), methods=["none", "er", "rc", "romer", "tuned"],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration_args import calibration_bench_parser, parse_calibration_bench
+from calibration_args import calibration_bench_parser, parse_bench
 from romer.calibration import calibrate_, romer_config
 from romer.calibration.persist import apply_record
 from romer.campaign.run import Workbench
@@ -33,7 +33,7 @@ def main() -> None:
     parser = calibration_bench_parser(__doc__, "runs/bench-transfer", "cim-80c")
     parser.add_argument("--method", default="tuned")
     parser.add_argument("--strengths", default="0.8,1.2")
-    args = parse_calibration_bench(parser)
+    args = parse_bench(parser)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"

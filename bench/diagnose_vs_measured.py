@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from calibration_args import calibration_bench_parser, parse_calibration_bench  # noqa: E402
+from calibration_args import calibration_bench_parser, parse_bench  # noqa: E402
 from readings import READINGS, regime, run_readings  # noqa: E402
 from romer.campaign.inspect import diagnose  # noqa: E402
 from romer.campaign.spec import parse_seeds, run_spec  # noqa: E402
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--diag-tokens", type=int, default=16384)
     parser.add_argument("--plot", default="docs/diagnose-vs-measured.png")
     parser.add_argument("--json", dest="json_out", default=None)
-    args = parse_calibration_bench(parser)
+    args = parse_bench(parser)
     rows = []
     for text in args.regimes.split(","):
         noise, strength = regime(text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from calibration_args import calibration_bench_parser, parse_calibration_bench
+from calibration_args import calibration_bench_parser, parse_bench
 from romer.campaign import run_campaign, run_spec
 from romer.campaign.spec import parse_seeds
 
@@ -19,7 +19,7 @@ from romer.campaign.spec import parse_seeds
 def main() -> None:
     parser = calibration_bench_parser(__doc__, "runs/bench-budget", "cim-80c")
     parser.add_argument("--budgets", default="0,0.01,0.02,0.05")
-    args = parse_calibration_bench(parser)
+    args = parse_bench(parser)
     print(f"tuned on {args.noise}, seeds {args.seeds}: recovery of the noisy gap against the digital budget")
     for budget in (float(b) for b in args.budgets.split(",")):
         spec = run_spec(noise=[args.noise], seeds=parse_seeds(args.seeds), methods=["none", "tuned"],

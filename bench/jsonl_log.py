@@ -10,3 +10,10 @@ from pathlib import Path
 def read_log(path: Path) -> list[dict]:
     """Every record in the log at `path` (none if it does not exist yet)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def results_log(folder: str) -> Path:
+    """The log of the results folder `folder`, which is made if it is missing."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    return out / "results.jsonl"

@@ -21,11 +21,9 @@ One line per seed in results.jsonl (resumable); the tables are printed at the en
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -35,7 +33,8 @@ from romer.campaign.spec import parse_seeds, run_spec
 from romer.diagnosis.monitor import drift_score, reference, snapshot
 from romer.evaluation import perplexity
 from romer.noise import parse_noise_spec
-from jsonl_log import read_log
+from calibration_args import bench_parser, parse_bench
+from jsonl_log import read_log, results_log
 
 
 def plain_forward(model, ids: torch.Tensor, window: int, batch_size: int) -> None:
@@ -107,7 +106,7 @@ def report(records: list[dict], grid: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "runs/bench-monitor")
     parser.add_argument("--noise", default="pcm-cim")
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--calibrate-at", default="1h@25C")
@@ -116,14 +115,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4096, help="scored test tokens (romer age's default)")
     parser.add_argument("--monitor-tokens", type=int, default=4096, help="tokens per traffic window")
     parser.add_argument("--floor-windows", type=int, default=6)
-    parser.add_argument("--out", default="runs/bench-monitor")
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "results.jsonl"
+    args = parse_bench(parser)
+    log = results_log(args.out)
     bench = Workbench.load(run_spec(max_tokens=None))
     size = args.monitor_tokens // bench.window * bench.window
     rest = bench.ids[args.max_tokens:]

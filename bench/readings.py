@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration_args import calibration_bench_parser, parse_calibration_bench
+from calibration_args import calibration_bench_parser, parse_bench
 from romer.campaign import run_campaign, run_spec
 from romer.campaign.spec import parse_seeds
 from romer.evaluation.statistics import paired_test
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--regimes", default=REGIMES, help="comma list of chip[@strength]")
     parser.add_argument("--readings", default=",".join(READINGS))
     parser.add_argument("--json", dest="json_out", default=None, help="also write the table here")
-    args = parse_calibration_bench(parser)
+    args = parse_bench(parser)
     table = []
     for text in args.regimes.split(","):
         runs = run_readings(args, text, args.readings.split(","))

@@ -14,13 +14,9 @@ batch size, steps) in results.jsonl (resumable per seed); the table is printed a
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
-
-import torch
 
 from romer import Condition, apply_noise_, calibrate_, refresh_
 from romer.calibration import calibration_config, refresh_teacher
@@ -28,11 +24,12 @@ from romer.campaign.run import Workbench
 from romer.campaign.spec import parse_seeds, run_spec
 from romer.evaluation import perplexity
 from romer.noise import parse_noise_spec
-from jsonl_log import read_log
+from calibration_args import bench_parser, parse_bench
+from jsonl_log import read_log, results_log
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "runs/bench-refresh")
     parser.add_argument("--noise", default="pcm-cim")
     parser.add_argument("--method", default="outlier-retune")
     parser.add_argument("--seeds", default="0-2")
@@ -41,14 +38,8 @@ def main() -> None:
     parser.add_argument("--steps", default="10,20,40")
     parser.add_argument("--batch-sizes", default="8,4", help="sequences per refresh step")
     parser.add_argument("--max-tokens", type=int, default=4096, help="test tokens (romer age's default)")
-    parser.add_argument("--out", default="runs/bench-refresh")
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "results.jsonl"
+    args = parse_bench(parser)
+    log = results_log(args.out)
     steps = [int(s) for s in args.steps.split(",")]
     bench = Workbench.load(run_spec(max_tokens=args.max_tokens))
     noise = parse_noise_spec(args.noise)

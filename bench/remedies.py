@@ -16,7 +16,6 @@ against `romer` and against `retune` on the common seeds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -24,14 +23,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 from romer.calibration import calibrate_, calibration_config
 from romer.campaign.run import Workbench
 from romer.campaign.spec import parse_seeds, run_spec
 from romer.evaluation import perplexity
 from romer.evaluation.statistics import paired_test, recovery, reduction, summarize
 from romer.noise import apply_noise_, parse_noise_spec
+from calibration_args import bench_parser, parse_bench
+from jsonl_log import read_log, results_log
 
 # name → (method, options, source); options beyond the method's defaults
 VARIANTS: dict[str, tuple[str, dict, str]] = {
@@ -131,9 +130,7 @@ def variant_config(name: str, calib_tokens: int):
 
 
 def run(args) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "results.jsonl"
+    log = results_log(args.out)
     done = {(r["model"], r["noise"], r["seed"], r["variant"]) for r in read_log(log)}
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -185,12 +182,6 @@ def run(args) -> None:
                             record["outlier_attention"] = calibration.report["outliers"]["attention"]
                         calibration.remove()
                     write(record)
-
-
-def read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def parse_renames(specs: list[str]) -> dict[tuple[str, str], str]:
@@ -359,14 +350,13 @@ def plot(tables: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, "runs/bench-remedies")
     parser.add_argument("--model", default="romer-tiny")
     parser.add_argument("--noise", default="cim-80c,cim-25c")
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--variants", default="all")
     parser.add_argument("--max-tokens", type=int, default=16384, help="test tokens (the first N of the test split)")
     parser.add_argument("--calib-tokens", type=int, default=32768, help="calibration tokens (romer's default)")
-    parser.add_argument("--out", default="runs/bench-remedies")
     parser.add_argument("--report", help="print the leaderboard of this results folder, or of several run on the same "
                                          "chips and tokens (comma-separated; no run)")
     parser.add_argument("--plot", help="with --report: write the Pareto plot here")
@@ -375,10 +365,7 @@ def main() -> None:
     parser.add_argument("--rename", action="append", default=[], metavar="FOLDER:OLD=NEW",
                         help="with --report: read variant OLD of FOLDER as NEW (a name whose meaning has changed since "
                              "it was run); repeatable")
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_bench(parser)
     if args.report:
         tables = leaderboard(read_logs(args.report, parse_renames(args.rename)), tuple(args.versus.split(",")))
         text = markdown(tables)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calibration_args import calibration_bench_parser, parse_calibration_bench
+from calibration_args import calibration_bench_parser, parse_bench
 from romer.campaign import run_campaign, run_spec
 from romer.campaign.spec import parse_seeds
 from romer.evaluation.statistics import paired_test
@@ -25,7 +25,7 @@ CHIPS = ("cim-80c", "cim-80c:adc_offset_sigma=6")
 
 def main() -> None:
     parser = calibration_bench_parser(__doc__, "runs/bench-replacement", ",".join(CHIPS))
-    args = parse_calibration_bench(parser)
+    args = parse_bench(parser)
     for label, model in MODELS.items():
         if not Path(model).exists() and model != "romer-tiny":
             raise SystemExit(f"{model} is missing: run python bench/split_experts.py --out {model} first")

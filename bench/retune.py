@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration_args import calibration_bench_parser, parse_calibration_bench
+from calibration_args import calibration_bench_parser, parse_bench
 from romer.campaign import run_campaign, run_spec
 from romer.campaign.run import Workbench
 from romer.campaign.spec import parse_seeds
@@ -198,7 +198,7 @@ def main() -> None:
                         help="the transfer part's fit: per chip, or the one fit over other chips")
     parser.add_argument("--plot-dir", default="docs", help="where the budget and token curves are drawn")
     parser.set_defaults(calib_tokens=32768)
-    args = parse_calibration_bench(parser)
+    args = parse_bench(parser)
     if args.part == "table":
         table(args)
     elif args.part == "budget":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def remedies():
+    if str(ROOT / "bench") not in sys.path:  # the script imports its neighbours, as `python bench/remedies.py` does
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("bench_remedies", ROOT / "bench" / "remedies.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
