@@ -101,6 +101,9 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
     "outlier-retune-blockwise": ("outlier-retune", {"retune_engine": "blockwise"},
                                  "ours: outliers 0.25 %, attention's share chosen on held-out text, then retune at "
                                  "0.5 % block by block"),
+    "outlier-retune-blockwise-fast": ("outlier-retune", {"retune_engine": "blockwise", "retune_plan_tokens": 2048},
+                                      "ours: outlier-retune block by block, its adapters placed on 2,048 held-out "
+                                      "tokens"),
     "outlier-retune-even-blockwise": ("outlier-retune", {"outlier_attention": 1.0, "retune_engine": "blockwise"},
                                       "ours: outliers 0.25 % at one fraction everywhere, then retune at 0.5 % block "
                                       "by block"),

@@ -69,6 +69,26 @@ def test_fit_lowers_the_loss_and_the_count_stays_within_the_budget():
         calibration.remove()
 
 
+def test_the_planner_ranks_on_the_held_out_windows_asked_for(monkeypatch):
+    from romer.calibration.methods import retune as retune_module
+
+    seen = []
+    ranking = retune_module.tensor_sensitivity
+
+    def recorded(model, chip, holdout, *args, **kwargs):
+        seen.append(holdout.numel())
+        return ranking(model, chip, holdout, *args, **kwargs)
+
+    monkeypatch.setattr(retune_module, "tensor_sensitivity", recorded)
+    model = build("olmoe")
+    with apply_noise_(model, NOISE, seed=0):
+        for asked, read in ((None, 64 * 3), (64, 64), (100, 64), (1, 64)):  # whole windows, at least one
+            calibration = calibrate_(model, RomerConfig(**FAST | {"retune_steps": 2, "retune_plan_tokens": asked}),
+                                     ids())
+            assert seen[-1] == calibration.report["retune"]["plan_tokens"] == read
+            calibration.remove()
+
+
 def test_a_budget_holds_the_norm_gains_it_re_sets():
     model = build("olmoe")
     norms = sum(p.numel() for p in norm_gains(model).values())

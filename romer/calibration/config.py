@@ -116,6 +116,9 @@ class CalibrationConfig(BaseModel):
                                                                "corrections is fitted over (never the chips it is "
                                                                "evaluated on)")
     retune_eval_every: int = Field(25, ge=1, description="steps between held-out checks (the best step is kept)")
+    retune_plan_tokens: int | None = Field(None, ge=1, description="held-out tokens (the first whole windows) the "
+                                           "planner's sensitivity pass reads, one pass per on-chip matrix; None: all "
+                                           "of them. Fewer plan faster and place the adapters on a noisier ranking")
     retune_checkpointing: Literal["auto", "on", "off"] = Field(
         "auto", description="gradient checkpointing per decoder layer during the fit (auto: on an accelerator), "
                             "for models whose activations would not fit (romer estimate shows both)")

@@ -108,8 +108,8 @@ def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
     add_columns(matrices)
     ranks = {}
     if config.retune_rank > 0:
-        for record in tensor_sensitivity(calibration.model, chip, holdout, config.batch_size, max_size=math.inf,
-                                         names=matrices):
+        for record in tensor_sensitivity(calibration.model, chip, plan_windows(holdout, config), config.batch_size,
+                                         max_size=math.inf, names=matrices):
             if record["ppl_gain"] <= 0:
                 break
             rank = min(config.retune_rank, (budget - used) // _rank_cost(chip, record["tensor"]))
@@ -118,6 +118,13 @@ def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
                 used += int(rank) * _rank_cost(chip, record["tensor"])
     add_columns(fused)
     return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, norm_parameters)
+
+
+def plan_windows(holdout: torch.Tensor, config) -> torch.Tensor:
+    """The held-out windows the planner ranks the matrices on: the first `retune_plan_tokens` worth, at least one."""
+    if config.retune_plan_tokens is None:
+        return holdout
+    return holdout[: max(1, config.retune_plan_tokens // holdout.shape[1])]
 
 
 @contextlib.contextmanager
@@ -234,6 +241,7 @@ def retune(context) -> None:
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
         "budget_fraction_used": chosen.added / chip.total_parameters, "norm_parameters": chosen.norm_parameters,
         "chip_weights": chip.total_parameters, "least_squares_start": len(started_by),
+        "plan_tokens": int(plan_windows(holdout, config).numel()) if config.retune_rank > 0 else 0,
         "continued_from_installed": continued,
         "holdout_kl_before": programmed_kl, "teacher_top_k": teacher.top_k, "seconds": time.perf_counter() - started,
         "seconds_before_fit": fit_started - started, "fit_seconds": time.perf_counter() - fit_started, **history}
@@ -284,7 +292,8 @@ def fit_end_to_end(model: nn.Module, params: list[nn.Parameter], steps: int, fit
 
 RETUNE_OPTIONS = ("retune_budget", "retune_rank", "retune_norms", "retune_columns", "retune_router_bias",
                   "retune_engine", "retune_block_steps", "retune_block_lr", "retune_polish_steps", "retune_steps", "retune_lr",
-                  "retune_start", "retune_hidden_weight", "retune_eval_every", "retune_checkpointing")
+                  "retune_start", "retune_hidden_weight", "retune_eval_every", "retune_checkpointing",
+                  "retune_plan_tokens")
 END_TO_END_ONLY = ("retune_steps",)
 BLOCKWISE_ONLY = ("retune_block_steps", "retune_block_lr", "retune_polish_steps")
 
