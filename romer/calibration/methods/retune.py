@@ -60,6 +60,7 @@ class Plan:
     added: int                   # digital parameters added or re-set (norm gains included): all counted in the budget
     budget: int
     norm_parameters: int         # of those, the existing digital parameters re-set (norm gains)
+    plan_tokens: int             # held-out tokens the adapters' ranking read (0: no adapters, no ranking)
 
 
 def matrix_shape(chip: ChipHandle, name: str) -> tuple[int | None, int, int]:
@@ -107,9 +108,10 @@ def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
 
     add_columns(matrices)
     ranks = {}
+    probe = plan_windows(holdout, config) if config.retune_rank > 0 else holdout[:0]
     if config.retune_rank > 0:
-        for record in tensor_sensitivity(calibration.model, chip, plan_windows(holdout, config), config.batch_size,
-                                         max_size=math.inf, names=matrices):
+        for record in tensor_sensitivity(calibration.model, chip, probe, config.batch_size, max_size=math.inf,
+                                         names=matrices):
             if record["ppl_gain"] <= 0:
                 break
             rank = min(config.retune_rank, (budget - used) // _rank_cost(chip, record["tensor"]))
@@ -117,7 +119,7 @@ def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
                 ranks[record["tensor"]] = int(rank)
                 used += int(rank) * _rank_cost(chip, record["tensor"])
     add_columns(fused)
-    return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, norm_parameters)
+    return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, norm_parameters, int(probe.numel()))
 
 
 def plan_windows(holdout: torch.Tensor, config) -> torch.Tensor:
@@ -241,7 +243,7 @@ def retune(context) -> None:
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
         "budget_fraction_used": chosen.added / chip.total_parameters, "norm_parameters": chosen.norm_parameters,
         "chip_weights": chip.total_parameters, "least_squares_start": len(started_by),
-        "plan_tokens": int(plan_windows(holdout, config).numel()) if config.retune_rank > 0 else 0,
+        "plan_tokens": chosen.plan_tokens,
         "continued_from_installed": continued,
         "holdout_kl_before": programmed_kl, "teacher_top_k": teacher.top_k, "seconds": time.perf_counter() - started,
         "seconds_before_fit": fit_started - started, "fit_seconds": time.perf_counter() - fit_started, **history}
