@@ -50,7 +50,7 @@ class OutlierSplit(Step):
     def run(self, context) -> None:
         chip, calibration, config = context.chip, context.calibration, context.config
         names = [name for name in chip.on_chip_names() if name not in chip.decomposed_names()]
-        sizes = {name: chip.tensor(name).param.numel() for name in names}
+        sizes = {name: chip.size(name) for name in names}
         roles = {name: chip.role(name) for name in names}
 
         def split(attention: float) -> None:

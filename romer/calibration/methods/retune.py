@@ -107,9 +107,10 @@ def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
                 used += _column_cost(chip, name)
 
     add_columns(matrices)
-    ranks = {}
-    probe = plan_windows(holdout, config) if config.retune_rank > 0 else holdout[:0]
+    ranks, plan_tokens = {}, 0
     if config.retune_rank > 0:
+        probe = plan_windows(holdout, config)
+        plan_tokens = int(probe.numel())
         for record in tensor_sensitivity(calibration.model, chip, probe, config.batch_size, max_size=math.inf,
                                          names=matrices):
             if record["ppl_gain"] <= 0:
@@ -119,7 +120,7 @@ def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
                 ranks[record["tensor"]] = int(rank)
                 used += int(rank) * _rank_cost(chip, record["tensor"])
     add_columns(fused)
-    return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, norm_parameters, int(probe.numel()))
+    return Plan(tuple(columns), ranks, bias, tuple(gains), used, budget, norm_parameters, plan_tokens)
 
 
 def plan_windows(holdout: torch.Tensor, config) -> torch.Tensor:
