@@ -54,8 +54,11 @@ class RunSpec(BaseModel):
         default_factory=dict, description="noise fields swept over these values, one or two fields (`strength` is "
                                           "one): every chip of `noise` at each value, for the regime map")
     seeds: list[int] = Field([0, 1, 2], description="chip instances")
-    methods: list[str] = Field(["none", "romer", "tuned"], description="calibration methods (`best` is tuned's "
-                                                                      "former name)")
+    variants: dict[str, dict] = Field(default_factory=dict, description="labelled method variants, label → {method, "
+                                      "settings}; written for you from `label=method@key=value` entries of methods")
+    methods: list[str] = Field(["none", "romer", "tuned"], description="calibration methods or labelled variants "
+                                                                      "(label=method@key=value@...); `best` is "
+                                                                      "tuned's former name")
     calibration: dict = Field(default_factory=dict, description="CalibrationConfig options; each method takes those "
                                                                 "it reads")
     tasks: list[str] = Field(default_factory=list, description="lm-eval task names (zero-shot)")
@@ -107,16 +110,48 @@ class RunSpec(BaseModel):
                 raise ValueError(f"give distinct values for '{field}'")
         return vary
 
+    @model_validator(mode="before")
+    @classmethod
+    def _labelled(cls, data):
+        """`label=method@k=v` entries (or mappings) of `methods` become their labels, and `variants` records each."""
+        from romer.calibration.registry import ALIASES, canonical_method, method_names
+        from romer.campaign.variants import check_variants, parse_variant
+
+        if not isinstance(data, dict) or not isinstance(data.get("methods"), list):
+            return data
+        data = dict(data)
+        variants = {label: dict(v) for label, v in (data.get("variants") or {}).items()}
+        parsed = [parse_variant(entry) for entry in data["methods"]]
+        check_variants([v for v in parsed if v.label not in variants], set(method_names()) | set(ALIASES))
+        for variant in parsed:
+            if variant.label != variant.method or variant.settings:
+                if variant.method not in method_names() and variant.method not in ALIASES:
+                    raise RomerError(f"unknown method {variant.method!r} in variant {variant.label!r}; methods are "
+                                     f"{', '.join(method_names())}")
+                variants[variant.label] = {"method": canonical_method(variant.method), "settings": variant.settings}
+        data["methods"], data["variants"] = [v.label for v in parsed], variants
+        return data
+
     @field_validator("methods")
     @classmethod
-    def _methods(cls, methods: list[str]) -> list[str]:
+    def _methods(cls, methods: list[str], info) -> list[str]:
         from romer.calibration.registry import ALIASES, canonical_method, method_names
 
-        unknown = [m for m in methods if m not in method_names() and m not in ALIASES]
+        variants = info.data.get("variants") or {}
+        unknown = [m for m in methods if m not in method_names() and m not in ALIASES and m not in variants]
         if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}; methods are {', '.join(method_names())}")
-        methods = list(dict.fromkeys(canonical_method(m) for m in methods))
+            raise ValueError(f"unknown method {unknown[0]!r}; methods are {', '.join(method_names())}, or a labelled "
+                             "variant label=method@key=value")
+        methods = list(dict.fromkeys(m if m in variants else canonical_method(m) for m in methods))
         return ["none"] + [m for m in methods if m != "none"]  # the noisy baseline is always measured
+
+    def method_of(self, label: str) -> str:
+        """The registered method behind a label (a plain method is its own label)."""
+        return self.variants[label]["method"] if label in self.variants else label
+
+    def settings_of(self, label: str) -> dict:
+        """The settings a labelled variant sets over the campaign's options (none for a plain method)."""
+        return dict(self.variants[label].get("settings") or {}) if label in self.variants else {}
 
     @model_validator(mode="after")
     def _one_way_to_vary_strength(self) -> "RunSpec":
@@ -142,7 +177,8 @@ class RunSpec(BaseModel):
 
     def fingerprint(self, methods: list[str] | None = None) -> str:
         """What the numbers depend on (not where they run)."""
-        fields = self.model_dump(exclude={"device", "seeds"} | ({"vary"} if not self.vary else set()))
+        fields = self.model_dump(exclude={"device", "seeds"} | ({"vary"} if not self.vary else set())
+                                 | ({"variants"} if not self.variants else set()))
         if methods is not None:
             fields["methods"] = methods
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

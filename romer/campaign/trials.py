@@ -41,17 +41,20 @@ class Trial:
         return self.kind.replace("_", " ")
 
 
-def calibration_for(spec: RunSpec, method: str):
-    """The settings of `method` in this campaign: the campaign's options that the method reads (an option is given
-    once for every method of the run; each takes what it uses)."""
+def calibration_for(spec: RunSpec, label: str):
+    """The settings of method or variant `label` in this campaign: the campaign's options that its method reads (an
+    option is given once for every method of the run; each takes what it uses), then the variant's own settings."""
+    method, settings = spec.method_of(label), spec.settings_of(label)
     reads = get_method(method).fields()
-    return calibration_config(**({k: v for k, v in spec.calibration.items() if k in reads} | {"method": method}))
+    refuse_unread(settings, reads, f"method {method} (variant {label})")
+    return calibration_config(**({k: v for k, v in spec.calibration.items() if k in reads} | settings
+                                 | {"method": method}))
 
 
 def refuse_unread_options(spec: RunSpec) -> None:
     """A campaign option that no method of the run reads is a one-line error naming it."""
     calibration_config(**spec.calibration)  # every option exists and is valid
-    refuse_unread(spec.calibration, set().union(*(get_method(m).fields() for m in spec.methods)),
+    refuse_unread(spec.calibration, set().union(*(get_method(spec.method_of(m)).fields() for m in spec.methods)),
                   f"any method of this run ({', '.join(spec.methods)})")
 
 
@@ -59,6 +62,8 @@ def requested(spec: RunSpec, method: str, name: str | None = None) -> str:
     """Fingerprint of the calibration settings a unit asks for, defaults included (a changed default changes it);
     `name`: the method's name as written in the settings (a former name, for units recorded under it)."""
     settings = calibration_for(spec, method).model_dump(mode="json") | {"method": name or method}
+    if method in spec.variants:  # a labelled variant: its label is part of what was asked for
+        settings |= {"method": spec.method_of(method), "label": method}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -130,6 +135,9 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
             record = {"kind": "chip", "noise": trial.noise, "strength": trial.strength, "seed": trial.seed,
                       "method": method, "calib_seconds": seconds, "experts_path": chip.experts_path(),
                       **bench.measure(with_routing=True)}
+            if method in spec.variants:
+                record["variant"] = {"label": method, "method": spec.method_of(method),
+                                     "settings": spec.settings_of(method)}
             if calibration is not None:
                 summary = calibration.as_dict()
                 record["calibration"] = {"config": summary["config"], "requested": requested(spec, method),

@@ -73,6 +73,9 @@ def build_results(spec, records, dataset: dict, calib_dataset: dict, window: int
         rows = [r for r in records if r["kind"] == "chip" and r["noise"] == point.noise
                 and r["strength"] == point.strength and r["seed"] in wanted]
         methods = chip_summary(rows, spec.methods, clean["ppl"])
+        for label, variant in spec.variants.items():  # what each label resolved to
+            if label in methods:
+                methods[label]["variant"] = {"method": variant["method"], "settings": variant.get("settings", {})}
         chips.append({"noise": point.noise, "strength": point.strength, "values": point.values,
                       "config": parse_noise_spec(point.noise).scaled(point.strength).model_dump(mode="json"),
                       "clean_ppl": clean["ppl"], "noisy_ppl_mean": methods["none"]["ppl_mean"], "methods": methods})
