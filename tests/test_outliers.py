@@ -179,7 +179,36 @@ def test_outliers_weight_attention_as_asked_and_choose_its_factor_on_held_out_te
         tried = chosen.report["outliers"]["held_out_ppl"]
         assert list(tried) == list(OUTLIER_ATTENTION_GRID)
         assert chosen.report["outliers"]["attention"] == min(tried, key=tried.get)
+        searched, placed = logits(model), chosen.outliers
         chosen.remove()
+        assert chip.outlier_weights() == 0
+        direct = calibrate_(model, CalibrationConfig(method="outliers", outlier_fraction=0.02,
+                                                     outlier_attention=chosen.report["outliers"]["attention"]), ids())
+        assert torch.equal(logits(model), searched)  # the search ends where a direct split at its choice does
+        assert direct.outliers == placed
+        direct.remove()
+
+
+def test_the_search_programs_each_tensor_once_per_candidate(monkeypatch):
+    from romer.calibration.methods.outliers import OUTLIER_ATTENTION_GRID
+    from romer.noise.chip import ChipHandle
+
+    model = build("olmoe")
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=1) as chip:
+        clean_logits = logits(model)
+        calls = []
+        original = ChipHandle.split_outliers
+        monkeypatch.setattr(ChipHandle, "split_outliers", lambda self, name, f: (calls.append(name),
+                                                                                 original(self, name, f))[1])
+        chosen = calibrate_(model, CalibrationConfig(method="outliers", outlier_fraction=0.02, outlier_attention=None),
+                            ids(tokens=64 * 16))
+        tensors = len([n for n in chip.on_chip_names() if n not in chip.decomposed_names()])
+        best_is_last = chosen.report["outliers"]["attention"] == OUTLIER_ATTENTION_GRID[-1]
+        assert len(calls) == tensors * (len(OUTLIER_ATTENTION_GRID) + (0 if best_is_last else 1))
+        calls.clear()
+        chosen.remove()
+        assert len(calls) == tensors and chip.outlier_weights() == 0  # one undo: each tensor programmed once more
+        assert torch.equal(logits(model), clean_logits)
 
 
 def test_outliers_do_nothing_on_the_clean_model():

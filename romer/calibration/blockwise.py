@@ -142,3 +142,33 @@ def adam_fit(params: list[nn.Parameter], steps: int, lr: float, eval_every: int,
         for param, value in zip(params, best_state):
             param.copy_(value)
     return {"steps": steps, "best_step": best_step, "holdout_loss_start": start, "holdout_loss_after": best}
+
+
+@torch.no_grad()
+def block_sensitivity(model: nn.Module, chip: ChipHandle, probe: torch.Tensor, batch_size: int, names: list[str],
+                      clean_layers: list[list[torch.Tensor]]) -> list[dict]:
+    """Each on-chip matrix of `names` ranked by what its noise costs its own decoder layer: the relative error of the
+    layer's output against the clean twin's (`clean_layers[layer][batch]`, on the held-out sequences of which `probe`
+    is the first rows) on the chip's own inputs, less that error with the matrix alone made digital; most per weight
+    first. The chip is run layer by layer on cached inputs, so the model is read about (matrices per layer + 1) times
+    whatever the number of matrices. A matrix outside every decoder layer is not ranked."""
+    device = next(model.parameters()).device
+    inputs = first_layer_inputs(model, probe, batch_size)
+    results = []
+    for index, (layer_name, layer) in enumerate(decoder_layers(model)):
+        targets = [clean_layers[index][i][: len(inputs.hidden[i])] for i in range(len(inputs))]
+
+        def error() -> float:
+            return sum(float(relative_error(inputs.run(layer, i, device), targets[i])) * len(targets[i])
+                       for i in range(len(inputs))) / len(probe)
+
+        base = error()
+        for name in (n for n in names if n.startswith(layer_name + ".")):
+            chip.make_digital(name)
+            gain = base - error()
+            chip.make_digital(name, False)
+            size = chip.size(name)
+            results.append({"tensor": name, "weights": size, "gain": gain, "error_gain": gain,
+                            "gain_per_mweight": gain / size * 1e6})
+        inputs = inputs.through(layer, device)
+    return sorted(results, key=lambda r: r["gain_per_mweight"], reverse=True)

@@ -119,6 +119,12 @@ class CalibrationConfig(BaseModel):
     retune_plan_tokens: int | None = Field(None, ge=1, description="held-out tokens (the first whole windows) the "
                                            "planner's sensitivity pass reads, one pass per on-chip matrix; None: all "
                                            "of them. Fewer plan faster and place the adapters on a noisier ranking")
+    retune_plan: Literal["model", "blockwise"] = Field(
+        "model", description="how the planner ranks the on-chip matrices for adapters: model (each matrix alone made "
+                             "digital, held-out perplexity of the whole chip: one pass of the model per matrix) or "
+                             "blockwise (each matrix alone made digital, the relative error of its own decoder "
+                             "layer's output against the clean twin's, on that layer's cached held-out inputs: one "
+                             "pass of one layer per matrix, the model about (matrices per layer + 1) times in all)")
     retune_checkpointing: Literal["auto", "on", "off"] = Field(
         "auto", description="gradient checkpointing per decoder layer during the fit (auto: on an accelerator), "
                             "for models whose activations would not fit (romer estimate shows both)")

@@ -227,6 +227,34 @@ class Calibration:
 
         self._undo.append(undo)
 
+    def choose_outliers(self, candidates: dict, score: Callable[[], float]) -> tuple[object, dict]:
+        """Program the chip under each candidate split (key → {tensor name: outlier fraction}) in turn, straight from
+        the one before (no return to the start between them: each tensor is programmed once per candidate), score
+        each with `score()` (lower is better), and keep the best: (its key, every score). One undo returns every
+        tensor to its fraction before."""
+        names = sorted({name for fractions in candidates.values() for name in fractions})
+        on_chip_before = {name: self.chip.outlier_fraction(name) for name in names}
+        placed_before = self.placed
+        scores = {}
+        for key, fractions in candidates.items():
+            for name, fraction in fractions.items():
+                self.chip.split_outliers(name, fraction)
+            scores[key] = score()
+        best = min(scores, key=scores.get)
+        if best != key:
+            for name, fraction in candidates[best].items():
+                self.chip.split_outliers(name, fraction)
+        for name, fraction in candidates[best].items():
+            self.placed = self.placed.with_outliers(name, fraction)
+
+        def undo() -> None:
+            for name, fraction in on_chip_before.items():
+                self.chip.split_outliers(name, fraction)
+            self.placed = placed_before
+
+        self._undo.append(undo)
+        return best, scores
+
     def digital_weights(self) -> int:
         """Every digital number this calibration adds or re-sets, in weights: the on-chip weights it moved to the
         digital periphery, the digital factors Vᵀ of the matrices it decomposed, its outlier weights (two numbers

@@ -35,7 +35,7 @@ from romer.noise.layout import ChipLayout
 from romer.noise.outliers import DigitalOutliers
 from romer.noise.periphery import ColumnErrors
 from romer.noise.physics import DevicePhysics
-from romer.noise.programming import program_matrix, program_with_outliers
+from romer.noise.programming import program_matrix, program_with_outliers, slot_workers
 from romer.noise.roles import ChipTensor, on_chip_tensors
 
 SMALL_BACKUP_BYTES = 256 * 2**20
@@ -258,12 +258,17 @@ class ChipHandle:
             noisy, scales, errors = self._program_slot(tensor.name, None, param.device)
             param.copy_(noisy)
         else:
-            per_slot = []
-            for slot in range(param.shape[0]):  # one slot at a time: the scratch is one expert's size
+            @torch.no_grad()  # grad mode is per thread: the workers do not inherit the caller's
+            def program(slot: int):
                 noisy, slot_scales, slot_errors = self._program_slot(tensor.name, slot, param.device)
                 param[slot].copy_(self.clean_value(tensor.name, slot) if self.is_digital(tensor.name, slot)
                                   else noisy)
-                per_slot.append((slot_scales, slot_errors))
+                return slot_scales, slot_errors
+
+            # a few slots at a time: the scratch is a few experts' size, and on a CPU the draws of one slot (a serial
+            # generator each) overlap another's; each slot draws from its own streams, so the bits do not change
+            with slot_workers(param.device) as pool:
+                per_slot = list(pool.map(program, range(param.shape[0])))
             scales = torch.stack([s for s, _ in per_slot])
             errors = None if per_slot[0][1] is None else ColumnErrors.stack([e for _, e in per_slot])
         self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors,

@@ -4,6 +4,11 @@ tensor, and for HPD's on-chip factor, each from its own streams."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 from romer.noise.config import NoiseConfig
@@ -41,3 +46,16 @@ def program_with_outliers(physics: DevicePhysics, config: NoiseConfig, target: t
     if digital is not None and len(digital):
         noisy = noisy + digital.dense(noisy.device)
     return noisy, scales, errors, digital
+
+
+@contextmanager
+def slot_workers(device) -> Iterator[ThreadPoolExecutor]:
+    """Threads that program the expert slots of one fused tensor. On a CPU a random generator fills its tensor on one
+    core, so two slots programmed side by side keep both cores busy (`ROMER_PROGRAMMING_THREADS`, default: torch's
+    thread count, at most 4); on an accelerator one at a time (its kernels are parallel already). Every slot draws
+    from streams of its own, so the bits do not depend on the number of threads."""
+    threads = 1
+    if torch.device(device).type == "cpu":
+        threads = int(os.environ.get("ROMER_PROGRAMMING_THREADS", min(4, torch.get_num_threads())))
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="romer-program") as pool:
+        yield pool

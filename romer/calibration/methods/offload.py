@@ -30,7 +30,7 @@ def tensor_sensitivity(model: nn.Module, chip: ChipHandle, holdout: torch.Tensor
         chip.make_digital(name)
         ppl = sequence_perplexity(model, holdout, batch_size)
         chip.make_digital(name, False)
-        results.append({"tensor": name, "weights": size, "ppl_gain": base - ppl,
+        results.append({"tensor": name, "weights": size, "ppl_gain": base - ppl, "gain": base - ppl,
                         "gain_per_mweight": (base - ppl) / size * 1e6})
     return sorted(results, key=lambda r: r["gain_per_mweight"], reverse=True)
 

@@ -53,20 +53,18 @@ class OutlierSplit(Step):
         sizes = {name: chip.size(name) for name in names}
         roles = {name: chip.role(name) for name in names}
 
-        def split(attention: float) -> None:
-            for name, share in role_fractions(sizes, roles, config.outlier_fraction, attention).items():
-                calibration.split_outliers(name, share)
+        def fractions(attention: float) -> dict[str, float]:
+            return role_fractions(sizes, roles, config.outlier_fraction, attention)
 
         attention, tried = config.outlier_attention, {}
         if attention is None:
             holdout = context.tokens.require_holdout("the outliers' attention factor")
-            for candidate in OUTLIER_ATTENTION_GRID:
-                mark = calibration.mark()
-                split(candidate)
-                tried[candidate] = sequence_perplexity(context.model, holdout, config.batch_size)
-                calibration.rollback(mark)
-            attention = min(tried, key=tried.get)
-        split(attention)
+            attention, tried = calibration.choose_outliers(
+                {candidate: fractions(candidate) for candidate in OUTLIER_ATTENTION_GRID},
+                lambda: sequence_perplexity(context.model, holdout, config.batch_size))
+        else:
+            for name, share in fractions(attention).items():
+                calibration.split_outliers(name, share)
         calibration.report["outliers"] = {"fraction": config.outlier_fraction, "attention": attention,
                                           "held_out_ppl": tried or None, "weights": chip.outlier_weights(),
                                           "digital_share": calibration.digital_share()}

@@ -35,7 +35,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from romer.calibration.blockwise import fit_blockwise
+from romer.calibration.blockwise import block_sensitivity, fit_blockwise
 from romer.calibration.registry import Method, register_method
 from romer.calibration.methods.offload import tensor_sensitivity
 from romer.calibration.retune_start import least_squares_start
@@ -78,7 +78,7 @@ def _rank_cost(chip: ChipHandle, name: str) -> int:
     return (out_dim + in_dim) * (slots or 1)
 
 
-def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
+def plan(calibration: Calibration, config, holdout: torch.Tensor, teacher=None) -> Plan:
     """Spend the budget (`retune_budget` × the chip's weights, the one denominator of every share), cheapest and most
     general first: the norm gains re-set; router biases; per-column gain and offset of every on-chip matrix that is
     not a fused expert tensor; adapters on the matrices that noise hurts most per weight (measured on this chip,
@@ -111,9 +111,14 @@ def plan(calibration: Calibration, config, holdout: torch.Tensor) -> Plan:
     if config.retune_rank > 0:
         probe = plan_windows(holdout, config)
         plan_tokens = int(probe.numel())
-        for record in tensor_sensitivity(calibration.model, chip, probe, config.batch_size, max_size=math.inf,
-                                         names=matrices):
-            if record["ppl_gain"] <= 0:
+        if config.retune_plan == "blockwise":
+            ranked = block_sensitivity(calibration.model, chip, probe, config.batch_size, matrices,
+                                       teacher.holdout_layers)
+        else:
+            ranked = tensor_sensitivity(calibration.model, chip, probe, config.batch_size, max_size=math.inf,
+                                        names=matrices)
+        for record in ranked:
+            if record["gain"] <= 0:
                 break
             rank = min(config.retune_rank, (budget - used) // _rank_cost(chip, record["tensor"]))
             if rank >= 1:
@@ -181,10 +186,10 @@ def retune(context) -> None:
                                                 context.model)
     started = time.perf_counter()
     holdout = tokens.require_holdout("retune")
-    chosen = plan(calibration, config, holdout)
+    teacher = context.teacher(*teacher_extras(config))
+    chosen = plan(calibration, config, holdout, teacher)
     device = next(model.parameters()).device
     blockwise = config.retune_engine == "blockwise"
-    teacher = context.teacher(*teacher_extras(config))
 
     trainable: dict[str, list[nn.Parameter]] = {}  # module path → its digital parameters (the block-wise fit's owner)
     installed = dict(calibration.correction_items()) if config.retune_start == "installed" else {}
@@ -254,7 +259,8 @@ def teacher_extras(config) -> tuple[str, ...]:
     """What the fit asks of the clean twin besides its next-token distributions."""
     blockwise = config.retune_engine == "blockwise"
     hidden = config.retune_hidden_weight > 0 and (not blockwise or config.retune_polish_steps > 0)
-    return (("layers",) if blockwise else ()) + (("hidden",) if hidden else ())
+    layers = blockwise or (config.retune_plan == "blockwise" and config.retune_rank > 0)
+    return (("layers",) if layers else ()) + (("hidden",) if hidden else ())
 
 
 def fit_end_to_end(model: nn.Module, params: list[nn.Parameter], steps: int, fit: torch.Tensor, teacher_fit: list[Targets],
@@ -296,7 +302,7 @@ def fit_end_to_end(model: nn.Module, params: list[nn.Parameter], steps: int, fit
 RETUNE_OPTIONS = ("retune_budget", "retune_rank", "retune_norms", "retune_columns", "retune_router_bias",
                   "retune_engine", "retune_block_steps", "retune_block_lr", "retune_polish_steps", "retune_steps", "retune_lr",
                   "retune_start", "retune_hidden_weight", "retune_eval_every", "retune_checkpointing",
-                  "retune_plan_tokens")
+                  "retune_plan_tokens", "retune_plan")
 END_TO_END_ONLY = ("retune_steps",)
 BLOCKWISE_ONLY = ("retune_block_steps", "retune_block_lr", "retune_polish_steps")
 

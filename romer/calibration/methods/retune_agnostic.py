@@ -139,7 +139,7 @@ class RetuneAgnostic(Retune):
     name = "retune-agnostic"
     options = tuple(o for o in RETUNE_OPTIONS if o not in ("retune_start", "retune_checkpointing", "retune_engine",
                                                            "retune_block_steps", "retune_block_lr",
-                                                           "retune_polish_steps")) + (
+                                                           "retune_polish_steps", "retune_plan")) + (
         "retune_over_chips",)
 
     def clean_needs(self, config, chip) -> frozenset[str]:
