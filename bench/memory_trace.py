@@ -62,6 +62,9 @@ def main() -> None:
         app(command, standalone_mode=False)
     except SystemExit as stop:
         code = stop.code or 0
+    except Exception as error:  # the stages up to the failure are still worth reading
+        print(f"the command failed: {type(error).__name__}: {error}", file=sys.stderr)
+        code = 1
     finally:
         done.set()
     peak = max(samples, key=lambda s: s[1]) if samples else (0, 0, [])

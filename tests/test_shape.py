@@ -51,3 +51,61 @@ def test_a_folder_of_another_recipe_or_a_bad_layer_count_is_refused(tmp_path):
         write_random_checkpoint(OLMOE, tmp_path / "m", layers=1, dtype="float32", seed=3, **NARROW)
     with pytest.raises(RomerError, match="outside 1..16"):
         write_random_checkpoint(OLMOE, tmp_path / "n", layers=17, **NARROW)
+
+
+def test_a_narrow_bfloat16_shape_programs_restores_and_fits_block_by_block(tmp_path):
+    """The full-size run's path at a small size: bfloat16 programming and restore bit for bit, `outlier-retune` with
+    the block-wise engine and planner, its corrections kept in float32."""
+    from romer.calibration import CalibrationConfig, calibrate_
+    from romer.noise import apply_noise_, parse_noise_spec
+
+    folder = write_random_checkpoint(OLMOE, tmp_path / "m", layers=2, dtype="bfloat16", **NARROW)
+    model, _ = romer.load_model(str(folder), dtype="bfloat16")
+    clean = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.randint(0, 512, (64 * 24,), generator=torch.Generator().manual_seed(0))
+    config = CalibrationConfig(method="outlier-retune", retune_engine="blockwise", retune_plan="blockwise",
+                               retune_block_steps=4, retune_eval_every=2, calib_tokens=64 * 24, window=64,
+                               outlier_attention=2.0, retune_budget=0.05)
+    with apply_noise_(model, parse_noise_spec("cim-80c"), seed=0) as chip:
+        noisy = {name: p.detach().clone() for name, p in model.named_parameters()}
+        assert noisy["model.layers.0.mlp.experts.gate_up_proj"].dtype == torch.bfloat16
+        calibration = calibrate_(model, config, ids, chip=chip)
+        fit = calibration.report["retune"]
+        assert 0 < calibration.digital_share() <= 0.055 + 1e-9
+        assert fit["plan_tokens"] > 0 and fit["ranks"]  # the block-wise planner placed adapters
+        assert all(b["holdout_loss_after"] <= b["holdout_loss_start"] for b in fit["blockwise"]["blocks"])
+        masters = [p for c in calibration.corrections.values() for p in c.parameters()]
+        assert masters and all(p.dtype == torch.float32 for p in masters)
+        calibration.remove()
+        assert all(torch.equal(p, noisy[name]) for name, p in model.named_parameters())
+    assert all(torch.equal(p, clean[name]) for name, p in model.named_parameters())
+
+
+def test_the_blockwise_planner_reads_each_layer_a_bounded_number_of_times(tmp_path):
+    """Ranking by whole-model perplexity runs every layer once per on-chip matrix; the block-wise planner runs each
+    layer once per matrix of its own, plus twice (its base error and the pass to the next layer)."""
+    from romer.calibration.blockwise import block_sensitivity
+    from romer.calibration.blocks import decoder_layers, record_layer_outputs
+    from romer.calibration.methods.offload import tensor_sensitivity
+    from romer.noise import apply_noise_, parse_noise_spec
+
+    folder = write_random_checkpoint(OLMOE, tmp_path / "m", layers=3, dtype="float32", **NARROW)
+    model, _ = romer.load_model(str(folder))
+    probe = torch.randint(0, 512, (4, 64), generator=torch.Generator().manual_seed(0))
+    layers = decoder_layers(model)
+    calls = {name: 0 for name, _ in layers}
+    for name, layer in layers:
+        layer.register_forward_pre_hook(lambda module, args, name=name: calls.__setitem__(name, calls[name] + 1))
+    clean = record_layer_outputs(model, lambda: model(input_ids=probe))
+    with apply_noise_(model, parse_noise_spec("cim-80c"), seed=0) as chip:
+        matrices = [n for n in chip.on_chip_names() if len(chip.shape(n)) == 2]
+        per_layer = {name: len([m for m in matrices if m.startswith(name + ".")]) for name, _ in layers}
+        calls.update({name: 0 for name in calls})
+        ranked = block_sensitivity(model, chip, probe, 4, matrices, clean)
+        first = layers[0][0]  # its inputs are captured by one pass that stops as it enters it
+        assert calls == {name: per_layer[name] + 2 + (name == first) for name in calls}
+        assert {r["tensor"] for r in ranked} == set(matrices)
+        assert [r["gain_per_mweight"] for r in ranked] == sorted((r["gain_per_mweight"] for r in ranked), reverse=True)
+        calls.update({name: 0 for name in calls})
+        tensor_sensitivity(model, chip, probe, 4, max_size=float("inf"), names=matrices)
+        assert calls == {name: len(matrices) + 1 for name in calls}

@@ -36,6 +36,11 @@ def final_norm(model: nn.Module) -> nn.Module | None:
     return norm if isinstance(norm, nn.Module) else None
 
 
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The floating dtype a module computes in: that of its first floating parameter (float32 if it has none)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
 def layer_output(output) -> torch.Tensor:
     """The hidden states a decoder layer returns (a tensor, or the first item of a tuple in older versions)."""
     return output[0] if isinstance(output, tuple) else output
@@ -60,9 +65,13 @@ class BlockInputs:
         return sum(h.shape[0] * h.shape[1] for h in self.hidden)
 
     def run(self, layer: nn.Module, batch: int, device) -> torch.Tensor:
-        """The layer's output on batch `batch` (float32)."""
+        """The layer's output on batch `batch` (float32), its input given in the layer's own dtype."""
         args, kwargs = self.arguments[batch]
-        return layer_output(layer(self.hidden[batch].to(device), *args, **kwargs)).float()
+        return layer_output(layer(self.input(batch, device, compute_dtype(layer)), *args, **kwargs)).float()
+
+    def input(self, batch: int, device, dtype: torch.dtype) -> torch.Tensor:
+        """Batch `batch`'s hidden states on `device` in `dtype` (they are kept in float32 on the host)."""
+        return self.hidden[batch].to(device, dtype)
 
     @torch.no_grad()
     def through(self, layer: nn.Module, device) -> "BlockInputs":

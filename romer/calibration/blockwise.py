@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from romer.calibration.blocks import BlockInputs, decoder_layers, final_norm, first_layer_inputs
+from romer.calibration.blocks import BlockInputs, compute_dtype, decoder_layers, final_norm, first_layer_inputs
 from romer.calibration.retune_start import least_squares_fit, linear_layers
 from romer.calibration.teacher import Teacher
 from romer.noise.chip import ChipHandle
@@ -81,8 +81,10 @@ def _fit_head(model, chip, params, linears, fit_inputs: BlockInputs, held_inputs
     if norm is None or head is None:  # no known path from the last layer to the logits: the head is left as it is
         return {"block": "head", "parameters": 0, "seconds": 0.0, "skipped": "no final norm found"}
 
+    dtype = compute_dtype(head)
+
     def log_probs(inputs: BlockInputs, i: int, rows: slice = slice(None)) -> torch.Tensor:
-        return head(norm(inputs.hidden[i][rows].to(device))).float().log_softmax(-1)
+        return head(norm(inputs.hidden[i][rows].to(device, dtype))).float().log_softmax(-1)
 
     def fit_loss(i: int) -> torch.Tensor:
         """The batch's mean KL, its gradient accumulated one sequence at a time (a sequence's logits are the largest
@@ -98,7 +100,7 @@ def _fit_head(model, chip, params, linears, fit_inputs: BlockInputs, held_inputs
 
     if config.retune_start == "least_squares":
         least_squares_fit(chip, {n: m for n, m in linears.items() if chip.module_of(n)[0] is head},
-                          lambda: [head(norm(h.to(device))) for h in fit_inputs.hidden])
+                          lambda: [head(norm(fit_inputs.input(i, device, dtype))) for i in range(len(fit_inputs))])
     record = adam_fit(params, config.retune_block_steps, config.retune_block_lr, config.retune_eval_every,
                       batches=len(fit_inputs), fit_loss=fit_loss, backward=False,
                       held_loss=lambda i: teacher.holdout[i].kl(log_probs(held_inputs, i)).mean(),
