@@ -21,6 +21,7 @@ from torch import nn
 
 from romer.errors import RomerError
 from romer.moe.detect import require_moe
+from romer.resident import release_checkpoint_pages
 
 ZOO = Path(__file__).parent / "zoo"
 _EMBEDDED: dict[str, Path] = {}
@@ -154,6 +155,7 @@ def load_model(spec: str = "romer-tiny", *, device: str = "cpu", dtype: str = "f
                          "corrupt: download or save the model again") from None
     if target.type != "cuda":  # on CUDA, device_map has placed the weights already
         model.to(target)
+        release_checkpoint_pages(model)  # the file pages the fused copies were read from
     model.eval()
     require_moe(model, spec)
     return model, tokenizer

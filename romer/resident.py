@@ -1,0 +1,70 @@
+"""Resident memory a loaded checkpoint leaves behind on a CPU, given back to the system.
+
+transformers loads safetensors through a private memory map. Parameters whose dtype and layout match the file stay
+views of that map; the rest are copies, built by reading the map (each family's per-expert tensors, fused into one
+3-D parameter per layer). The pages those copies were read from stay mapped and resident as file pages after loading:
+on OLMoE-1B-7B in bfloat16 about 12 GB beside the 12.9 GB of weights, counted in the process's resident set until the
+kernel reclaims them. `release_checkpoint_pages` tells the kernel it may drop every page of a mapped checkpoint file
+that no live parameter or buffer lies in (madvise MADV_DONTNEED): the pages were only ever read, so a later read of
+one would fetch it from the file again, and the model's own tensors are never touched. Linux only; elsewhere a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import sys
+from pathlib import Path
+
+from torch import nn
+
+MADV_DONTNEED = 4
+
+
+def _mapped_regions(suffix: str) -> list[tuple[int, int]]:
+    """(begin, end) of every private mapping of a file whose name ends with `suffix`."""
+    regions = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[-1].endswith(suffix) and fields[1].endswith("p"):
+            begin, end = (int(x, 16) for x in fields[0].split("-"))
+            regions.append((begin, end))
+    return regions
+
+
+def _live_ranges(model: nn.Module) -> list[tuple[int, int]]:
+    page = mmap.PAGESIZE
+    ranges = []
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type != "cpu":
+            continue
+        storage = tensor.untyped_storage()
+        begin = storage.data_ptr()
+        ranges.append((begin // page * page, -(-(begin + storage.nbytes()) // page) * page))
+    return sorted(ranges)
+
+
+def release_checkpoint_pages(model: nn.Module, suffix: str = ".safetensors") -> int:
+    """Drop the resident pages of mapped `suffix` files outside every live CPU tensor of `model`; the bytes released
+    from the mappings (0 where the system offers no way)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    live = _live_ranges(model)
+    released = 0
+    for begin, end in _mapped_regions(suffix):
+        cursor = begin
+        for low, high in live:
+            if high <= cursor or low >= end:
+                continue
+            if low > cursor:
+                libc.madvise(cursor, low - cursor, MADV_DONTNEED)
+                released += low - cursor
+            cursor = max(cursor, high)
+        if cursor < end:
+            libc.madvise(cursor, end - cursor, MADV_DONTNEED)
+            released += end - cursor
+    return released
+
