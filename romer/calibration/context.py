@@ -8,6 +8,8 @@ the clean routing on the fit tokens ("routing") and retune's teacher on the fit 
 
 from __future__ import annotations
 
+import time
+
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -33,6 +35,7 @@ class CalibrationContext:
     _routing: RoutingStats | None = field(default=None, repr=False)
     _teacher: Teacher | None = field(default=None, repr=False)
     _teacher_extras: frozenset[str] = field(default=frozenset(), repr=False)
+    clean_twin_seconds: float = 0.0      # time spent on the clean twin (its routing, the teacher), for the record
 
     @property
     def batch_size(self) -> int:
@@ -49,6 +52,7 @@ class CalibrationContext:
                   if not {"routing": self._routing is not None, "teacher": teacher_ok}[need]}
         if not wanted:
             return
+        started = time.perf_counter()
         with self.chip.suspended() if self.chip is not None else nullcontext():
             if "routing" in wanted:
                 self._routing = routing_stats(self.model, self.tokens.fit, self.batch_size, logits=True)
@@ -57,6 +61,7 @@ class CalibrationContext:
                                               hidden="hidden" in extras and self.config.retune_hidden_weight > 0,
                                               layers="layers" in extras)
                 self._teacher_extras = extras
+        self.clean_twin_seconds += time.perf_counter() - started
 
     def clean_routing(self) -> RoutingStats:
         """The clean twin's routing on the fit tokens: selection counts and router logits."""

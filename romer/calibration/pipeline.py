@@ -65,6 +65,7 @@ def calibrate_(model: nn.Module, config: CalibrationConfig, calib_ids: torch.Ten
         raise
     calibration.config = context.config
     calibration.report["tokens"] = {"fit": tokens.fit.numel(), "holdout": tokens.holdout.numel(), "window": window}
+    calibration.report["clean_twin_seconds"] = context.clean_twin_seconds
     if brought:
         calibration.report["method_defaults"] = brought
     carry(model, calibration)

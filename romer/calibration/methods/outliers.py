@@ -18,6 +18,8 @@ Digital cost: two numbers per outlier weight (value and position), counted by `C
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from romer.calibration.registry import Method, register_method
@@ -56,6 +58,7 @@ class OutlierSplit(Step):
         def fractions(attention: float) -> dict[str, float]:
             return role_fractions(sizes, roles, config.outlier_fraction, attention)
 
+        started = time.perf_counter()
         attention, tried = config.outlier_attention, {}
         if attention is None:
             holdout = context.tokens.require_holdout("the outliers' attention factor")
@@ -67,7 +70,8 @@ class OutlierSplit(Step):
                 calibration.split_outliers(name, share)
         calibration.report["outliers"] = {"fraction": config.outlier_fraction, "attention": attention,
                                           "held_out_ppl": tried or None, "weights": chip.outlier_weights(),
-                                          "digital_share": calibration.digital_share()}
+                                          "digital_share": calibration.digital_share(),
+                                          "seconds": time.perf_counter() - started}
 
 
 register_step(OutlierSplit())

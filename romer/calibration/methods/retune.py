@@ -187,7 +187,9 @@ def retune(context) -> None:
     started = time.perf_counter()
     holdout = tokens.require_holdout("retune")
     teacher = context.teacher(*teacher_extras(config))
+    planning = time.perf_counter()
     chosen = plan(calibration, config, holdout, teacher)
+    plan_seconds = time.perf_counter() - planning
     device = next(model.parameters()).device
     blockwise = config.retune_engine == "blockwise"
 
@@ -249,7 +251,7 @@ def retune(context) -> None:
         "norm_gains": len(chosen.norms), "parameters_added": chosen.added, "budget_parameters": chosen.budget,
         "budget_fraction_used": chosen.added / chip.total_parameters, "norm_parameters": chosen.norm_parameters,
         "chip_weights": chip.total_parameters, "least_squares_start": len(started_by),
-        "plan_tokens": chosen.plan_tokens,
+        "plan_tokens": chosen.plan_tokens, "plan_seconds": plan_seconds, "plan_engine": config.retune_plan,
         "continued_from_installed": continued,
         "holdout_kl_before": programmed_kl, "teacher_top_k": teacher.top_k, "seconds": time.perf_counter() - started,
         "seconds_before_fit": fit_started - started, "fit_seconds": time.perf_counter() - fit_started, **history}
