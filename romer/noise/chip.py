@@ -37,6 +37,7 @@ from romer.noise.periphery import ColumnErrors
 from romer.noise.physics import DevicePhysics
 from romer.noise.programming import program_matrix, program_with_outliers, slot_workers
 from romer.noise.roles import ChipTensor, on_chip_tensors
+from romer.resident import trim_heap
 
 SMALL_BACKUP_BYTES = 256 * 2**20
 _CHIPS: "WeakKeyDictionary[nn.Module, ChipHandle]" = WeakKeyDictionary()  # model → the chip it sits on
@@ -271,6 +272,7 @@ class ChipHandle:
                 per_slot = list(pool.map(program, range(param.shape[0])))
             scales = torch.stack([s for s, _ in per_slot])
             errors = None if per_slot[0][1] is None else ColumnErrors.stack([e for _, e in per_slot])
+            trim_heap()  # the slots' scratch, freed: otherwise kept by the heap, tensor after tensor
         self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors,
                                                  self.corrections.get(tensor.name),
                                                  digital_slots=self._layout.slots_of(tensor.name),
