@@ -54,8 +54,12 @@ def slot_workers(device) -> Iterator[ThreadPoolExecutor]:
     core, so two slots programmed side by side keep both cores busy (`ROMER_PROGRAMMING_THREADS`, default: torch's
     thread count, at most 4); on an accelerator one at a time (its kernels are parallel already). Every slot draws
     from streams of its own, so the bits do not depend on the number of threads."""
-    threads = 1
-    if torch.device(device).type == "cpu":
-        threads = int(os.environ.get("ROMER_PROGRAMMING_THREADS", min(4, torch.get_num_threads())))
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="romer-program") as pool:
+    with ThreadPoolExecutor(max_workers=slot_threads(device), thread_name_prefix="romer-program") as pool:
         yield pool
+
+
+def slot_threads(device) -> int:
+    """How many expert slots are programmed at once on `device` (each holds its own scratch)."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, int(os.environ.get("ROMER_PROGRAMMING_THREADS", min(4, torch.get_num_threads()))))

@@ -4,7 +4,8 @@ The model is built on PyTorch's meta device, so parameter counts are exact for a
 transformers can build. What a noisy run holds, on the device that runs the model:
   weights        every parameter, in the run's dtype;
   programming    the scratch of programming the largest on-chip tensor (one expert slot of a fused
-                 tensor): its float32 target, noisy result and random draws, ≈ 4 float32 copies;
+                 tensor): its float32 target, noisy result and random draws, ≈ 4 float32 copies, for
+                 each slot programmed at once (on a CPU, `slot_threads`);
   telemetry      the router-logit sample routing statistics keep (bounded: MAX_LOGIT_ROWS rows);
   per sequence   the float32 logits and the cross-entropy's copy (window × vocab), the dtype logits,
                  hidden and expert activations, and eager attention scores (an upper bound: SDPA
@@ -41,6 +42,7 @@ from romer.evaluation.perplexity import MAX_DEFAULT_WINDOW
 from romer.models import DTYPES, is_hub_id, load_config, resolve_model_path
 from romer.noise.chip import SMALL_BACKUP_BYTES
 from romer.noise.config import DEFAULT_ROLES
+from romer.noise.programming import slot_threads
 from romer.noise.roles import on_chip_tensors
 
 FLOAT32 = 4
@@ -177,7 +179,9 @@ def estimate_memory(spec: str, dtype: str = "float32", window: int | None = None
     block_per_sequence = layer_activations + window * hidden * (3 * FLOAT32 + 2)  # input, output, its grad; target
     backup = "host memory" if on_accelerator or backup_bytes <= SMALL_BACKUP_BYTES else "disk"
     return MemoryEstimate(model=spec, dtype=dtype, window=window, parameters=parameters, on_chip_parameters=on_chip,
-                          weights_bytes=parameters * element, programming_bytes=largest_slot * FLOAT32 * PROGRAMMING_COPIES,
+                          weights_bytes=parameters * element,
+                          programming_bytes=largest_slot * FLOAT32 * PROGRAMMING_COPIES
+                          * slot_threads("cuda" if on_accelerator else "cpu"),
                           telemetry_bytes=MAX_LOGIT_ROWS * max(experts, 1) * FLOAT32 * layers,
                           per_sequence_bytes=per_sequence, backup=backup, backup_bytes=backup_bytes,
                           retune_per_sequence_bytes=retune_all, retune_checkpointed_per_sequence_bytes=retune_checkpointed,
