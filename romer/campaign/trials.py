@@ -147,6 +147,13 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
                     fit = calibration.report["retune"]
                     record["calibration"]["retune"] = {k: fit[k] for k in (
                         "parameters_added", "budget_parameters", "budget_fraction_used", "norm_parameters",
-                        "chip_weights", "seconds") if k in fit}
+                        "chip_weights", "seconds", "seconds_before_fit", "fit_seconds", "plan_seconds", "plan_tokens",
+                        "engine", "plan_engine") if k in fit}
+                    if "blockwise" in fit:
+                        record["calibration"]["retune"]["block_seconds"] = [
+                            b["seconds"] for b in fit["blockwise"]["blocks"]]
+                stages = {"clean_twin_seconds": calibration.report.get("clean_twin_seconds"),
+                          "outliers_seconds": calibration.report.get("outliers", {}).get("seconds")}
+                record["calibration"] |= {k: v for k, v in stages.items() if v is not None}
                 calibration.remove()
             yield record
