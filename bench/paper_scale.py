@@ -214,6 +214,9 @@ def calibrate_part(args, model, folder: Path, method: str, record: Record) -> No
                 "batch_size": args.calib_batch or args.batch}
     if method == "retune":
         settings |= {"retune_steps": args.retune_steps, "retune_eval_every": min(25, args.retune_steps)}
+    if method in args.method_settings:  # a labelled variant: label=method@key=value@...
+        variant = args.method_settings[method]
+        settings |= variant.settings | {"method": variant.method}
     config = romer_config(**settings)
     with apply_noise_(model, parse_noise_spec(args.noise), seed=0) as chip:
         memory.reset()
@@ -313,7 +316,9 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--calib-tokens", type=int, default=8192)
     parser.add_argument("--noise", default="cim-80c")
-    parser.add_argument("--methods", default="er,rc,romer,tuned,retune")
+    parser.add_argument("--methods", default="er,rc,romer,tuned,retune",
+                        help="methods, or labelled variants as in romer run (e.g. or=outlier-retune@retune_engine="
+                             "blockwise@retune_plan=blockwise)")
     parser.add_argument("--retune-steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2, help="programming and one-batch timings: median of N")
     parser.add_argument("--parts", default="run,calibrate,table")
@@ -329,7 +334,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the saved checkpoint (for scripts/paper_olmoe.sh)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
-    args.methods = [m for m in args.methods.split(",") if m and m != "none"]
+    from romer.campaign.variants import parse_variant
+
+    variants = [parse_variant(m) for m in args.methods.split(",") if m and m != "none"]
+    args.methods = [v.label for v in variants]
+    args.method_settings = {v.label: v for v in variants if v.label != v.method or v.settings}
     args.table_methods = [m for m in args.table_methods.split(",") if m and m != "none"]
     parts = set(args.parts.split(","))
     if args.device == "cpu":

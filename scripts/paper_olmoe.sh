@@ -8,7 +8,9 @@
 # the `wikitext2` corpus (the Hugging Face datasets cache must hold it on a machine without internet).
 # The run resumes: rerun the same command after an interruption. Seeds, methods and token budgets
 # can be changed with the environment variables below; ROMER names the command (default `romer`; on a machine
-# where romer is importable but not installed: ROMER="python3 -m romer.cli").
+# where romer is importable but not installed: ROMER="python3 -m romer.cli"). METHODS may hold labelled variants, e.g.
+# METHODS="none,romer,or=outlier-retune@retune_engine=blockwise@retune_plan=blockwise" (the settings of the CPU run of
+# docs/results/scale.md); CALIB_SET adds calibration options for every method, e.g. CALIB_SET="retune_block_steps: 20".
 set -euo pipefail
 MODEL=${1:?usage: scripts/paper_olmoe.sh MODEL_DIR [TEST_TEXT CALIB_TEXT] [OUT]}
 TEST=${2:-wikitext2}
@@ -35,7 +37,7 @@ CONFIG="$OUT/paper-olmoe.yaml"
   echo "window: $WINDOW"
   [ -n "$MAX_TOKENS" ] && echo "max_tokens: $MAX_TOKENS"
   echo "routing_tokens: 16384"
-  echo "calibration: {calib_tokens: $CALIB_TOKENS, batch_size: 4}"
+  echo "calibration: {calib_tokens: $CALIB_TOKENS, batch_size: 4${CALIB_SET:+, $CALIB_SET}}"
   echo "device: $DEVICE"
   echo "dtype: bfloat16"
   echo "batch_size: auto"

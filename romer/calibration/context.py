@@ -21,6 +21,7 @@ from romer.calibration.statistics import RoutingStats, routing_stats
 from romer.calibration.teacher import Teacher, clean_teacher
 from romer.calibration.tokens import CalibrationTokens
 from romer.noise.chip import ChipHandle
+from romer.resident import trim_heap
 
 
 @dataclass
@@ -62,6 +63,7 @@ class CalibrationContext:
                                               layers="layers" in extras)
                 self._teacher_extras = extras
         self.clean_twin_seconds += time.perf_counter() - started
+        trim_heap()
 
     def clean_routing(self) -> RoutingStats:
         """The clean twin's routing on the fit tokens: selection counts and router logits."""

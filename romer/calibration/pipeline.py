@@ -27,6 +27,7 @@ from romer.errors import RomerError
 from romer.evaluation.perplexity import default_window
 from romer.noise import chip_of
 from romer.noise.chip import ChipHandle
+from romer.resident import trim_heap
 
 _ACTIVE: WeakKeyDictionary = WeakKeyDictionary()  # model → the calibration it carries now
 
@@ -89,6 +90,7 @@ def run_steps(context: CalibrationContext, method) -> None:
     for step in method.ordered_steps(context.config):
         if step.enabled(context.config, context.chip):
             step.apply(context)
+            trim_heap()  # a step's passes over the model leave the heap fragmented
             crash_point("mid-calibration")
 
 

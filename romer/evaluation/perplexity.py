@@ -21,6 +21,7 @@ from torch import nn
 
 from romer.errors import RomerError
 from romer.progress import progress_bar
+from romer.resident import trim_heap
 
 MAX_DEFAULT_WINDOW = 2048
 
@@ -111,6 +112,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, window: int, stride: int | N
                 total_nll += nll[row, w.score_from - w.begin - 1:].double().sum().item()
                 scored += w.end - w.score_from
             advance(len(batch))
+    trim_heap()  # each batch's logits and activations, freed: given back, not kept by the heap
     return PerplexityResult(ppl=math.exp(total_nll / scored), nll=total_nll, scored_tokens=scored,
                             tokens=ids.numel(), window=window, stride=stride, windows=len(windows))
 
