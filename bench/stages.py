@@ -68,6 +68,14 @@ def measure(args, layers: int) -> dict:
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (args.eval_tokens,), generator=torch.Generator().manual_seed(0))
     calib = torch.randint(0, vocab, (args.calib_tokens,), generator=torch.Generator().manual_seed(1))
+    from dataclasses import asdict
+
+    from romer.scale.timing import shape_of
+
+    record["shape"] = asdict(shape_of(model, next(model.parameters()).element_size()))
+    record["workload"] = {"eval_tokens": args.eval_tokens, "calib_tokens": args.calib_tokens,
+                          "plan_tokens": args.plan_tokens, "block_steps": args.block_steps,
+                          "step_tokens": args.batch * args.window}
     record["parameters"] = sum(p.numel() for p in model.parameters())
     record["weights_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     chip = stage("program", lambda: apply_noise_(model, parse_noise_spec(args.noise), seed=0))
@@ -139,6 +147,33 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def rates(out: Path, depths: list[int], target: str | None) -> str:
+    """Each stage's rate fitted on `depths`, and its prediction of every measured depth against the measurement."""
+    import subprocess
+
+    from romer.scale.timing import STAGES as PRICED, Shape, Workload, fit_rates, stage_seconds
+
+    records = sorted((json.loads(p.read_text()) for p in out.glob("layers-*.json")), key=lambda r: r["layers"])
+    parsed = [(Shape(**r["shape"]), Workload(**r["workload"]),
+               {s: r["stages"][s]["seconds"] for s in PRICED if s in r["stages"]}) for r in records]
+    fitted = fit_rates([p for p, r in zip(parsed, records) if r["layers"] in depths])
+    lines = [f"Rates fitted on depths {depths}; predicted / measured seconds (ratio):",
+             "| layers | " + " | ".join(PRICED) + " |", "|---" * (len(PRICED) + 1) + "|"]
+    for (shape, load, seconds), record in zip(parsed, records):
+        predicted = stage_seconds(shape, load, fitted)
+        lines.append(f"| {record['layers']} | " + " | ".join(
+            f"{predicted[s]:.1f} / {seconds[s]:.1f} ({predicted[s] / seconds[s]:.2f})" if seconds.get(s) else "—"
+            for s in PRICED) + " |")
+    if target:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        write_text_atomic(Path(target), json.dumps({"device": "cpu", "machine": "2-core CPU, 24 GiB (the dev and CI "
+                                                    "machine), torch on 2 threads", "commit": commit,
+                                                    "fitted_on_layers": depths, "source": str(out),
+                                                    "seconds_per_unit": fitted}, indent=1))
+        lines.append(f"wrote {target}")
+    return "\n".join(lines)
+
+
 def plot(records: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -179,9 +214,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child process: one depth
     parser.add_argument("--report", default=None, help="print the table of a results folder and draw the plot")
+    parser.add_argument("--rates-from", default=None,
+                        help="with --report: fit each stage's rate on these depths (e.g. 1,2,4,8), print the "
+                             "prediction of every depth beside its measurement, and write the rates (--rates-out)")
+    parser.add_argument("--rates-out", default=None, help="where the fitted rates go (romer/scale/rates/cpu.json)")
     args = parser.parse_args()
     if args.report:
         print(report(Path(args.report)))
+        if args.rates_from:
+            print(rates(Path(args.report), [int(x) for x in args.rates_from.split(",")], args.rates_out))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -472,6 +472,9 @@ def estimate_command(model: str = ModelOpt, dtype: str = typer.Option("bfloat16"
         print(json.dumps(record))
         return
     out.print(console.estimate_table(record))
+    times = console.estimate_times(record)
+    if times is not None:
+        out.print(times)
     out.print(console.estimate_verdict(record), highlight=False)
 
 

@@ -134,6 +134,25 @@ def calibrate_chip(spec: RunSpec, config: CalibrationConfig, noise: NoiseConfig,
     return record
 
 
+def stage_times(model: str, dtype: str, found, batch: int, device: str, trust_remote_code: bool) -> dict:
+    """Each stage's seconds for one chip's `outlier-retune` (block-wise), priced at the rates measured on this kind of
+    device (`romer/scale/timing.py`); nothing where no rates were measured."""
+    from dataclasses import asdict
+
+    from romer.models import DTYPES
+    from romer.scale.memory import _config_folder, meta_model
+    from romer.scale.timing import Workload, load_rates, shape_of, stage_seconds
+
+    rates = load_rates("cpu" if device == "cpu" else "cuda")
+    if rates is None:
+        return {}
+    meta, _ = meta_model(_config_folder(model, trust_remote_code), trust_remote_code)
+    shape = shape_of(meta, torch.empty((), dtype=DTYPES[dtype]).element_size())
+    load = Workload(step_tokens=batch * found.window)
+    return {"stage_seconds": stage_seconds(shape, load, rates["seconds_per_unit"]), "workload": asdict(load),
+            "rates": {k: rates[k] for k in ("machine", "commit", "fitted_on_layers")}}
+
+
 def estimate(model: str, dtype: str, window: int | None, batch_size: int | None, device: str,
              memory_gib: float | None, trust_remote_code: bool) -> dict:
     """`romer estimate`'s record: the memory of a noisy run and of a retune fit, and what fits where."""
@@ -151,7 +170,8 @@ def estimate(model: str, dtype: str, window: int | None, batch_size: int | None,
     batch = batch_size or max(fitted, 1)
     retune_batch = min(batch, 8)
     peak = found.device_bytes(batch)
-    return found.as_dict() | {"available_bytes": available, "batch_size": batch, "fitted_batch_size": fitted,
+    timing = stage_times(model, dtype, found, batch, device, trust_remote_code)
+    return found.as_dict() | timing | {"available_bytes": available, "batch_size": batch, "fitted_batch_size": fitted,
                               "peak_bytes": peak, "fits": peak <= available, "retune_batch_size": retune_batch,
                               "retune_peak_bytes": found.retune_bytes(retune_batch),
                               "retune_peak_bytes_unchecked": found.retune_bytes(retune_batch, checkpointing=False),

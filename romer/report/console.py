@@ -158,6 +158,24 @@ def estimate_table(record: dict) -> Table:
     return table
 
 
+def estimate_times(record: dict) -> Table | None:
+    """The time per stage of one chip's block-wise `outlier-retune`, where rates were measured for the device."""
+    if "stage_seconds" not in record:
+        return None
+    load, rates = record["workload"], record["rates"]
+    table = Table(title=f"one chip's outlier-retune (block-wise), priced at rates measured on {rates['machine']} "
+                        f"(layers {rates['fitted_on_layers']}, commit {rates['commit']}): {load['eval_tokens']:,} "
+                        f"test tokens, {load['calib_tokens']:,} calibration tokens, {load['plan_tokens']:,} plan "
+                        f"tokens, {load['block_steps']} steps of {load['step_tokens']:,} tokens per block")
+    table.add_column("stage")
+    table.add_column("time", justify="right")
+    for stage, seconds in record["stage_seconds"].items():
+        table.add_row(stage, f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s")
+    total = sum(record["stage_seconds"].values())
+    table.add_row("[bold]in all", f"[bold]{total / 60:.1f} min")
+    return table
+
+
 def estimate_verdict(record: dict) -> str:
     verdict = "fits" if record["fits"] else "does NOT fit"
     return (f"{verdict} in {_gib(record['available_bytes'])}; largest batch that fits: {record['fitted_batch_size']} "
