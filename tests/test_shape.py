@@ -125,3 +125,28 @@ def test_loading_gives_back_the_checkpoint_pages_no_tensor_lies_in(tmp_path):
     assert torch.isfinite(model(input_ids=ids).logits).all()
     if sys.platform.startswith("linux"):
         assert released > 0  # the per-expert tensors' pages: read once to build the fused parameters
+
+
+def test_the_stage_work_is_counted_from_the_shape_and_rates_fit_back():
+    from romer.scale.timing import Shape, Workload, fit_rates, shape_of, stage_seconds, work
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(OLMOE, num_hidden_layers=3, **NARROW)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    shape = shape_of(model, 2)
+    h, i, e, k = 64, 32, 8, 2
+    assert shape.layers == 3 and shape.matrices_per_layer == 5  # q, k, v, o and the router
+    assert shape.layer_reads == 4 * h * h + e * h + k * (2 * i * h + h * i)  # a token reads top-k experts only
+    assert shape.head_reads == 512 * h
+    assert shape.on_chip_parameters == 3 * (4 * h * h + e * h + e * 3 * i * h)
+    truth = {"program": 2e-7, "fit": 3e-9, "evaluate": 1e-9}
+    records = []
+    for layers in (1, 2, 4):
+        depth = Shape(**{**shape.__dict__, "layers": layers})
+        load = Workload()
+        records.append((depth, load, {s: r * work(depth, load)[s] for s, r in truth.items()}))
+    fitted = fit_rates(records)
+    assert fitted == pytest.approx(truth)
+    deeper = Shape(**{**shape.__dict__, "layers": 16})
+    assert stage_seconds(deeper, Workload(), fitted)["fit"] == pytest.approx(truth["fit"] * work(deeper, Workload())["fit"])
