@@ -65,14 +65,21 @@ class DiskBackup:
         return name in self._files
 
     def load(self, name: str, slot: int | None = None) -> torch.Tensor:
+        """The tensor (or one slot of it) read from its file straight into a new tensor: one copy in memory."""
         stored = self._files[name]
-        with open(stored.path, "rb") as handle:
-            if slot is None:
-                data, shape = bytearray(handle.read()), stored.shape
-            else:
+        shape = stored.shape if slot is None else stored.shape[1:]
+        out = torch.empty(shape, dtype=stored.dtype)
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())
+        with open(stored.path, "rb", buffering=0) as handle:
+            if slot is not None:
                 handle.seek(slot * stored.slot_bytes)
-                data, shape = bytearray(handle.read(stored.slot_bytes)), stored.shape[1:]
-        return torch.frombuffer(data, dtype=torch.uint8).view(stored.dtype).view(shape)
+            done = 0
+            while done < len(view):
+                read = handle.readinto(view[done:])
+                if not read:
+                    raise OSError(f"the clean copy of {name} in {stored.path} is truncated")
+                done += read
+        return out
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
