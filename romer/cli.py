@@ -532,6 +532,9 @@ def main() -> None:
 
     # a deprecation (a former method name) is one plain line on the command line, not a source location
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    from romer.resident import keep_heap_small
+
+    keep_heap_small()
     app(prog_name="romer")
 
 

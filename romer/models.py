@@ -21,7 +21,7 @@ from torch import nn
 
 from romer.errors import RomerError
 from romer.moe.detect import require_moe
-from romer.resident import release_checkpoint_pages
+from romer.resident import keep_heap_small, release_checkpoint_pages
 
 ZOO = Path(__file__).parent / "zoo"
 _EMBEDDED: dict[str, Path] = {}
@@ -144,6 +144,8 @@ def load_model(spec: str = "romer-tiny", *, device: str = "cpu", dtype: str = "f
     config = load_config(folder, trust_remote_code)
     _check_weights(folder, trust_remote_code)
     tokenizer = load_tokenizer(folder, trust_remote_code)  # before the weights: a broken folder fails fast
+    if target.type == "cpu":
+        keep_heap_small()  # before the weights: large blocks freed from here on go back to the system
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,

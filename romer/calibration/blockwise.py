@@ -31,6 +31,7 @@ from romer.calibration.blocks import BlockInputs, compute_dtype, decoder_layers,
 from romer.calibration.retune_start import least_squares_fit, linear_layers
 from romer.calibration.teacher import Teacher
 from romer.noise.chip import ChipHandle
+from romer.resident import trim_heap
 
 
 def relative_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,6 +67,7 @@ def fit_blockwise(model: nn.Module, chip: ChipHandle, trainable: dict[str, list[
                                                              teacher.holdout_layers[index][i]),
                           held_batches=len(held_inputs))
         fit_inputs, held_inputs = fit_inputs.through(layer, device), held_inputs.through(layer, device)
+        trim_heap()
         blocks.append({"block": name, "parameters": sum(p.numel() for p in params),
                        "seconds": time.perf_counter() - started, **record})
     head = [p for path, ps in trainable.items() if path not in owned for p in ps]
@@ -135,6 +137,8 @@ def adam_fit(params: list[nn.Parameter], steps: int, lr: float, eval_every: int,
         if backward:
             loss.backward()
         optimizer.step()
+        del loss
+        trim_heap()  # a step's activations, freed in many sizes: given back, or the heap grows step after step
         if step % eval_every == 0 or step == steps:
             now = held()
             if now < best:

@@ -264,6 +264,8 @@ class ChipHandle:
                 noisy, slot_scales, slot_errors = self._program_slot(tensor.name, slot, param.device)
                 param[slot].copy_(self.clean_value(tensor.name, slot) if self.is_digital(tensor.name, slot)
                                   else noisy)
+                del noisy
+                trim_heap()  # the slot's scratch (8-32 MiB blocks) back to the system: the heap keeps it otherwise
                 return slot_scales, slot_errors
 
             # a few slots at a time: the scratch is a few experts' size, and on a CPU the draws of one slot (a serial
@@ -272,7 +274,6 @@ class ChipHandle:
                 per_slot = list(pool.map(program, range(param.shape[0])))
             scales = torch.stack([s for s, _ in per_slot])
             errors = None if per_slot[0][1] is None else ColumnErrors.stack([e for _, e in per_slot])
-            trim_heap()  # the slots' scratch, freed: otherwise kept by the heap, tensor after tensor
         self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors,
                                                  self.corrections.get(tensor.name),
                                                  digital_slots=self._layout.slots_of(tensor.name),
