@@ -11,6 +11,7 @@ real checkpoint take the same path. Code shipped with a checkpoint, and pickle w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 
 from romer.errors import RomerError
 from romer.moe.detect import require_moe
-from romer.resident import keep_heap_small, release_checkpoint_pages
+from romer.resident import keep_heap_small, paging_out_checkpoints, release_checkpoint_pages
 
 ZOO = Path(__file__).parent / "zoo"
 _EMBEDDED: dict[str, Path] = {}
@@ -147,10 +148,11 @@ def load_model(spec: str = "romer-tiny", *, device: str = "cpu", dtype: str = "f
     if target.type == "cpu":
         keep_heap_small()  # before the weights: large blocks freed from here on go back to the system
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-            use_safetensors=None if trust_remote_code else True,
-            device_map=_device_map(device, target))
+        with paging_out_checkpoints() if target.type == "cpu" else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                use_safetensors=None if trust_remote_code else True,
+                device_map=_device_map(device, target))
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise RomerError(f"the weights of {folder} cannot be read ({type(error).__name__}: "
                          f"{str(error).splitlines()[0][:80] if str(error) else 'corrupt'}); the file is truncated or "
