@@ -150,3 +150,24 @@ def test_the_stage_work_is_counted_from_the_shape_and_rates_fit_back():
     assert fitted == pytest.approx(truth)
     deeper = Shape(**{**shape.__dict__, "layers": 16})
     assert stage_seconds(deeper, Workload(), fitted)["fit"] == pytest.approx(truth["fit"] * work(deeper, Workload())["fit"])
+
+
+def test_a_disk_backup_removes_the_copies_dead_processes_left(tmp_path):
+    import subprocess
+    import sys
+
+    from romer.noise.backup import PREFIX, DiskBackup
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{PREFIX}{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "0.bin").write_bytes(b"x" * 10)
+    foreign = tmp_path / "romer-clean-notapid"
+    foreign.mkdir()
+    backup = DiskBackup(tmp_path)
+    mine = [p for p in tmp_path.iterdir() if p.name.startswith(f"{PREFIX}{__import__('os').getpid()}-")]
+    assert not stale.exists() and foreign.exists() and len(mine) == 1
+    other = DiskBackup(tmp_path)  # a live process's copy (this one's) is never removed
+    assert all(p.exists() for p in mine)
+    backup.close()
+    other.close()

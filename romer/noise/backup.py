@@ -3,11 +3,13 @@
 `memory` keeps a CPU copy of each on-chip tensor; `disk` writes each tensor's raw bytes to its
 own file in a temporary folder, in slices of at most one expert slot (or 16 MiB of rows), and
 reads back whole tensors or single slots: a model that fills memory needs no second copy of
-itself, and programming a fused expert tensor touches one slot's worth of memory at a time.
+itself, and programming a fused expert tensor touches one slot's worth of memory at a time. Each folder is named
+after its process; a new disk backup removes the folders of processes that died without removing theirs.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -47,9 +49,35 @@ class _Stored:
         return torch.Size(self.shape[1:]).numel() * torch.empty((), dtype=self.dtype).element_size()
 
 
+PREFIX = "romer-clean-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(directory: str | Path | None = None) -> list[Path]:
+    """Remove the clean copies that processes no longer alive left behind (a run killed by the system, as an
+    out-of-memory kill is, cannot remove its own: at OLMoE-1B-7B's size, 13 GB each); the folders removed."""
+    removed = []
+    for folder in Path(directory or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        owner = folder.name[len(PREFIX):].split("-")[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 class DiskBackup:
     def __init__(self, directory: str | Path | None = None) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="romer-clean-", dir=directory))
+        remove_stale(directory)
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=directory))
         self._files: dict[str, _Stored] = {}
 
     def save(self, name: str, tensor: torch.Tensor) -> None:
