@@ -304,12 +304,15 @@ class ChipHandle:
     def choose_experts_path(self) -> None:
         """Fused experts where the only per-forward effect is the column offsets (romer_chip), eager where a forward
         needs more of the chip; a chip with no expert on it keeps the model's own kernels."""
-        if not self.per_forward or not any(t.param.dim() == 3 for t in self.tensors):
+        fused_corrected = [n for n in self.corrections if self.originals.get(n) is not None
+                           and self.originals[n].dim() == 3]
+        if not (self.per_forward or fused_corrected) or not any(t.param.dim() == 3 for t in self.tensors):
             return
         c = self.config
         offsets_only = c.mode == "weights" and c.read_sigma * c.strength == 0 and c.ir_drop == 0
-        if offsets_only and fused_path_possible(self.model) and not any(
-                self.originals.get(n) is not None and self.originals[n].dim() == 3 for n in self.corrections):
+        # per-column gains and offsets after the ADCs stay per expert and column, as the offsets do; an adapter does not
+        columns_only = all(self.corrections[n].down is None for n in fused_corrected)
+        if offsets_only and columns_only and fused_path_possible(self.model):
             self.use_fused_chip_experts()
         else:
             self.use_eager_experts()
@@ -348,7 +351,7 @@ class ChipHandle:
         else:
             self.corrections[name] = correction
             if self.originals[name].dim() == 3:
-                self.use_eager_experts()
+                self.choose_experts_path()
         if name in self.programs:
             self.programs[name].correction = correction
         if name not in self._layout.digital:
@@ -584,8 +587,8 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
         handle.corrections |= {n: c for n, c in calibration.correction_items() if n in handle.originals}
     handle._layout = placed.restricted_to({name: param.dim() for name, param in handle.originals.items()})
     handle.factors = {name: handle._svd_factors(name) for name in sorted(handle._layout.decomposed)}
-    if any(handle.originals[n].dim() == 3 for n in handle.corrections):
-        handle.use_eager_experts()
+    if handle.corrections:
+        handle.choose_experts_path()  # again, now that the carried corrections are known
     handle._install()
     _CHIPS[model] = handle
     if calibration is not None:

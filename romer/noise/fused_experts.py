@@ -5,8 +5,9 @@ ADC offset, `x_max · o[column]` (`chip_linear`): an additive term per expert an
 tensor can keep transformers' grouped kernel: the tokens are sorted by expert, each projection runs as one
 grouped product on the stored weights, and the offsets of each row's expert are added after it, scaled by that
 row's input scale. The result equals the eager per-expert path to float rounding (tested on every family).
-Effects that need per-call randomness (read noise, analog mode), IR drop, or a digital correction on a fused
-tensor still take the eager path (`ChipHandle.experts_path`).
+A fused tensor's digital per-column gain and offset after the ADCs (`retune`) are per expert and column too, and are
+applied the same way. Effects that need per-call randomness (read noise, analog mode), IR drop, or a low-rank
+adapter on a fused tensor still take the eager path (`ChipHandle.experts_path`).
 
 Registered with transformers' experts registry as `romer_chip`; `apply_noise_` selects it.
 """
@@ -56,6 +57,12 @@ def _product(experts: nn.Module, name: str, rows: torch.Tensor, offsets: torch.T
     if on_chip and weight.program.errors is not None and weight.program.errors.offset_lsb is not None:
         column_offset = weight.program.column_offset(None)[expert_ids]  # [rows, out]: each row's expert's offsets
         out = torch.addcmul(out, input_scale(rows).to(out.dtype), column_offset.to(out.dtype))
+    correction = weight.program.correction if on_chip else None
+    if correction is not None:  # the digital gain and offset after each expert's ADCs, as the eager path applies them
+        if correction.gain is not None:
+            out = out * (1 + correction.gain[expert_ids]).to(out.dtype)
+        if correction.offset is not None:
+            out = out + (input_scale(rows) * correction.offset[expert_ids]).to(out.dtype)
     return out + bias if bias is not None else out
 
 
