@@ -46,9 +46,12 @@ def test_fused_expert_kernels_on_a_chip_are_refused_not_run_clean():
         model(input_ids=ids())
 
 
-def test_a_correction_on_a_fused_tensor_switches_a_quiet_chip_to_the_eager_experts():
-    """A chip without per-forward effects keeps the fused kernels until a digital correction sits on a fused expert
-    tensor: then the experts run eager, so the correction acts (before, the fused kernel skipped it)."""
+def test_a_correction_on_a_fused_tensor_switches_a_quiet_chip_to_a_path_that_applies_it():
+    """A chip without per-forward effects keeps the model's fused kernels until a digital correction sits on a fused
+    expert tensor: a per-column gain and offset then run in romer's grouped kernel, an adapter in the eager experts, so
+    the correction acts (before, the model's fused kernel skipped it)."""
+    from romer.noise.fused_experts import NAME
+
     model = build("olmoe")
     implementation = model.config._experts_implementation
     with torch.no_grad():
@@ -61,8 +64,14 @@ def test_a_correction_on_a_fused_tensor_switches_a_quiet_chip_to_the_eager_exper
             with torch.no_grad():
                 correction.offset.fill_(0.5)
             chip.attach_correction(name, correction)
+            assert model.config._experts_implementation == NAME
+            columns = model(input_ids=ids()).logits
+            assert not torch.allclose(columns, before)
+            chip.use_eager_experts()
+            assert torch.allclose(model(input_ids=ids()).logits, columns, rtol=1e-4, atol=1e-5)
+            adapter = ColumnCorrection(out_dim, in_dim, slots, columns=True, rank=2, seed=0)
+            chip.attach_correction(name, adapter)
             assert model.config._experts_implementation == "eager"
-            assert not torch.allclose(model(input_ids=ids()).logits, before)
     assert model.config._experts_implementation == implementation  # restored with the chip
 
 
