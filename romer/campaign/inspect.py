@@ -140,13 +140,13 @@ def stage_times(model: str, dtype: str, found, batch: int, device: str, trust_re
     from dataclasses import asdict
 
     from romer.models import DTYPES
-    from romer.scale.memory import _config_folder, meta_model
+    from romer.scale.memory import config_folder, meta_model
     from romer.scale.timing import Workload, load_rates, shape_of, stage_seconds
 
     rates = load_rates("cpu" if device == "cpu" else "cuda")
     if rates is None:
         return {}
-    meta, _ = meta_model(_config_folder(model, trust_remote_code), trust_remote_code)
+    meta, _ = meta_model(config_folder(model, trust_remote_code), trust_remote_code)
     shape = shape_of(meta, torch.empty((), dtype=DTYPES[dtype]).element_size())
     load = Workload(step_tokens=batch * found.window)
     return {"stage_seconds": stage_seconds(shape, load, rates["seconds_per_unit"]), "workload": asdict(load),

@@ -126,7 +126,7 @@ def meta_model(folder: Path, trust_remote_code: bool = False):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code), config
 
 
-def _config_folder(spec: str, trust_remote_code: bool) -> Path:
+def config_folder(spec: str, trust_remote_code: bool) -> Path:
     """An embedded model or local folder as it is; of a hub id only the config (and, trusted, its code)."""
     if not is_hub_id(spec):
         return resolve_model_path(spec, trust_remote_code)
@@ -143,7 +143,7 @@ def estimate_memory(spec: str, dtype: str = "float32", window: int | None = None
                     trust_remote_code: bool = False, on_accelerator: bool = False) -> MemoryEstimate:
     if dtype not in DTYPES:
         raise RomerError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
-    folder = _config_folder(spec, trust_remote_code)
+    folder = config_folder(spec, trust_remote_code)
     model, config = meta_model(folder, trust_remote_code)
     element = torch.empty((), dtype=DTYPES[dtype]).element_size()
     parameters = sum(p.numel() for p in model.parameters())
