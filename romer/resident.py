@@ -7,14 +7,15 @@ on OLMoE-1B-7B in bfloat16 about 12 GB beside the 12.9 GB of weights, counted in
 kernel reclaims them. `release_checkpoint_pages` asks the kernel to reclaim every page of a mapped checkpoint file that
 no live parameter or buffer lies in, and `paging_out_checkpoints` does so for every such page twice a second while a
 checkpoint loads (madvise MADV_PAGEOUT: a hint that never loses data; a clean file page is read again from the file
-if it is touched, and on anonymous memory without swap it does nothing, so a mapping that changed meanwhile is safe). `trim_heap` returns the heap's
-free pages after programming (glibc). Linux only; elsewhere both are no-ops.
+if it is touched, and on anonymous memory without swap it does nothing, so a mapping that changed meanwhile is safe).
+`keep_heap_small` and `trim_heap` make glibc give freed blocks back. Linux only; elsewhere every function is a no-op.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import mmap
 import sys
 import threading
@@ -25,6 +26,20 @@ from typing import Iterator
 from torch import nn
 
 MADV_PAGEOUT = 21  # Linux 5.4: reclaim these pages now; clean file pages are read again on access, nothing is lost
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """The C library (glibc: madvise, mallopt, malloc_trim), loaded once (trim_heap runs on hot paths), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.malloc_trim, libc.mallopt  # noqa: B018 (glibc only)
+    except (OSError, AttributeError):
+        return None
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
 
 
 def _mapped_regions(suffix: str) -> list[tuple[int, int]]:
@@ -53,10 +68,9 @@ def _live_ranges(model: nn.Module) -> list[tuple[int, int]]:
 def release_checkpoint_pages(model: nn.Module, suffix: str = ".safetensors") -> int:
     """Drop the resident pages of mapped `suffix` files outside every live CPU tensor of `model`; the bytes released
     from the mappings (0 where the system offers no way)."""
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return 0
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     live = _live_ranges(model)
     released = 0
     for begin, end in _mapped_regions(suffix):
@@ -79,11 +93,10 @@ def paging_out_checkpoints(suffix: str = ".safetensors", every_s: float = 0.5) -
     """While the block runs (a checkpoint loading), page out the mapped `suffix` files' pages every `every_s`: the
     fused copies are built from pages read once, which would otherwise stay resident until the load ends (OLMoE-1B-7B
     in bfloat16: up to 8 GB of file pages beside the weights being built)."""
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         yield
         return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     done = threading.Event()
 
     def page_out() -> None:
@@ -100,17 +113,6 @@ def paging_out_checkpoints(suffix: str = ".safetensors", every_s: float = 0.5) -
         pager.join()
 
 
-def _glibc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018 (glibc only)
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 2**20
 
@@ -120,8 +122,8 @@ def keep_heap_small() -> None:
     threshold rises to 32 MiB as a process frees large blocks; after that, the activations of a block-wise fit and the
     scratch of programming stay in the heap once freed, in pieces no trim gives back: one OLMoE-1B-7B layer in
     bfloat16 (1.25 GB of weights, 2.2 GB of live tensors) held 7.5 GB of anonymous memory during its fit by default,
-    3.5 GB with this threshold. Called by `load_model` on a CPU and by the command line; process-wide."""
-    libc = _glibc()
+    4.3 GB with this threshold. Called by `load_model` on a CPU and by the command line; process-wide."""
+    libc = _libc()
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
@@ -130,7 +132,8 @@ def trim_heap() -> None:
     """Give the heap's free pages back to the system. Programming a fused expert tensor allocates and frees an expert
     slot's float32 scratch (8-32 MiB blocks, two slots at a time, in the worker threads' own heaps); glibc keeps such
     blocks once its mmap threshold has risen, and tensor after tensor the kept scratch grew to 7 GB above the weights
-    while one OLMoE-1B-7B chip was programmed in bfloat16. Trimmed after each fused tensor it stays one tensor's worth."""
-    libc = _glibc()
+    while one OLMoE-1B-7B chip was programmed in bfloat16. Called after each expert slot programmed, each block-wise
+    fit step and each pass over the model."""
+    libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
