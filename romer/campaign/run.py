@@ -25,6 +25,7 @@ from romer.campaign.spec import RunSpec
 from romer.campaign.trials import (Trial, calibration_for, plan_trials, refuse_unread_options, run_trial, stale_unit,
                                    total_units)
 from romer.data import load_corpus
+from romer.data.calibration_text import CalibrationSource
 from romer.errors import RomerError
 from romer.evaluation import capture_routing, default_window, perplexity, tokenize_stream
 from romer.moe.telemetry import routing_fidelity
@@ -59,18 +60,17 @@ class Workbench:
         from romer.models import load_model
 
         corpus = load_corpus(spec.data, spec.split)  # data first: a bad --data fails before a big model loads
-        calib = None
-        if calibration:
-            calib = load_corpus(spec.calib_data) if spec.calib_data else load_corpus(spec.data, "calib")
-            if corpus.describe()["sha256"] == calib.describe()["sha256"]:
-                raise RomerError("the calibration text is the evaluation text; pass a different --calib-data")
+        calib = CalibrationSource.parse(spec.calib_data, spec.data) if calibration else None
+        if calib:
+            calib.refuse_overlap(corpus)
         model, tokenizer = load_model(spec.model, device=spec.device, dtype=spec.dtype,
                                       trust_remote_code=spec.trust_remote_code)
         ids = tokenize_stream(tokenizer, corpus.text)
         if spec.max_tokens:
             ids = ids[: spec.max_tokens]
         window = spec.window or default_window(model)
-        calib_ids = tokenize_stream(tokenizer, calib.text) if calib else torch.empty(0, dtype=torch.long)
+        calib_ids = (calib.token_ids(model, tokenizer, window, tokenize_stream) if calib
+                     else torch.empty(0, dtype=torch.long))
         if calib and calib_ids.numel() < window:
             raise RomerError(f"the calibration data has {calib_ids.numel()} tokens, fewer than one sequence of {window}; "
                              "give more calibration text or a smaller window")
@@ -78,7 +78,7 @@ class Workbench:
         return cls(spec, model, tokenizer, ids,
                    calib_ids, window,
                    spec.stride or window, {**corpus.describe(), "tokens": int(ids.numel())},
-                   calib.describe() if calib else {},
+                   calib.describe(calib_ids) if calib else {},
                    fitting_batch_size(spec, window) if spec.batch_size == "auto" else spec.batch_size,
                    calibration=load_calibration(model, saved) if saved.is_dir() else None)
 
