@@ -19,8 +19,9 @@ from romer.noise.streams import stream
 from tests.families import build
 
 NOISE = NoiseConfig.preset("cim-80c", adc_offset_sigma=2.0)
-FAST = dict(method="ahwa-lora", calib_tokens=64 * 12, window=64, lora_max_steps=6, lora_eval_every=2,
+FAST = dict(method="ahwa-lora", calib_tokens=64 * 12, window=64, lora_epochs=3, lora_max_steps=6, lora_eval_every=2,
             lora_check_chips=1, lora_lr=1e-2, lora_cache="off")
+EARLY = {**FAST, "lora_schedule": "early-stop", "lora_weight_decay": 1e-4, "lora_clip": 0.0}
 
 
 def ids(seed: int = 1, tokens: int = 64 * 12) -> torch.Tensor:
@@ -159,3 +160,69 @@ def test_the_training_key_is_the_model_s_not_the_folder_it_was_loaded_from(tmp_p
     other = build("olmoe")  # another model
     with apply_noise_(other, NOISE, seed=0) as chip:
         assert model_fingerprint(other, chip) != prints[0]
+
+
+def test_the_authors_schedule_runs_fixed_epochs_with_adam_a_linear_decay_to_zero_and_a_clip(monkeypatch):
+    clipped = []
+    original = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, norm: clipped.append(norm) or original(params, norm))
+    model = build("olmoe")
+    with apply_noise_(model, NOISE, seed=2):
+        calibration = calibrate_(model, RomerConfig(**{**FAST, "lora_eval_every": 100}), text())
+        report = calibration.report["ahwa-lora"]
+        calibration.remove()
+    # 768 tokens: 12 sequences of 64, 3 held out, 9 fit in 2 batches of 8: 3 epochs are 6 steps
+    assert (report["schedule"], report["optimizer"], report["steps"], report["best_step"]) == ("authors", "Adam", 6, 6)
+    assert report["epochs"] == 3 and report["final_lr"] == 0.0 and clipped == [1.0] * 6
+    assert [c["step"] for c in report["holdout_by_check"]] == [0, 6]  # recorded at the end, the final weights kept
+    with apply_noise_(model, NOISE, seed=2), pytest.raises(RomerError, match="raise lora_max_steps or lower"):
+        calibrate_(model, RomerConfig(**{**FAST, "lora_epochs": 15}), text())
+
+
+def test_early_stop_is_the_former_variant_and_keeps_its_best_check(monkeypatch):
+    model = build("olmoe")
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a: pytest.fail("early-stop here clips nothing"))
+    with apply_noise_(model, NOISE, seed=2):
+        calibration = calibrate_(model, RomerConfig(**EARLY), text())
+        report = calibration.report["ahwa-lora"]
+        calibration.remove()
+    assert report["optimizer"] == "AdamW" and report["final_lr"] == 1e-2
+    best = min(report["holdout_by_check"], key=lambda c: c["holdout"])
+    assert report["best_step"] == best["step"]
+
+
+def test_the_adapters_train_on_the_named_text_and_its_tokens_enter_the_key(tmp_path, tiny_moe_dir):
+    import romer
+    from romer.data.registry import load_corpus
+    from romer.evaluation import tokenize_stream
+    from tests.conftest import SAMPLE_TEXT
+
+    train = tmp_path / "train.txt"
+    train.write_text(SAMPLE_TEXT * 3)
+    model, tokenizer = romer.load_model(str(tiny_moe_dir))
+    config = {**FAST, "lora_train_data": str(train), "lora_epochs": 0.5, "lora_max_steps": 100, "lora_eval_every": 50}
+    tokens = tokenize_stream(tokenizer, load_corpus(str(train)).text)
+    with apply_noise_(model, NOISE, seed=2):
+        named = calibrate_(model, RomerConfig(**config), text() % 290 + 1)
+        report = named.report["ahwa-lora"]
+        named.remove()
+        plain = calibrate_(model, RomerConfig(**{**FAST, "lora_eval_every": 100}), text() % 290 + 1)
+        assert plain.report["ahwa-lora"]["key"] != report["key"]
+        plain.remove()
+    sequences = tokens.numel() // 64
+    assert report["train_sequences"] == sequences and report["train_tokens"] == sequences * 64
+    assert report["steps"] == round(0.5 * -(-sequences // 8))
+
+
+def test_training_on_the_evaluation_text_is_refused_in_one_line(tiny_moe_dir, texts, tmp_path):
+    from typer.testing import CliRunner
+
+    from romer.cli import app
+
+    evaluation, calibration = texts
+    result = CliRunner().invoke(app, ["run", "--model", str(tiny_moe_dir), "--data", str(evaluation), "--calib-data",
+                                      str(calibration), "--seeds", "0", "--methods",
+                                      f"mine=ahwa-lora@lora_train_data={evaluation}", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "is the evaluation text" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -24,7 +24,8 @@ FIT = dict(calib_tokens=64 * 12, window=64, retune_steps=4, retune_eval_every=2,
 RETUNE = FIT | {"retune_budget": 0.05}
 
 
-LORA = dict(calib_tokens=64 * 12, window=64, lora_max_steps=2, lora_eval_every=1, lora_check_chips=1, lora_cache="off")
+LORA = dict(calib_tokens=64 * 12, window=64, lora_epochs=1, lora_max_steps=2, lora_eval_every=1, lora_check_chips=1,
+            lora_cache="off")
 # a per-column scale and A (8 × in), B (out × 8) on every on-chip matrix, per expert slot
 LORA_COUNT = LAYERS * (4 * (HIDDEN + 8 * 2 * HIDDEN) + (EXPERTS + 8 * (EXPERTS + HIDDEN))
                        + EXPERTS * ((2 * FFN + 8 * (2 * FFN + HIDDEN)) + (HIDDEN + 8 * (HIDDEN + FFN))))

@@ -117,7 +117,7 @@ BLOCKWISE = dict(method="retune", retune_engine="blockwise", calib_tokens=64 * 1
                  retune_eval_every=4, retune_budget=0.05)
 
 
-AHWA_LORA = dict(method="ahwa-lora", calib_tokens=64 * 12, window=64, lora_max_steps=4, lora_eval_every=2,
+AHWA_LORA = dict(method="ahwa-lora", calib_tokens=64 * 12, window=64, lora_epochs=2, lora_max_steps=4, lora_eval_every=2,
                  lora_check_chips=1, lora_lr=1e-2, lora_cache="off")
 
 

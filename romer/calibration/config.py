@@ -136,16 +136,35 @@ class CalibrationConfig(BaseModel):
                                                                "α / r (the authors: 32)")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="ahwa-lora: dropout on the adapter's input while "
                                                              "training (the authors: 0.1)")
-    lora_lr: float = Field(2e-4, gt=0, le=1, description="ahwa-lora: AdamW learning rate (the authors: 2e-4)")
-    lora_weight_decay: float = Field(1e-4, ge=0, le=1, description="ahwa-lora: AdamW weight decay (the authors: 1e-4)")
-    lora_max_steps: int = Field(3000, ge=1, le=1_000_000, description="ahwa-lora: most training steps; training "
+    lora_lr: float = Field(2e-4, gt=0, le=1, description="ahwa-lora: Adam's learning rate (the authors: 2e-4)")
+    lora_weight_decay: float = Field(0.0, ge=0, le=1, description="ahwa-lora: Adam's weight decay (the authors: 0; "
+                                                                  "their AnalogAdam is built without the "
+                                                                  "--weight_decay 1e-4 their script passes)")
+    lora_schedule: Literal["authors", "early-stop"] = Field(
+        "authors", description="ahwa-lora: authors (as published: lora_epochs fixed epochs, the rate decaying "
+                               "linearly to 0, gradients clipped to norm lora_clip, the final weights kept) or "
+                               "early-stop (ours: a constant rate, stop after lora_patience held-out checks without "
+                               "gain, the best check kept)")
+    lora_epochs: float = Field(15.0, gt=0, le=10_000, description="ahwa-lora, authors' schedule: passes over the "
+                                                                   "training text (the authors: 15)")
+    lora_clip: float = Field(1.0, ge=0, le=1000, description="ahwa-lora: gradient norm clip (the authors: 1.0, the "
+                                                             "Hugging Face Trainer's default; 0: none)")
+    lora_max_steps: int = Field(3000, ge=1, le=1_000_000, description="ahwa-lora: most training steps (early-stop "
                                                                      "stops earlier once the held-out loss has not "
-                                                                     "improved for lora_patience checks")
-    lora_eval_every: int = Field(25, ge=1, description="ahwa-lora: steps between held-out checks (the best is kept)")
-    lora_patience: int = Field(4, ge=1, le=1000, description="ahwa-lora: held-out checks without improvement before "
-                                                              "training stops")
+                                                                     "improved for lora_patience checks; the "
+                                                                     "authors' schedule refuses a cap below its "
+                                                                     "epochs)")
+    lora_eval_every: int = Field(25, ge=1, description="ahwa-lora: steps between held-out checks (early-stop keeps "
+                                                       "the best; the authors' schedule only records them)")
+    lora_patience: int = Field(4, ge=1, le=1000, description="ahwa-lora, early-stop: held-out checks without "
+                                                              "improvement before training stops")
     lora_check_chips: int = Field(2, ge=1, le=64, description="ahwa-lora: fixed chip draws the held-out loss is "
                                                               "averaged over (never trained on, never evaluated on)")
+    lora_train_data: str = Field("", description="ahwa-lora: the text it trains on, once for every chip: a corpus "
+                                                  "name with its split (stdlib:train), a .txt/.jsonl file, or model "
+                                                  "(the text the model's folder says it was trained on: "
+                                                  "stdlib:train for romer-tiny); empty: the calibration fit tokens. Never the evaluation text; held-out checks read the "
+                                                  "calibration hold-out")
     lora_train_noise: str = Field("chip", description="ahwa-lora: the noise trained under, a fresh draw every step: "
                                                        "chip (the chip's own configuration), or a preset spec such as "
                                                        "ahwa-injection (the authors' injected noise) or cim-80c")

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 
 from romer.calibration import load_calibration, resolve
+from romer.calibration.methods.ahwa_lora import training_corpus
 from romer.campaign.lock import folder_lock
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
@@ -31,6 +32,16 @@ from romer.evaluation import capture_routing, default_window, perplexity, tokeni
 from romer.moe.telemetry import routing_fidelity
 from romer.noise import apply_noise_, parse_noise_spec
 from romer.progress import progress_bar
+
+
+def refuse_training_on_evaluation(spec: RunSpec, evaluation, folder: Path) -> None:
+    """A method that trains on its own text (ahwa-lora's lora_train_data) never trains on the evaluation text."""
+    named = {spec.calibration.get("lora_train_data")} | {spec.settings_of(label).get("lora_train_data")
+                                                         for label in spec.methods}
+    for value in sorted(v for v in named if v):
+        if training_corpus(value, folder).sha256 == evaluation.sha256:
+            raise RomerError(f"lora_train_data '{value}' is the evaluation text; train on another split "
+                             "(e.g. stdlib:train) and evaluate on the test split")
 
 
 @dataclass
@@ -65,6 +76,8 @@ class Workbench:
             calib.refuse_overlap(corpus)
         model, tokenizer = load_model(spec.model, device=spec.device, dtype=spec.dtype,
                                       trust_remote_code=spec.trust_remote_code)
+        if calib:
+            refuse_training_on_evaluation(spec, corpus, Path(str(model.name_or_path)))
         ids = tokenize_stream(tokenizer, corpus.text)
         if spec.max_tokens:
             ids = ids[: spec.max_tokens]

@@ -3,11 +3,19 @@ github.com/chenlicodebank/lora_on_analog_hardware, `lora_training/run_qa.py` and
 
 The analog weights stay as programmed; a digital LoRA adapter on every linear layer on the chip (rank 8, α = 32,
 dropout 0.1 on its input, A initialised as PEFT does, B at zero) and a learned per-column scale of each analog
-output are trained once, with AdamW (lr 2e-4, weight decay 1e-4), under noise drawn afresh at every step, on the
-task's own loss (here: next-token cross-entropy of the calibration text). Training stops once the loss on held-out
-calibration tokens, averaged over `lora_check_chips` fixed chip draws, has not improved for `lora_patience` checks;
-the best check is kept. The adapters are then deployed unchanged on every chip: nothing is measured on the chip
-being calibrated.
+output are trained once, under noise drawn afresh at every step, on the task's own loss (here: next-token
+cross-entropy of the training text). The schedule is the authors' (`lora_schedule=authors`, as `run_qa.py` and
+`script_train_test.sh` run it): Adam at lr 2e-4 with no weight decay (their AnalogAdam is built without the script's
+`--weight_decay`), a fixed number of epochs (15) with the rate decaying linearly to 0 (the Hugging Face Trainer's
+default schedule, warm-up 0), gradients clipped to norm 1.0 (the Trainer's default), the final weights kept. The
+training text is `lora_train_data` (for romer-tiny, `stdlib:train`, the text it was trained on, as the authors train
+on their task's training set) or, when empty, the calibration fit tokens. `lora_schedule=early-stop` is romer's
+former variant: AdamW at a constant rate, stopping once the loss on held-out calibration tokens, averaged over
+`lora_check_chips` fixed chip draws, has not improved for `lora_patience` checks, the best check kept. The adapters
+are then deployed unchanged on every chip: nothing is measured on the chip being calibrated.
+
+One difference from the authors' code helps this baseline: romer trains the per-column output scale, which their
+code leaves frozen (`requires_grad=False` on every AnalogLinear parameter).
 
     y = (W_chip x) ⊙ s + (α / r) · B A dropout(x)        (s: one digital scale per output column)
 
@@ -45,15 +53,18 @@ from romer.calibration.registry import Method, register_method
 from romer.calibration.step import Step, register_step
 from romer.calibration.trainable import training_only
 from romer.errors import RomerError
-from romer.evaluation.perplexity import sequence_perplexity
+from romer.data import load_corpus
+from romer.evaluation.perplexity import sequence_perplexity, tokenize_stream
+from romer.models import load_tokenizer
 from romer.noise.config import NoiseConfig, parse_noise_spec
 from romer.noise.digital import ColumnCorrection
 from romer.progress import progress_bar
 
 TRAIN_SEED_BASE = 2_000_000  # training step k draws chip TRAIN_SEED_BASE + k
 CHECK_SEED_BASE = 3_000_000  # the held-out loss is read on chips CHECK_SEED_BASE + i
-OPTIONS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_lr", "lora_weight_decay", "lora_max_steps",
-           "lora_eval_every", "lora_patience", "lora_check_chips", "lora_train_noise", "lora_loss", "lora_cache")
+OPTIONS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_lr", "lora_weight_decay", "lora_schedule", "lora_epochs",
+           "lora_clip", "lora_max_steps", "lora_eval_every", "lora_patience", "lora_check_chips", "lora_train_data",
+           "lora_train_noise", "lora_loss", "lora_cache")
 
 
 class LoraCorrection(ColumnCorrection):
@@ -123,10 +134,50 @@ def _fingerprint(model: nn.Module, chip) -> str:
     return digest.hexdigest()
 
 
+_TRAIN_TEXT: dict[tuple, torch.Tensor] = {}
+MODEL_TEXT = "model"  # the text the model says it was trained on (its folder's training.json)
+
+
+def shipped_training_text(folder: Path) -> str:
+    """`name:split` of the training text a model folder declares (romer-tiny: stdlib:train)."""
+    record = folder / "training.json"
+    data = json.loads(record.read_text()).get("train_data", {}) if record.is_file() else {}
+    if not data.get("name"):
+        raise RomerError(f"lora_train_data=model: {folder} does not say what text it was trained on (no training.json "
+                         "with train_data); name a corpus with its split or a file")
+    return f"{data['name']}:{data['split']}" if data.get("split") else data["name"]
+
+
+def training_corpus(spec: str, folder: Path):
+    """The corpus `lora_train_data` names: `model`, `name:split`, a name (its default split) or a file."""
+    if spec == MODEL_TEXT:
+        spec = shipped_training_text(folder)
+    name, _, split = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
+    return load_corpus(name, split or None)
+
+
+def training_sequences(context) -> torch.Tensor:
+    """[sequences, window] of the text the adapters train on: `lora_train_data` when named (read and tokenized once
+    per process), else the calibration fit tokens."""
+    spec = context.config.lora_train_data
+    if not spec:
+        return context.tokens.fit
+    window = context.tokens.holdout.shape[-1] if context.tokens.holdout.numel() else context.tokens.fit.shape[-1]
+    folder = str(getattr(context.model, "name_or_path", ""))
+    key = (folder, spec, window)
+    if key not in _TRAIN_TEXT:
+        ids = tokenize_stream(load_tokenizer(Path(folder)), training_corpus(spec, Path(folder)).text)
+        usable = ids.numel() // window
+        if usable < 1:
+            raise RomerError(f"lora_train_data '{spec}' has {ids.numel()} tokens, fewer than one sequence of {window}")
+        _TRAIN_TEXT[key] = ids[: usable * window].view(usable, window)
+    return _TRAIN_TEXT[key]
+
+
 def training_key(context) -> str:
     options = {name: getattr(context.config, name) for name in OPTIONS if name not in ("lora_cache", "lora_train_noise")}
     options["batch_size"] = context.config.batch_size
-    tokens = hashlib.sha256(context.tokens.fit.numpy().tobytes() + context.tokens.holdout.numpy().tobytes())
+    tokens = hashlib.sha256(training_sequences(context).numpy().tobytes() + context.tokens.holdout.numpy().tobytes())
     key = [model_fingerprint(context.model, context.chip), training_noise(context).model_dump(mode="json"), options,
            tokens.hexdigest()]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
@@ -186,8 +237,24 @@ def train(context) -> Trained:
         adapters[name] = LoraCorrection(out_dim, in_dim, slots, config.lora_rank, config.lora_alpha,
                                         config.lora_dropout, generator, getattr(module, attribute).device)
     params = [p for adapter in adapters.values() for p in adapter.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=config.lora_weight_decay)
-    batch, batches = config.batch_size, math.ceil(len(tokens.fit) / config.batch_size)
+    text = training_sequences(context)
+    if distill and text is not tokens.fit:
+        raise RomerError("lora_loss=distill reads the clean twin on the calibration fit tokens; leave lora_train_data "
+                         "empty or use lora_loss=task")
+    batch, batches = config.batch_size, math.ceil(len(text) / config.batch_size)
+    authors = config.lora_schedule == "authors"
+    if authors:  # run_qa.py: AnalogAdam without weight decay, the Trainer's linear decay to 0 and its clip of 1.0
+        total = max(1, round(config.lora_epochs * batches))
+        if total > config.lora_max_steps:
+            raise RomerError(f"ahwa-lora's {config.lora_epochs:g} epochs over {len(text)} sequences are {total} steps, "
+                             f"more than lora_max_steps={config.lora_max_steps}; raise lora_max_steps or lower "
+                             "lora_epochs")
+        optimizer = torch.optim.Adam(params, lr=config.lora_lr, weight_decay=config.lora_weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: max(0.0, (total - done) / total))
+    else:
+        total = config.lora_max_steps
+        optimizer = torch.optim.AdamW(params, lr=config.lora_lr, weight_decay=config.lora_weight_decay)
+        schedule = None
     order = torch.Generator().manual_seed(0)
     permutation: list[int] = []
 
@@ -213,42 +280,51 @@ def train(context) -> Trained:
 
     history, fit_losses = [], []
     with training_only(model, params), \
-            progress_bar("ahwa-lora: training the adapters (once)", config.lora_max_steps) as advance:
+            progress_bar("ahwa-lora: training the adapters (once)", total) as advance:
         best = (check(), [p.detach().clone() for p in params], 0)
         history.append({"step": 0, "holdout": best[0]})
         waited, step = 0, 0
-        while step < config.lora_max_steps and waited < config.lora_patience:
+        while step < total and (authors or waited < config.lora_patience):
             step += 1
             if not permutation:
                 permutation = torch.randperm(batches, generator=order).tolist()
             index = permutation.pop()
-            sequences = tokens.fit[index * batch:(index + 1) * batch]
+            sequences = text[index * batch:(index + 1) * batch]
             with on_chip(TRAIN_SEED_BASE + step):
                 loss = (fit_loss(model, sequences, teacher.fit[index]) if distill
                         else task_loss(model, sequences))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if config.lora_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, config.lora_clip)
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
             fit_losses.append(float(loss.detach()))
             advance(1)
-            if step % config.lora_eval_every == 0:
+            if step % config.lora_eval_every == 0 or (authors and step == total):
                 held = check()
                 history.append({"step": step, "holdout": held})
                 if held < best[0]:
                     best, waited = (held, [p.detach().clone() for p in params], step), 0
                 else:
                     waited += 1
-    with torch.no_grad():
-        for param, value in zip(params, best[1]):
-            param.copy_(value)
+    if not authors:  # early-stop keeps its best check; the authors keep their final weights
+        with torch.no_grad():
+            for param, value in zip(params, best[1]):
+                param.copy_(value)
     for adapter in adapters.values():
         adapter.eval()
-    stopped = "held-out loss stopped improving" if waited >= config.lora_patience else "lora_max_steps reached"
+    stopped = ("the authors' schedule: fixed epochs, final weights kept" if authors
+               else "held-out loss stopped improving" if waited >= config.lora_patience else "lora_max_steps reached")
     report = {"training_noise": noise.name, "train_seed_base": TRAIN_SEED_BASE, "check_seeds":
               [CHECK_SEED_BASE + i for i in range(config.lora_check_chips)], "loss": config.lora_loss,
-              "steps": step, "best_step": best[2], "stopped": stopped, "holdout_by_check": history,
+              "schedule": config.lora_schedule, "steps": step, "best_step": step if authors else best[2],
+              "stopped": stopped, "holdout_by_check": history, "train_sequences": len(text),
+              "train_tokens": int(text.numel()), "train_data": config.lora_train_data or "calibration fit tokens",
               "epochs": step / batches, "fit_loss_first": fit_losses[:batches], "fit_loss_last": fit_losses[-batches:],
               "parameters": sum(a.stored_parameters for a in adapters.values()),
+              "optimizer": type(optimizer).__name__, "final_lr": optimizer.param_groups[0]["lr"],
               "train_seconds": time.perf_counter() - started}
     corrections = {}
     for name, adapter in adapters.items():
