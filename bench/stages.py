@@ -33,6 +33,9 @@ STAGES = ("load", "program", "evaluate", "outliers", "teacher", "plan", "fit", "
 
 
 def settings(args) -> dict:
+    if args.method != "outlier-retune":
+        return {"method": args.method, "calib_tokens": args.calib_tokens, "batch_size": args.batch,
+                "window": args.window}
     return {"method": "outlier-retune", "retune_engine": "blockwise", "retune_plan": "blockwise",
             "retune_plan_tokens": args.plan_tokens, "outlier_attention": args.outlier_attention,
             "calib_tokens": args.calib_tokens, "retune_block_steps": args.block_steps,
@@ -49,8 +52,9 @@ def measure(args, layers: int) -> dict:
     from romer.scale.shape import write_random_checkpoint
 
     torch.set_num_threads(args.threads)
-    folder = write_random_checkpoint(args.config, Path(args.out) / "models" / f"layers-{layers}", layers=layers,
-                                     dtype=args.dtype)
+    folder = (Path(args.model_folder) if args.model_folder else
+              write_random_checkpoint(args.config, Path(args.out) / "models" / f"layers-{layers}", layers=layers,
+                                      dtype=args.dtype))
     memory = PeakMemory("cpu")
     record: dict = {"layers": layers, "settings": settings(args), "stages": {}}
 
@@ -85,12 +89,13 @@ def measure(args, layers: int) -> dict:
     config = calibration_config(**settings(args))
     calibration = stage("calibrate", lambda: calibrate_(model, config, calib, chip=chip))
     report = calibration.report
-    fit = report["retune"]
-    blocks = fit["blockwise"]["blocks"]
-    record["stages"]["outliers"] = {"seconds": report["outliers"]["seconds"]}
-    record["stages"]["teacher"] = {"seconds": report["clean_twin_seconds"]}
-    record["stages"]["plan"] = {"seconds": fit["plan_seconds"]}
-    record["stages"]["fit"] = {"seconds": fit["fit_seconds"], "block_seconds": [b["seconds"] for b in blocks]}
+    if "retune" in report:
+        fit = report["retune"]
+        blocks = fit["blockwise"]["blocks"]
+        record["stages"]["outliers"] = {"seconds": report["outliers"]["seconds"]}
+        record["stages"]["teacher"] = {"seconds": report["clean_twin_seconds"]}
+        record["stages"]["plan"] = {"seconds": fit["plan_seconds"]}
+        record["stages"]["fit"] = {"seconds": fit["fit_seconds"], "block_seconds": [b["seconds"] for b in blocks]}
     record["digital_share"] = calibration.digital_share()
     with torch.no_grad():
         probe = ids[: args.window].view(1, -1)
@@ -212,6 +217,11 @@ def main() -> None:
     parser.add_argument("--block-steps", type=int, default=20)
     parser.add_argument("--outlier-attention", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--method", default="outlier-retune",
+                        help="the calibration between evaluate and save (another method than outlier-retune records "
+                             "no outliers/teacher/plan/fit stages: e.g. romer, to time save and reload at a depth "
+                             "where the fit is measured by romer run)")
+    parser.add_argument("--model-folder", default=None, help="an existing checkpoint of this depth (not rebuilt)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child process: one depth
     parser.add_argument("--report", default=None, help="print the table of a results folder and draw the plot")
     parser.add_argument("--rates-from", default=None,

@@ -100,8 +100,8 @@ def _deepseek_moe():
 
     from transformers import AutoModelForCausalLM
 
-    folder = deepseek_moe_folder(Path(tempfile.mkdtemp(prefix="romer-deepseek-")))
-    return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    with tempfile.TemporaryDirectory(prefix="romer-deepseek-") as temporary:
+        return AutoModelForCausalLM.from_pretrained(deepseek_moe_folder(Path(temporary)), trust_remote_code=True)
 
 
 BUILDERS["deepseek"] = _deepseek_moe

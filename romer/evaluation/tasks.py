@@ -8,6 +8,8 @@ and download their data from the Hugging Face Hub on first use.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +25,7 @@ SHIPPED = Path(__file__).parent / "tasks"
 def _include_dir() -> str:
     """The shipped task YAMLs with their data path filled in (lm-eval reads data_files relative to the cwd)."""
     folder = Path(tempfile.mkdtemp(prefix="romer-tasks-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # a temporary folder, not the user's: gone at exit
     for path in SHIPPED.glob("*.yaml"):
         (folder / path.name).write_text(path.read_text().replace("ROMER_TASK_DIR", str(SHIPPED)))
     return str(folder)
