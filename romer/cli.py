@@ -538,5 +538,14 @@ def main() -> None:
     app(prog_name="romer")
 
 
+@app.callback()
+@user_errors
+def _load_plugins() -> None:
+    """Every command starts by loading the calibration plugins: a broken one ends it in one line, exit 2."""
+    from romer.calibration.registry import load_plugins
+
+    load_plugins()
+
+
 if __name__ == "__main__":
     sys.exit(main())

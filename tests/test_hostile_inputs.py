@@ -159,3 +159,37 @@ def test_hostile_input_is_one_line_exit_2_and_changes_nothing(world, tiny_moe_di
     assert len(stderr.splitlines()) == 1 and "Traceback" not in result.output, result.output
     after = fingerprint(world)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing of the user's changed
+
+
+def _plugin(folder, name: str, body: str):
+    (folder / f"{name}.py").write_text(body)
+    info = folder / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[romer.methods]\n{name} = {name}\n")
+    return folder
+
+
+@pytest.mark.parametrize("body, words", [
+    ("import a_module_nobody_has\n", "the calibration plugin 'hostile' (hostile) failed to load: ModuleNotFoundError"),
+    ("from romer.calibration.registry import Method, register_method\nregister_method(Method('romer', 'mine'))\n",
+     "the calibration plugin 'hostile' (hostile): calibration method 'romer' is already registered by "
+     "romer.calibration.methods.romer; hostile registers it again"),
+], ids=["fails-to-import", "takes-a-name"])
+@pytest.mark.parametrize("command", [["methods"], ["calibrate", "--method", "rc", "--max-tokens", "0"],
+                                     ["run", "--seeds", "0", "--methods", "none"], ["age"]])
+def test_a_broken_plugin_ends_every_command_in_one_line(tmp_path, body, words, command):
+    import os
+    import subprocess
+    import sys
+
+    folder = _plugin(tmp_path, "hostile", body)
+    if command[0] in ("run", "age"):
+        command = [*command, "--out", str(tmp_path / "out")]
+    env = os.environ | {"PYTHONPATH": str(folder), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "romer.cli", *command], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing started

@@ -29,6 +29,7 @@ from importlib.metadata import entry_points
 from typing import Callable
 
 from romer.errors import RomerError
+from romer.registry import Registry
 
 ENTRY_POINT_GROUP = "romer.methods"
 
@@ -66,10 +67,10 @@ class Method:
         return names
 
 
-_STEPS: dict = {}
-_METHODS: dict[str, Method] = {}
-_ORIGINS: dict[str, str] = {}   # method name → the module that registered it
+_STEPS: Registry = Registry("calibration step")
+_METHODS: Registry[Method] = Registry("calibration method")
 _plugins_loaded = False
+_plugin_error: str | None = None
 _plugins_lock = threading.RLock()
 
 
@@ -85,10 +86,7 @@ def register_step(step):
     """Add a step; a second step of the same name is refused."""
     if not getattr(step, "name", ""):
         raise RomerError("a calibration step needs a name; set `name = ...` on its class")
-    if step.name in _STEPS:
-        raise RomerError(f"a calibration step named '{step.name}' is already registered; choose another name")
-    _STEPS[step.name] = step
-    return step
+    return _STEPS.add(step.name, step, _origin())
 
 
 def register_method(method: Method) -> Method:
@@ -96,66 +94,69 @@ def register_method(method: Method) -> Method:
     under a former name, is refused."""
     if method.name in ALIASES:
         raise RomerError(f"'{method.name}' is a former method name; choose another name")
-    if method.name in _METHODS:
-        raise RomerError(f"a calibration method named '{method.name}' is already registered (by "
-                         f"{_ORIGINS.get(method.name, '?')}); choose another name")
-    _METHODS[method.name] = method
-    _ORIGINS[method.name] = _origin()
-    return method
+    return _METHODS.add(method.name, method, _origin())
 
 
 def unregister_method(name: str) -> None:
     """Remove a method (a plugin being reloaded, a test's own method); its steps stay registered."""
-    _METHODS.pop(name, None)
-    _ORIGINS.pop(name, None)
+    _METHODS.remove(name)
 
 
 def unregister_step(name: str) -> None:
-    _STEPS.pop(name, None)
+    _STEPS.remove(name)
 
 
 def load_plugins() -> None:
     """Import every module of the `romer.methods` entry-point group once per process (each registers its own)."""
-    global _plugins_loaded
+    global _plugins_loaded, _plugin_error
     with _plugins_lock:
+        if _plugin_error is not None:  # every later call fails the same way: no command runs half-loaded
+            raise RomerError(_plugin_error)
         if _plugins_loaded:
             return
         _plugins_loaded = True
         for point in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 point.load()
-            except RomerError:
-                raise
+            except RomerError as error:  # e.g. a name already taken: say which plugin asked
+                _plugin_error = f"the calibration plugin '{point.name}' ({point.value}): {error}"
             except Exception as error:  # a broken plugin names itself instead of failing somewhere later
-                raise RomerError(f"the calibration plugin '{point.name}' ({point.value}) failed to load: "
-                                 f"{type(error).__name__}: {error}; fix or uninstall it") from None
+                _plugin_error = (f"the calibration plugin '{point.name}' ({point.value}) failed to load: "
+                                 f"{type(error).__name__}: {error}; fix or uninstall it")
+            if _plugin_error is not None:
+                raise RomerError(_plugin_error) from None
+
+
+def builtin_method_names() -> list[str]:
+    """The methods registered so far, without loading plugins (for text built before any command runs)."""
+    return _METHODS.names()
 
 
 def get_step(name: str):
     if name not in _STEPS:
         load_plugins()
     if name not in _STEPS:
-        raise RomerError(f"unknown calibration step '{name}'; steps are {', '.join(_STEPS)}")
-    return _STEPS[name]
+        raise RomerError(f"unknown calibration step '{name}'; steps are {', '.join(_STEPS.names())}")
+    return _STEPS.get(name)
 
 
-def _registry() -> dict[str, Method]:
+def _registry() -> Registry[Method]:
     load_plugins()
     return _METHODS
 
 
 def method_names() -> list[str]:
     """The registered methods, in the order they were registered (the built-ins first)."""
-    return list(_registry())
+    return _registry().names()
 
 
 def methods() -> list[Method]:
-    return list(_registry().values())
+    return [_METHODS.get(name) for name in _registry().names()]
 
 
 def origin(name: str) -> str:
     """The module that registered method `name`."""
-    return _ORIGINS.get(canonical_method(name), "?")
+    return _METHODS.origin(canonical_method(name)) or "?"
 
 
 def canonical_method(name: str) -> str:
@@ -173,12 +174,12 @@ def canonical_method(name: str) -> str:
 
 
 def get_method(name: str) -> Method:
-    return _registry()[canonical_method(name)]
+    return _registry().get(canonical_method(name))
 
 
 def users_of(option: str) -> list[str]:
     """The methods that read `option`."""
-    return [name for name in method_names() if option in _METHODS[name].fields()]
+    return [name for name in method_names() if option in _METHODS.get(name).fields()]
 
 
 def former_names(method: str) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Callable
 from romer.data import stdlib
 from romer.data.corpus import Corpus
 from romer.errors import RomerError
+from romer.registry import Registry, caller_module
 
 DOCUMENT_SEPARATOR = "\n\n"
 FILE_SPLIT = "all"
@@ -29,24 +30,24 @@ class CorpusSource:
     read: Callable[[str], list[str]]
 
 
-_REGISTRY: dict[str, CorpusSource] = {}
+CORPORA: Registry[CorpusSource] = Registry("corpus")
 
 
 def register(source: CorpusSource) -> CorpusSource:
-    _REGISTRY[source.name] = source
-    return source
+    """Add a corpus; a name already registered is refused in one line naming both origins."""
+    return CORPORA.add(source.name, source, caller_module())
 
 
 def corpus_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(CORPORA.names())
 
 
 def corpus_source(name: str) -> CorpusSource:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
+    source = CORPORA.get(name)
+    if source is None:
         raise RomerError(f"unknown dataset '{name}'; choose one of {', '.join(corpus_names())}, "
-                         "or pass a local .txt or .jsonl file") from None
+                         "or pass a local .txt or .jsonl file")
+    return source
 
 
 def load_corpus(data: str, split: str | None = None) -> Corpus:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from romer.errors import RomerError
+from romer.registry import Registry
 from romer.moe.detect import find_moe_blocks
 
 
@@ -123,30 +124,32 @@ class MoeAdapter:
         return rows
 
 
-_ADAPTERS: dict[str, MoeAdapter] = {}
+ADAPTERS: Registry[MoeAdapter] = Registry("an MoE adapter for model type")
 
 
 def register_adapter(cls: type[MoeAdapter]) -> type[MoeAdapter]:
+    """Class decorator: one adapter object serves every model type the class names. A model type that already has
+    an adapter is refused in one line naming both origins; `unregister_adapter` first to replace a built-in."""
     adapter = cls()
+    origin = f"{cls.__module__}.{cls.__qualname__}"
     for model_type in cls.model_types:
-        _ADAPTERS[model_type] = adapter
+        ADAPTERS.add(model_type, adapter, origin)
     return cls
 
 
-def _registry() -> dict[str, MoeAdapter]:
-    import romer.moe.families  # noqa: F401  (importing the families registers them)
-
-    return _ADAPTERS
+def unregister_adapter(model_type: str) -> None:
+    ADAPTERS.remove(model_type)
 
 
 def supported_model_types() -> list[str]:
-    return sorted(_registry())
+    return sorted(ADAPTERS.names())
 
 
 def adapter_for(model: nn.Module) -> MoeAdapter:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in _registry():
+    adapter = ADAPTERS.get(model_type)
+    if adapter is None:
         raise RomerError(f"romer has no MoE adapter for model type '{model_type}'; supported: "
                          f"{', '.join(supported_model_types())}. To add one, subclass romer.moe.MoeAdapter "
                          "and decorate it with @register_adapter (see romer/moe/families/)")
-    return _ADAPTERS[model_type]
+    return adapter

@@ -152,10 +152,8 @@ MAPPED = ("name", "mode", "tile_rows", "tile_cols", "scaling", "dac_bits", "adc_
 
 def to_aihwkit_lightning(config) -> dict:
     """The peer's fields for a NoiseConfig whose every effect the peer has; a field it lacks is a one-line error."""
-    from romer.noise.config import NoiseConfig
-
-    ideal = NoiseConfig()
-    for name in NoiseConfig.model_fields:
+    ideal = type(config)()
+    for name in type(config).model_fields:
         if name not in MAPPED and getattr(config, name) != getattr(ideal, name):
             raise RomerError(f"noise field '{name}' has no aihwkit-lightning equivalent (the peer models no device "
                              "physics or periphery errors); set it to its default to export this chip")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from romer.assignments import parse_assignments, scalar
 from romer.errors import RomerError
+from romer.noise.preset_registry import preset_config
 from romer.validation import build
 
 ROLES = ("attention", "dense_mlp", "experts", "shared_experts", "router", "lm_head")
@@ -145,8 +146,6 @@ class NoiseConfig(BaseModel):
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "NoiseConfig":
-        from romer.noise.presets import preset_config
-
         return validated(preset_config(name).model_dump() | overrides)
 
     def to_yaml(self) -> str:

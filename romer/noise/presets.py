@@ -1,49 +1,17 @@
 """Named chips: a registry of NoiseConfig presets, each with where its numbers come from.
 
-Add one with `register_preset(Preset(name, summary, sources, config))`. Numbers marked
+Add one with `register_preset(Preset(name, summary, sources, config))` (the registry is the leaf
+romer/noise/preset_registry.py; a taken name is refused). Numbers marked
 *assumption* are our reasoned choices where no public measurement fits; everything else is
 taken from the source named.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from romer.errors import RomerError
 from romer.noise.config import NoiseConfig
+from romer.noise.preset_registry import Preset, get_preset, preset_config, preset_names, register_preset
 
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    summary: str
-    sources: str
-    config: NoiseConfig
-
-
-_PRESETS: dict[str, Preset] = {}
-
-
-def register_preset(preset: Preset) -> Preset:
-    _PRESETS[preset.name] = preset
-    return preset
-
-
-def preset_names() -> list[str]:
-    return list(_PRESETS)
-
-
-def get_preset(name: str) -> Preset:
-    try:
-        return _PRESETS[name]
-    except KeyError:
-        raise RomerError(f"unknown noise preset '{name}'; choose one of {', '.join(preset_names())}, "
-                         "or pass a .yaml file") from None
-
-
-def preset_config(name: str) -> NoiseConfig:
-    return get_preset(name).config
-
+__all__ = ["Preset", "get_preset", "preset_config", "preset_names", "register_preset"]
 
 register_preset(Preset(
     "ideal", "a perfect chip: weights mapped to tiles and read back exactly",

@@ -3,6 +3,8 @@ every list of methods a user reads is made here from the registry, so none goes 
 
 from __future__ import annotations
 
+from romer.errors import RomerError
+
 from rich.table import Table
 
 
@@ -40,7 +42,11 @@ def methods_table() -> Table:
 
 
 def method_help() -> str:
-    """The names, for an option's help."""
-    from romer.calibration.registry import method_names
+    """The names, for an option's help (built at import of the CLI: a broken plugin is reported when a command
+    runs, in one line, not here as a traceback)."""
+    from romer.calibration.registry import builtin_method_names, method_names
 
-    return ", ".join(method_names())
+    try:
+        return ", ".join(method_names())
+    except RomerError:
+        return ", ".join(builtin_method_names())
