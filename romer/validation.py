@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -22,16 +22,34 @@ def build(model: type[Model], fields: dict, noun: str, where_listed: str, flags:
     try:
         return model(**fields)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or noun
-        if first["type"] == "extra_forbidden":
-            raise RomerError(f"unknown {noun} '{field}'; {where_listed}") from None
-        if flags and first["type"] in BOUNDS and len(first["loc"]) == 1:
-            key, words = BOUNDS[first["type"]]
-            raise RomerError(f"--{field.replace('_', '-')} must be {words} {first['ctx'][key]}, "
-                             f"got {shown(first.get('input'))}") from None
-        message = first["msg"].removeprefix("Value error, ")
-        raise RomerError(f"{noun} '{field}': {message} (got {shown(first.get('input'))})") from None
+        raise RomerError(one_line(error, noun, where_listed, flags)) from None
+
+
+def one_line(error: ValidationError, noun: str, where_listed: str, flags: bool = False) -> str:
+    """The first problem of a pydantic error as one line naming the field, the value and what is allowed."""
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or noun
+    if first["type"] == "extra_forbidden":
+        return f"unknown {noun} '{field}'; {where_listed}"
+    if flags and first["type"] in BOUNDS and len(first["loc"]) == 1:
+        key, words = BOUNDS[first["type"]]
+        return f"--{field.replace('_', '-')} must be {words} {first['ctx'][key]}, got {shown(first.get('input'))}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{noun} '{field}': {message} (got {shown(first.get('input'))})"
+
+
+class OneLineErrors(BaseModel):
+    """A library value object that refuses a bad value in one line (a RomerError), not pydantic's multi-line dump.
+    Subclasses name their fields' noun and where the fields are listed."""
+
+    _noun: ClassVar[str] = "field"
+    _where_listed: ClassVar[str] = "see the documentation for the fields"
+
+    def __init__(self, **data) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise RomerError(one_line(error, self._noun, self._where_listed)) from None
 
 
 def shown(value, limit: int = 60) -> str:

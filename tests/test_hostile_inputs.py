@@ -193,3 +193,22 @@ def test_a_broken_plugin_ends_every_command_in_one_line(tmp_path, body, words, c
     assert words in done.stderr and "Traceback" not in done.stderr + done.stdout
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+@pytest.mark.parametrize("build, words", [
+    (lambda: __import__("romer").NoiseConfig(sigma_dev=-1), "noise field 'sigma_dev': Input should be greater than or "
+                                                            "equal to 0 (got -1)"),
+    (lambda: __import__("romer").NoiseConfig(colour=1), "unknown noise field 'colour'; `romer presets` lists"),
+    (lambda: __import__("romer").CalibrationConfig(tau=5), "calibration option 'tau': Input should be less than or "
+                                                           "equal to 1 (got 5)"),
+    (lambda: __import__("romer.noise", fromlist=["Condition"]).Condition(temperature_c=900),
+     "condition field 'temperature_c': Input should be less than or equal to 200 (got 900)"),
+    (lambda: __import__("romer.data.generated", fromlist=["GenerationRecipe"]).GenerationRecipe(top_p=2),
+     "generated-text setting 'top_p': Input should be less than or equal to 1 (got 2)"),
+], ids=["noise-range", "noise-unknown", "calibration-range", "condition-range", "recipe-range"])
+def test_a_library_value_object_refuses_a_bad_value_in_one_line(build, words):
+    from romer.errors import RomerError
+
+    with pytest.raises(RomerError) as caught:
+        build()
+    assert words in str(caught.value) and "\n" not in str(caught.value)

@@ -11,17 +11,19 @@ that none of its steps reads.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from romer.errors import RomerError
 from romer.moe.metrics import STARVED_FRACTION_OF_UNIFORM
-from romer.validation import build
+from romer.validation import OneLineErrors, build
 
 
-class CalibrationConfig(BaseModel):
+class CalibrationConfig(OneLineErrors):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _noun: ClassVar[str] = "calibration option"
+    _where_listed: ClassVar[str] = "see `romer calibrate --help`"
 
     method: str = Field("romer", description="calibration method: a registered name (`romer methods` lists and "
                                              "describes each; `best` is tuned's former name)")

@@ -23,7 +23,7 @@ import inspect
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,16 +32,18 @@ from torch import nn
 from romer.atomic import write_text_atomic
 from romer.errors import RomerError
 from romer.progress import progress_bar
-from romer.validation import build
+from romer.validation import OneLineErrors, build
 
 SOURCE = "generated"
 CACHE_VERSION = 1
 
 
-class GenerationRecipe(BaseModel):
+class GenerationRecipe(OneLineErrors):
     """How the clean model writes its calibration text; every field is part of the cache key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _noun: ClassVar[str] = "generated-text setting"
+    _where_listed: ClassVar[str] = "a generated text takes tokens, sequence, temperature, top_p, first, greedy, seed, batch"
 
     tokens: int = Field(32768, ge=1, description="tokens written (the stream is cut to this length)")
     sequence: int = Field(0, ge=0, description="tokens per sequence, the first one included; 0: the run's window")

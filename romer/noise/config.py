@@ -11,7 +11,7 @@ quantity says what it is relative to. Build one from a named preset, with overri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,16 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from romer.assignments import parse_assignments, scalar
 from romer.errors import RomerError
 from romer.noise.preset_registry import preset_config
-from romer.validation import build
+from romer.validation import OneLineErrors, build
 
 ROLES = ("attention", "dense_mlp", "experts", "shared_experts", "router", "lm_head")
 DEFAULT_ROLES = ("attention", "dense_mlp", "experts", "shared_experts", "router")
 
 
-class NoiseConfig(BaseModel):
+class NoiseConfig(OneLineErrors):
     """Every knob of the simulated chip; see `romer presets` for the named settings."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+    _noun: ClassVar[str] = "noise field"
+    _where_listed: ClassVar[str] = "`romer presets` lists the fields"
 
     name: str = Field("custom", description="preset this config came from")
     mode: Literal["weights", "analog"] = Field(
