@@ -85,7 +85,8 @@ class DiskBackup:
         stored = _Stored(self._dir / f"{len(self._files)}.bin", tuple(tensor.shape), tensor.dtype)
         rows = max(1, CHUNK_BYTES // max(stored.slot_bytes, 1))
         with open(stored.path, "wb") as handle:
-            for part in tensor.split(rows if tensor.dim() < 3 else 1):
+            whole = tensor.reshape(1) if tensor.dim() == 0 else tensor  # a 0-d tensor cannot be split
+            for part in whole.split(rows if whole.dim() < 3 else 1):
                 handle.write(memoryview(part.contiguous().cpu().view(torch.uint8).numpy()))
         self._files[name] = stored
 
