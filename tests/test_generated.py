@@ -38,7 +38,8 @@ def test_the_same_seed_writes_the_same_bits_and_another_seed_other_text(tiny):
     other = write_ids(model, tokenizer, recipe.model_copy(update={"seed": 1}), progress=False)
     assert (other != first).float().mean() > 0.5
     shorter = write_ids(model, tokenizer, recipe.model_copy(update={"tokens": 96}), progress=False)
-    assert torch.equal(shorter, first[:96])  # sequence i has its own generator: a shorter draw is a prefix
+    assert shorter.numel() == 128  # whole batches: 3 sequences asked, a batch of 4 written
+    assert torch.equal(shorter, first[:128])  # a shorter draw is a prefix, bit for bit
 
 
 def test_the_first_token_is_uniform_over_ordinary_tokens_and_greedy_steps_take_the_argmax(tiny):
@@ -74,8 +75,19 @@ def test_the_cache_is_keyed_by_model_and_recipe_and_read_back(tiny, tiny_moe_dir
     recipe = parse_recipe(RECIPE)
     written = generate_ids(model, tokenizer, recipe, window=32, cache=tmp_path / "c", progress=False)
     assert len(list((tmp_path / "c").glob("*.json"))) == 1
-    monkeypatch.setattr("romer.data.generated.write_ids", lambda *a, **k: pytest.fail("the cache was not read"))
+    from romer.data import generated
+
+    write = generated.write_ids
+    monkeypatch.setattr(generated, "write_ids", lambda *a, **k: pytest.fail("the cache was not read"))
     assert torch.equal(generate_ids(model, tokenizer, recipe, window=32, cache=tmp_path / "c"), written)
+    shorter = generate_ids(model, tokenizer, recipe.model_copy(update={"tokens": 100}), window=32, cache=tmp_path / "c")
+    assert torch.equal(shorter, written[:100])  # one file per recipe; a shorter count reads its prefix
+    asked = []
+    monkeypatch.setattr(generated, "write_ids", lambda *a, **k: asked.append(k["first_batch"]) or write(*a, **k))
+    longer = generate_ids(model, tokenizer, recipe.model_copy(update={"tokens": 400}), window=32, cache=tmp_path / "c")
+    assert asked == [2]  # only the batches the cache lacks are written
+    fresh = write(model, tokenizer, recipe.model_copy(update={"tokens": 400, "sequence": 32}), progress=False)
+    assert torch.equal(longer, fresh[:400]) and len(list((tmp_path / "c").glob("*.json"))) == 1
     sized = recipe.model_copy(update={"sequence": 32})
     assert cache_key(model, sized) != cache_key(model, sized.model_copy(update={"temperature": 0.9}))
     other, _ = romer.load_model(str(tiny_moe_dir))

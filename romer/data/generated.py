@@ -9,10 +9,11 @@ sampling. The recipe here is that one, every knob named and seeded:
     generated:118089@temperature=0.8@greedy=3
     stdlib+generated:65536                  the user's text first, then the model's (a mix)
 
-Sequence i is drawn from its own generator, seeded by (seed, i), by inverse CDF on one uniform number per token: the
-first N tokens of a longer draw are the N-token draw. The batch stays in the recipe: a batch of another size sums its
-logits in another order, and a token drawn near a boundary of the CDF can then differ (36 of 2,048 tokens did on
-romer-tiny between batches of 3 and 4). The tokens are cached under $ROMER_CACHE/generated (default ~/.cache/romer), keyed by the
+Sequence i is drawn from its own generator, seeded by (seed, i), by inverse CDF on one uniform number per token, and
+sequences are always written in whole batches (sequences [b·batch, (b+1)·batch) together): so the first N tokens of
+a longer draw are the N-token draw, bit for bit, and the cache keeps one draw per recipe, extended when more is asked.
+The batch stays in the recipe: a batch of another size sums its logits in another order, and a token drawn near a
+boundary of the CDF can then differ (36 of 2,048 tokens did on romer-tiny between batches of 3 and 4). The tokens are cached under $ROMER_CACHE/generated (default ~/.cache/romer), keyed by the
 model's fingerprint and the recipe: a campaign writes them once and every chip shares them.
 """
 
@@ -101,28 +102,36 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def cache_key(model: nn.Module, recipe: GenerationRecipe) -> str:
-    key = [CACHE_VERSION, model_fingerprint(model), recipe.model_dump()]
+    """The model's fingerprint and every field of the recipe but the count: one file holds the longest draw, and a
+    shorter one is its prefix (whole batches are always written, so a batch's sequences never depend on the count)."""
+    key = [CACHE_VERSION, model_fingerprint(model), recipe.model_dump(exclude={"tokens"})]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def generate_ids(model: nn.Module, tokenizer, recipe: GenerationRecipe, window: int,
                  cache: Path | None = None, progress: bool = True) -> torch.Tensor:
-    """The recipe's token stream (1-D, `recipe.tokens` long), read from the cache or written by the clean model."""
+    """The recipe's token stream (1-D, `recipe.tokens` long): the cached draw's prefix, the cached draw extended by
+    the batches it lacks, or a new draw by the clean model."""
     recipe = recipe if recipe.sequence else recipe.model_copy(update={"sequence": window})
     if recipe.sequence < 2:
         raise RomerError(f"generated sequences of {recipe.sequence} tokens are too short; set sequence >= 2")
     folder = cache if cache is not None else cache_root()
-    key = cache_key(model, recipe)
-    path = folder / f"{key}.json"
-    if path.is_file():
-        record = json.loads(path.read_text())
-        ids = torch.tensor(record["ids"], dtype=torch.long)
-        if ids.numel() == recipe.tokens:
-            return ids
-    ids = write_ids(model, tokenizer, recipe, progress)
+    path = folder / f"{cache_key(model, recipe)}.json"
+    cached = torch.tensor(json.loads(path.read_text())["ids"], dtype=torch.long) if path.is_file() else None
+    done = 0 if cached is None else cached.numel() // (recipe.batch * recipe.sequence)  # whole batches on disk
+    needed = batches_for(recipe)
+    if done >= needed:
+        return cached[: recipe.tokens]
+    more = write_ids(model, tokenizer, recipe, progress, first_batch=done)
+    ids = more if cached is None else torch.cat([cached[: done * recipe.batch * recipe.sequence], more])
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"recipe": recipe.model_dump(), "ids": ids.tolist()}))
-    return ids
+    write_text_atomic(path, json.dumps({"recipe": recipe.model_dump(exclude={"tokens"}), "ids": ids.tolist()}))
+    return ids[: recipe.tokens]
+
+
+def batches_for(recipe: GenerationRecipe) -> int:
+    sequences = -(-recipe.tokens // recipe.sequence)
+    return -(-sequences // recipe.batch)
 
 
 def first_tokens(tokenizer, vocab: int, recipe: GenerationRecipe, indices: range) -> torch.Tensor:
@@ -160,22 +169,25 @@ def choose(logits: torch.Tensor, uniforms: torch.Tensor, recipe: GenerationRecip
 
 
 @torch.no_grad()
-def write_ids(model: nn.Module, tokenizer, recipe: GenerationRecipe, progress: bool = True) -> torch.Tensor:
-    """Sample `ceil(tokens / sequence)` sequences with the model's KV cache, on its device and in its dtype."""
+def write_ids(model: nn.Module, tokenizer, recipe: GenerationRecipe, progress: bool = True,
+              first_batch: int = 0) -> torch.Tensor:
+    """Sample whole batches of sequences with the model's KV cache, on its device and in its dtype, from batch
+    `first_batch` until the recipe's count is covered; every token of those batches is returned (a caller cuts)."""
     device = next(model.parameters()).device
     vocab = int(model.get_output_embeddings().weight.shape[0])
-    sequences = -(-recipe.tokens // recipe.sequence)
+    batches = range(first_batch, batches_for(recipe))
     was_training = model.training
     model.eval()
     written = []
     try:
-        with progress_bar("writing calibration text", sequences * recipe.sequence, enabled=progress) as advance:
-            for begin in range(0, sequences, recipe.batch):
-                indices = range(begin, min(begin + recipe.batch, sequences))
+        with progress_bar("writing calibration text", len(batches) * recipe.batch * recipe.sequence,
+                          enabled=progress) as advance:
+            for batch in batches:
+                indices = range(batch * recipe.batch, (batch + 1) * recipe.batch)
                 written.append(_write_batch(model, tokenizer, vocab, recipe, indices, device, advance))
     finally:
         model.train(was_training)
-    return torch.cat(written).flatten()[: recipe.tokens]
+    return torch.cat(written).flatten() if written else torch.empty(0, dtype=torch.long)
 
 
 def _write_batch(model, tokenizer, vocab, recipe, indices, device, advance) -> torch.Tensor:
