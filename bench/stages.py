@@ -123,6 +123,43 @@ def measure(args, layers: int) -> dict:
     return record
 
 
+def merge_run(out: Path, layers: int, run: Path, trace: Path | None, label: str = "outlier-retune") -> str:
+    """Add to OUT/layers-N.json (a `--method romer` record of that depth: load, program, evaluate, save, restore and
+    reload measured here) the fit's stages as `romer run` measured them at the same depth and settings: the
+    outliers, teacher, plan and fit seconds from the run's record of `label`, and the calibration's peak resident set
+    from a `bench/memory_trace.py` trace of that run (the highest sample inside calibrate_ while `label` ran)."""
+    path = out / f"layers-{layers}.json"
+    record = json.loads(path.read_text())
+    unit = next(json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()
+                if json.loads(line).get("method") == label and json.loads(line).get("kind") == "chip")
+    calibration, fit = unit["calibration"], unit["calibration"]["retune"]
+    record["stages"]["outliers"] = {"seconds": calibration["outliers_seconds"]}
+    record["stages"]["teacher"] = {"seconds": calibration["clean_twin_seconds"]}
+    record["stages"]["plan"] = {"seconds": fit["plan_seconds"]}
+    record["stages"]["fit"] = {"seconds": fit["fit_seconds"], "block_seconds": fit.get("block_seconds", [])}
+    record["fit_from"] = {"run": str(run), "label": label, "calib_seconds": unit["calib_seconds"],
+                          "settings": calibration["config"], "digital_share": calibration["digital_share"]}
+    if trace is not None:
+        samples = json.loads(trace.read_text())["samples"]
+        inside = [rss for _, rss, stack in samples if "pipeline.calibrate_" in stack]
+        # the run calibrates romer first, then outlier-retune: the fit's samples are the last block of calibrate_
+        blocks, current = [], []
+        for _, rss, stack in samples:
+            if "pipeline.calibrate_" in stack:
+                current.append(rss)
+            elif current:
+                blocks.append(current)
+                current = []
+        if current:
+            blocks.append(current)
+        if blocks:
+            record["stages"]["calibrate"] = {"seconds": unit["calib_seconds"], "peak_bytes": max(blocks[-1]) * 1024}
+        record["run_process_peak_bytes"] = json.loads(trace.read_text())["vmhwm_kib"] * 1024
+        record["trace"] = {"file": str(trace), "calibrate_samples": len(inside)}
+    write_text_atomic(path, json.dumps(record, indent=1))
+    return f"merged {label} of {run} into {path}"
+
+
 def report(out: Path) -> str:
     import numpy as np
 
@@ -130,26 +167,31 @@ def report(out: Path) -> str:
     if not records:
         return f"no records in {out}"
     gib = 2**30
-    lines = ["| layers | parameters | " + " | ".join(STAGES) + " | process peak | reload bit for bit |",
-             "|---" * (len(STAGES) + 4) + "|"]
+    shown = STAGES[:3] + ("calibrate",) + STAGES[3:]
+    lines = ["| layers | parameters | " + " | ".join(shown) + " | process peak | reload bit for bit |",
+             "|---" * (len(shown) + 4) + "|"]
     for r in records:
-        cells = [f"{r['stages'][s]['seconds']:.1f} s" + (f" / {r['stages'][s]['peak_bytes'] / gib:.1f} GiB"
-                                                         if "peak_bytes" in r["stages"][s] else "")
-                 for s in STAGES]
+        cells = [("—" if s not in r["stages"] else f"{r['stages'][s]['seconds']:.1f} s"
+                  + (f" / {r['stages'][s]['peak_bytes'] / gib:.1f} GiB" if "peak_bytes" in r["stages"][s] else ""))
+                 for s in shown]
         lines.append(f"| {r['layers']} | {r['parameters'] / 1e9:.2f} B | " + " | ".join(cells)
-                     + f" | {r['process_peak_bytes'] / gib:.2f} GiB | {r['reload_bit_for_bit']} |")
+                     + f" | {process_peak(r) / gib:.2f} GiB | {r['reload_bit_for_bit']} |")
     if len(records) > 1:
-        depth = np.array([r["layers"] for r in records], dtype=float)
         lines += ["", "Fitted lines (least squares over the measured depths), seconds = a + b × layers:"]
         for s in STAGES:
-            seconds = np.array([r["stages"][s]["seconds"] for r in records])
-            b, a = np.polyfit(depth, seconds, 1)
-            lines.append(f"- {s}: {a:.1f} + {b:.2f} × layers")
-        peaks = np.array([r["process_peak_bytes"] / gib for r in records])
-        b, a = np.polyfit(depth, peaks, 1)
+            points = [(r["layers"], r["stages"][s]["seconds"]) for r in records if s in r["stages"]]
+            if len(points) > 1:
+                b, a = np.polyfit(*zip(*points), 1)
+                lines.append(f"- {s}: {a:.1f} + {b:.2f} × layers (depths {', '.join(str(p[0]) for p in points)})")
+        b, a = np.polyfit([r["layers"] for r in records], [process_peak(r) / gib for r in records], 1)
         lines.append(f"- process peak: {a:.2f} + {b:.3f} × layers GiB")
         plot(records, out)
     return "\n".join(lines)
+
+
+def process_peak(record: dict) -> int:
+    """The highest resident set of the depth's measurements (a merged run's peak counts)."""
+    return max(record["process_peak_bytes"], record.get("run_process_peak_bytes", 0))
 
 
 def rates(out: Path, depths: list[int], target: str | None) -> str:
@@ -188,10 +230,11 @@ def plot(records: list[dict], out: Path) -> None:
     depth = [r["layers"] for r in records]
     figure, (times, peaks) = plt.subplots(1, 2, figsize=(11, 4))
     for s in STAGES:
-        times.plot(depth, [r["stages"][s]["seconds"] for r in records], marker="o", label=s)
+        points = [(r["layers"], r["stages"][s]["seconds"]) for r in records if s in r["stages"]]
+        times.plot(*zip(*points), marker="o", label=s)
     times.set(xlabel="decoder layers (OLMoE-1B-7B's width)", ylabel="seconds", title="time per stage")
     times.legend(fontsize=7, ncol=2)
-    peaks.plot(depth, [r["process_peak_bytes"] / 2**30 for r in records], marker="o", label="process peak")
+    peaks.plot(depth, [process_peak(r) / 2**30 for r in records], marker="o", label="process peak")
     peaks.plot(depth, [r["weights_bytes"] / 2**30 for r in records], marker="s", label="weights")
     peaks.axhline(22, color="grey", linestyle="--", label="22 GiB goal")
     peaks.set(xlabel="decoder layers", ylabel="GiB", title="resident memory (VmHWM)")
@@ -228,7 +271,15 @@ def main() -> None:
                         help="with --report: fit each stage's rate on these depths (e.g. 1,2,4,8), print the "
                              "prediction of every depth beside its measurement, and write the rates (--rates-out)")
     parser.add_argument("--rates-out", default=None, help="where the fitted rates go (romer/scale/rates/cpu.json)")
+    parser.add_argument("--merge-run", default=None, help="a romer run folder at one depth (--merge-layers) whose "
+                                                          "outlier-retune record completes that depth's record")
+    parser.add_argument("--merge-layers", type=int, default=16)
+    parser.add_argument("--merge-trace", default=None, help="that run's bench/memory_trace.py samples (its peaks)")
     args = parser.parse_args()
+    if args.merge_run:
+        print(merge_run(Path(args.out), args.merge_layers, Path(args.merge_run),
+                        Path(args.merge_trace) if args.merge_trace else None))
+        return
     if args.report:
         print(report(Path(args.report)))
         if args.rates_from:

@@ -89,6 +89,7 @@ class ChipHandle:
     _layout: ChipLayout = field(default_factory=ChipLayout)
     _before_restore: list[Callable[[], None]] = field(default_factory=list)
     _restored: bool = field(default=False)
+    _restoring: bool = field(default=False)  # inside restore(): undoing a calibration programs nothing (all is wiped)
 
     # ---- what calibration may ask ------------------------------------------------------------
     @property
@@ -240,6 +241,8 @@ class ChipHandle:
     def _program_factor(self, tensor: ChipTensor) -> None:
         """A decomposed tensor: its arrays hold U·Σ [out, r], programmed from their own streams (seed, name,
         "factor"), with their own tiles and periphery; its inputs pass through the digital Vᵀ first."""
+        if self._restoring:
+            return
         on_chip, digital = self.factors[tensor.name]
         device = self.originals[tensor.name].device
         noisy, scales, errors = program_matrix(self.physics, self.config, on_chip.to(device), self.seed,
@@ -251,6 +254,8 @@ class ChipHandle:
         tensor.module._parameters[tensor.attribute] = AnalogWeight.wrap(weight, program)
 
     def _program_tensor(self, tensor: ChipTensor) -> None:
+        if self._restoring:  # restore() writes every clean weight next: programming now would be thrown away
+            return
         if tensor.name in self.factors:
             self._program_factor(tensor)
             return
@@ -284,6 +289,8 @@ class ChipHandle:
     def _program_one_slot(self, tensor: ChipTensor, slot: int) -> None:
         """Re-program one expert slot of a programmed fused tensor; the other slots keep their arrays (the
         whole tensor again would cost a full programming per replaced expert at scale)."""
+        if self._restoring:
+            return
         param = self.originals[tensor.name]
         noisy, scales, errors = self._program_slot(tensor.name, slot, param.device)
         param[slot].copy_(self.clean_value(tensor.name, slot) if self.is_digital(tensor.name, slot) else noisy)
@@ -532,8 +539,13 @@ class ChipHandle:
         spent: every later change is refused."""
         if self.restored:
             return
-        while self._before_restore:
-            self._before_restore.pop()()  # last installed, first removed
+        self._restoring = True
+        try:
+            while self._before_restore:
+                self._before_restore.pop()()  # last installed, first removed (its chip-level undo programs nothing)
+        except BaseException:
+            self._restoring = False
+            raise
         self.targets.clear()
         self._layout = ChipLayout()
         self.corrections.clear()
