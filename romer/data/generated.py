@@ -134,14 +134,18 @@ def batches_for(recipe: GenerationRecipe) -> int:
     return -(-sequences // recipe.batch)
 
 
-def first_tokens(tokenizer, vocab: int, recipe: GenerationRecipe, indices: range) -> torch.Tensor:
+def ordinary_tokens(tokenizer, vocab: int) -> torch.Tensor:
+    """The vocabulary less the tokenizer's special tokens: what a uniform first token is drawn from."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    return torch.tensor([t for t in range(vocab) if t not in special], dtype=torch.long)
+
+
+def first_tokens(tokenizer, allowed: torch.Tensor, recipe: GenerationRecipe, indices: range) -> torch.Tensor:
     if recipe.first == "bos":
         bos = getattr(tokenizer, "bos_token_id", None)
         if bos is None:
             raise RomerError("the tokenizer has no BOS token; use first=uniform")
         return torch.full((len(indices),), int(bos), dtype=torch.long)
-    special = set(getattr(tokenizer, "all_special_ids", None) or [])
-    allowed = torch.tensor([t for t in range(vocab) if t not in special], dtype=torch.long)
     draws = [torch.randint(allowed.numel(), (1,), generator=_generator(recipe.seed, i, 0)) for i in indices]
     return allowed[torch.cat(draws)]
 
@@ -174,7 +178,7 @@ def write_ids(model: nn.Module, tokenizer, recipe: GenerationRecipe, progress: b
     """Sample whole batches of sequences with the model's KV cache, on its device and in its dtype, from batch
     `first_batch` until the recipe's count is covered; every token of those batches is returned (a caller cuts)."""
     device = next(model.parameters()).device
-    vocab = int(model.get_output_embeddings().weight.shape[0])
+    allowed = ordinary_tokens(tokenizer, int(model.get_output_embeddings().weight.shape[0]))  # once, not per batch
     batches = range(first_batch, batches_for(recipe))
     was_training = model.training
     model.eval()
@@ -184,15 +188,15 @@ def write_ids(model: nn.Module, tokenizer, recipe: GenerationRecipe, progress: b
                           enabled=progress) as advance:
             for batch in batches:
                 indices = range(batch * recipe.batch, (batch + 1) * recipe.batch)
-                written.append(_write_batch(model, tokenizer, vocab, recipe, indices, device, advance))
+                written.append(_write_batch(model, tokenizer, allowed, recipe, indices, device, advance))
     finally:
         model.train(was_training)
     return torch.cat(written).flatten() if written else torch.empty(0, dtype=torch.long)
 
 
-def _write_batch(model, tokenizer, vocab, recipe, indices, device, advance) -> torch.Tensor:
+def _write_batch(model, tokenizer, allowed, recipe, indices, device, advance) -> torch.Tensor:
     generators = [_generator(recipe.seed, i, 1) for i in indices]
-    tokens = first_tokens(tokenizer, vocab, recipe, indices).unsqueeze(1).to(device)
+    tokens = first_tokens(tokenizer, allowed, recipe, indices).unsqueeze(1).to(device)
     out = [tokens]
     cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     past = None
