@@ -32,6 +32,7 @@ for `lora_chip_steps` steps from the deployed adapters, on the same parameters (
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -148,8 +149,10 @@ def shipped_training_text(folder: Path) -> str:
     return f"{data['name']}:{data['split']}" if data.get("split") else data["name"]
 
 
+@functools.lru_cache(maxsize=4)
 def training_corpus(spec: str, folder: Path):
-    """The corpus `lora_train_data` names: `model`, `name:split`, a name (its default split) or a file."""
+    """The corpus `lora_train_data` names: `model`, `name:split`, a name (its default split) or a file; read once per
+    process (the campaign's check against the evaluation text and the training both ask for it)."""
     if spec == MODEL_TEXT:
         spec = shipped_training_text(folder)
     name, _, split = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
