@@ -111,6 +111,10 @@ register_preset(Preset(
     "8-bit input and output. Here: scaling=column, σ_dev = 0.0564, which gives a weight error of std 0.067 of each "
     "output column's largest |w| (measured: tests/test_ahwa_lora.py; each device of a pair draws it and a conductance stops at zero, so the error is "
     "near Gaussian, KS distance 0.009, where aihwkit adds an exact Gaussian to the weight), output noise 0.04 in units of one full-scale input "
-    "on one g_max device (σ_adc = 0.04 / adc_full_scale), analog mode",
-    NoiseConfig(name="ahwa-injection", mode="analog", scaling="column", sigma_dev=0.0564,
-                sigma_adc=0.04 / 8.0, adc_full_scale=8.0, dac_bits=8, adc_bits=8)))
+    "on one g_max device (σ_adc = 0.04 / adc_full_scale), analog mode; aihwkit's tiles of 512 × 512 (mapping "
+    "max_input_size = max_output_size = 512) and its output bound ±12 (forward.out_bound = 12). Not carried over: "
+    "aihwkit's 3σ Gaussian weight clip, applied after each optimiser step; AHWA-LoRA's analog weights are frozen, so "
+    "there it clips the pretrained weights once, a change of the model that a romer chip (which holds the model's "
+    "weights as given) has no field for. Before issue 44 this preset had romer's 256 × 256 tiles and ±8",
+    NoiseConfig(name="ahwa-injection", mode="analog", scaling="column", sigma_dev=0.0564, tile_rows=512,
+                tile_cols=512, sigma_adc=0.04 / 12.0, adc_full_scale=12.0, dac_bits=8, adc_bits=8)))
