@@ -66,6 +66,8 @@ def measure(args, layers: int) -> dict:
                                   "resident_after": memory.now()}
         print(f"layers {layers}: {name} {record['stages'][name]['seconds']:.1f} s, peak "
               f"{record['stages'][name]['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+        # what is measured so far, kept if a later stage dies (an out-of-memory kill leaves no record otherwise)
+        write_text_atomic(Path(args.out) / f"layers-{layers}.partial.json", json.dumps(record, indent=1))
         return result
 
     model, tokenizer = stage("load", lambda: romer.load_model(str(folder), dtype=args.dtype))
@@ -107,6 +109,9 @@ def measure(args, layers: int) -> dict:
     import gc
 
     gc.collect()
+    # the first model must be gone before the second loads: at 16 layers two copies do not fit 24 GiB
+    record["resident_before_reload"] = memory.now()
+    print(f"layers {layers}: resident before reload {memory.now() / 2**30:.2f} GiB", flush=True)
 
     def reload():
         again, _ = romer.load_model(str(saved), dtype=args.dtype)

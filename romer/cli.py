@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 import sys
 from typing import Optional
 
@@ -476,6 +477,44 @@ def estimate_command(model: str = ModelOpt, dtype: str = typer.Option("bfloat16"
     if times is not None:
         out.print(times)
     out.print(console.estimate_verdict(record), highlight=False)
+
+
+@app.command("cost")
+@user_errors
+def cost_command(model: Optional[str] = typer.Option(None, "--model", "-m", help="A model shape to price from its "
+                                                     "config alone (every expert equally loaded)."),
+                 run: Optional[Path] = typer.Option(None, "--run", help="A romer run's --out folder: price every "
+                                                    "method with the routing each chip measured."),
+                 chip_cost: str = typer.Option("pcm-64core", "--chip-cost", help="A chip-cost preset or .yaml file "
+                                               "(romer cost --presets lists them)."),
+                 batch: int = typer.Option(1, "--batch", help="Tokens computed together (1: one token at a time)."),
+                 context: Optional[int] = typer.Option(None, "--context", help="Tokens each token attends; default: "
+                                                       "1024, or half a run's window."),
+                 presets: bool = typer.Option(False, "--presets", help="List the chip-cost presets, or with "
+                                              "--chip-cost one preset's values and sources."),
+                 trust_remote_code: bool = TrustOpt, as_json: bool = JsonOpt) -> None:
+    """Energy and latency per token on a chip, beside the same model all digital (romer.cost)."""
+    from romer.cost import chip_cost_names, get_chip_cost
+    from romer.cost.inspect import run_bills, shape_bill
+
+    if batch < 1:
+        raise RomerError(f"--batch must be at least 1, got {batch}")
+    if context is not None and context < 0:
+        raise RomerError(f"--context must be 0 or more, got {context}")
+    cost = get_chip_cost(chip_cost)
+    if presets:
+        record = {"presets": chip_cost_names(), "chip_cost": cost.model_dump(mode="json")}
+        print(json.dumps(record)) if as_json else out.print(console.chip_cost_table(cost, chip_cost_names()))
+        return
+    if (model is None) == (run is None):
+        raise RomerError("pass one of --model (a shape from its config) or --run (a finished run folder)")
+    _quiet_transformers()
+    if model is not None:
+        record = shape_bill(model, cost, batch, 1024 if context is None else context, trust_remote_code)
+        print(json.dumps(record)) if as_json else out.print(console.shape_bill_table(record))
+        return
+    record = run_bills(run, cost, batch, context)
+    print(json.dumps(record)) if as_json else out.print(console.run_bill_table(record))
 
 
 @app.command("methods")

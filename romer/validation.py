@@ -35,6 +35,8 @@ def one_line(error: ValidationError, noun: str, where_listed: str, flags: bool =
         key, words = BOUNDS[first["type"]]
         return f"--{field.replace('_', '-')} must be {words} {first['ctx'][key]}, got {shown(first.get('input'))}"
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a rule across fields: its own sentence names them; the whole input would be noise
+        return message
     return f"{noun} '{field}': {message} (got {shown(first.get('input'))})"
 
 

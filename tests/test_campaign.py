@@ -98,6 +98,11 @@ def test_results_schema_and_report(tiny_moe_dir, texts, tmp_path):
         assert len(entry["ppl"]) == 2
     assert saved["methods"]["none"]["recovery_mean"] == 0.0
     assert "romer" in saved["calibrated_clean"]
+    # the bill of each chip's measured routing, paired with the uncalibrated chip of the same seed
+    assert saved["methods"]["none"]["bill"]["energy_vs_none_mean"] == 1.0
+    assert saved["methods"]["romer"]["bill"]["energy_nj_mean"] > 0 and len(saved["methods"]["romer"]["bill"]["per_seed"]) == 2
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert all("usage" in r for r in records if r["kind"] == "chip")
     report = (tmp_path / "report.md").read_text()
     assert "| romer |" in report and "perplexity.png" in report
     for png in ("perplexity.png", "expert_load.png", "topk_agreement.png"):
@@ -267,10 +272,10 @@ def test_the_campaign_table_fits_an_80_column_terminal(tiny_moe_dir, texts, tmp_
 
     from rich.console import Console
 
-    from romer.report.console import campaign_table
+    from romer.report.console import FULL_TABLE_COLUMNS, campaign_table
 
     results = run_campaign(spec_for(tiny_moe_dir, texts, seeds=[0, 1], clean_cost=False), tmp_path, progress=False)
-    for width, columns in ((80, 5), (160, 10)):
+    for width, columns in ((80, 5), (FULL_TABLE_COLUMNS, 12)):
         console = Console(width=width, file=io.StringIO(), color_system=None)
         table = campaign_table(results, width=width)
         console.print(table)

@@ -145,6 +145,24 @@ CASES = [
     (["estimate", "--model", TINY, "--window", "0"], "--window must be at least 2"),
     (["estimate", "--model", TINY, "--batch-size", "0"], "--batch-size must be at least 1"),
     (["estimate", "--model", "{root}/a-file"], "is a file, not a model folder"),
+    # a chip in the field: moments a chip cannot be read at (issue 43)
+    (["age", "--calibrate-at", "1y@25C", "--times", "1h"], "time '1h' is before the calibration at '1y@25C'"),
+    (["age", "--times", "0s"], "time '0s' is before the calibration"),
+    (["age", "--calibrate-at", "0s@25C", "--times", "1h"], "is the programming itself"),
+    (["age", "--times", "200y"], "'time_s'"),
+    (["age", "--times", "1e30s"], "'time_s'"),
+    (["age", "--times", "1h,60min"], "times list '60min' twice"),
+    (["age", "--temperatures", "25,25"], "lists a temperature twice"),
+    (["age", "--temperatures", "500"], "'temperature_c'"),
+    (["age", "--temperatures", "-300"], "'temperature_c'"),
+    (["age", "--calibrate-at", "1h@900C"], "'temperature_c'"),
+    (["age", "--calibrate-at", "1h"], "calibrate_at needs a time and a temperature"),
+    (["age", "--times", "-1h"], "cannot read the condition '-1h'"),
+    (["age", "--times", "soon"], "cannot read the condition 'soon'"),
+    (["cost", "--model", TINY, "--chip-cost", "nope"], "unknown chip-cost preset 'nope'"),
+    (["cost", "--model", TINY, "--batch", "0"], "--batch must be at least 1"),
+    (["cost", "--model", TINY, "--context", "-5"], "--context must be 0 or more"),
+    (["cost", "--run", "{root}"], "holds no results.jsonl"),
 ]
 
 

@@ -303,6 +303,11 @@ class Calibration:
         """(tensor name, its digital corrections) for every corrected tensor."""
         return list(self.corrections.items())
 
+    def routing_parameters(self) -> int:
+        """What this calibration's routing transforms store (statistics, fences, biases, replica pairs): each is read
+        once per token per MoE layer it transforms (romer.cost)."""
+        return sum(t.stored_parameters for t in self.transforms.values())
+
     def bind_chip(self, chip: ChipHandle) -> None:
         """The chip a loaded calibration now sits on (its digital tensors and corrections are installed there)."""
         if self.chip is None or self.chip.restored:

@@ -33,7 +33,7 @@ from typing import Callable
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from romer.atomic import write_text_atomic
 from romer.calibration import calibrate_, refresh_, refresh_teacher, refreshable
@@ -104,10 +104,40 @@ class AgeSpec(BaseModel):
                 raise ValueError(f"{text!r} is not a time since programming (e.g. 1h, 1d, 1w, 1mo, 1y)")
         return times
 
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures(cls, temperatures: list[float]) -> list[float]:
+        for value in temperatures:
+            if not math.isfinite(value):
+                raise ValueError(f"{value} is not a temperature; give °C between -60 and 200")
+            Condition(temperature_c=value)  # the physical range, in one line
+        if len(set(temperatures)) != len(temperatures):
+            raise ValueError(f"{temperatures} lists a temperature twice; give each once")
+        return temperatures
+
     @field_validator("methods")
     @classmethod
     def _methods(cls, methods: list[str]) -> list[str]:
         return ["none"] + [m for m in methods if m != "none"]
+
+    @model_validator(mode="after")
+    def _reads_after_calibration(self) -> "AgeSpec":
+        """Every read is a moment after programming and no earlier than the calibration: a chip cannot be read before
+        it was calibrated, nor at the programming itself."""
+        calibrated = Condition.parse(self.calibrate_at).time_s
+        if calibrated <= 0:
+            raise ValueError(f"calibrate_at {self.calibrate_at!r} is the programming itself; calibrate after it "
+                             "(e.g. 1h@25C)")
+        seen = set()
+        for text in self.times:
+            time = Condition.parse(text).time_s
+            if time in seen:
+                raise ValueError(f"times list {text!r} twice (or two spellings of one time); give each once")
+            seen.add(time)
+            if time < calibrated:
+                raise ValueError(f"time {text!r} is before the calibration at {self.calibrate_at!r}; read the chip "
+                                 f"at or after the moment it was calibrated")
+        return self
 
     def conditions(self) -> list[str]:
         """Every condition of the grid, `calibrate_at` first (the reading the others are compared with)."""

@@ -20,7 +20,7 @@ from romer.errors import RomerError
 
 
 OUTPUTS = ("results.jsonl", "run.json", "results.json", "report.md", "perplexity.png", "expert_load.png",
-           "topk_agreement.png", "sweep.png", "regime_map.png", "aging.png")
+           "topk_agreement.png", "sweep.png", "regime_map.png", "aging.png", "cost_pareto.png")
 
 
 def unit_key(record: dict) -> tuple:

@@ -19,6 +19,7 @@ from romer.calibration import calibrate_, calibration_config, get_method
 from romer.calibration.registry import former_names, refuse_unread
 from romer.campaign.log import ResultsLog
 from romer.campaign.spec import RunSpec
+from romer.cost import token_usage
 from romer.crashpoints import crash_point
 from romer.noise import parse_noise_spec
 
@@ -135,6 +136,8 @@ def run_trial(bench, trial: Trial) -> Iterator[dict]:
             record = {"kind": "chip", "noise": trial.noise, "strength": trial.strength, "seed": trial.seed,
                       "method": method, "calib_seconds": seconds, "experts_path": chip.experts_path(),
                       **bench.measure(with_routing=True)}
+            # what each token asked of this chip with this method, priced in the report (romer.cost)
+            record["usage"] = token_usage(bench.model, chip, calibration, record.get("frequency")).as_dict()
             if method in spec.variants:
                 record["variant"] = {"label": method, "method": spec.method_of(method),
                                      "settings": spec.settings_of(method)}

@@ -224,6 +224,20 @@ class ChipHandle:
         return sum(len(part) for (n, slot), part in self.outliers.items()
                    if (name is None or n == name) and not self._layout.is_digital(n, slot))
 
+    def outlier_counts(self, name: str) -> dict[int | None, int]:
+        """The outlier weights of one tensor held in digital units now, per expert slot (None: a tensor of its own);
+        a slot moved to the digital periphery whole holds none apart."""
+        return {slot: len(part) for (n, slot), part in self.outliers.items()
+                if n == name and not self._layout.is_digital(n, slot)}
+
+    def arrays_shape(self, name: str) -> tuple[int, int]:
+        """[out, in] of what one matrix (one expert slot) of the tensor holds in conductances: the tensor's own, or a
+        decomposed tensor's U·Σ."""
+        if name in self.factors:
+            on_chip = self.factors[name][0]
+            return tuple(on_chip.shape[-2:])
+        return tuple(self.originals[name].shape[-2:])
+
     # ---- programming -------------------------------------------------------------------------
     def _program_slot(self, name: str, slot: int | None, device) -> tuple[torch.Tensor, torch.Tensor, ColumnErrors | None]:
         """(weights as the chip holds them, scales, periphery errors) of one matrix: a tensor of its own

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from romer.errors import RomerError
 from romer.validation import OneLineErrors
 
+MAX_TIME_S = 100 * 365 * 86400  # the drift and retention laws are extrapolated far past any measurement beyond this
 UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400, "y": 365 * 86400}
 TEXT = re.compile(r"^\s*(?:(?P<time>[0-9.]+(?:e[+-]?\d+)?)\s*(?P<unit>min|mo|s|h|d|w|y))?\s*@?\s*"
                   r"(?:(?P<temperature>-?[0-9.]+)\s*C)?\s*$", re.IGNORECASE)
@@ -29,7 +30,8 @@ class Condition(OneLineErrors):
     _noun: ClassVar[str] = "condition field"
     _where_listed: ClassVar[str] = "a condition has time_s and temperature_c"
 
-    time_s: float | None = Field(None, ge=0, description="s since programming (None: as the chip's configuration says)")
+    time_s: float | None = Field(None, ge=0, le=MAX_TIME_S, description="s since programming, at most 100 years "
+                                                                          "(None: as the chip's configuration says)")
     temperature_c: float | None = Field(None, ge=-60, le=200, description="°C, operating temperature (None: as "
                                                                           "configured)")
 

@@ -19,6 +19,8 @@ def write_report(spec, records, inputs: dict, out: Path) -> dict:
     plots.perplexity_bars(results, out / names["perplexity"])
     plots.load_heatmaps(results, out / names["heatmaps"])
     plots.topk_agreement(results, out / names["topk"])
+    if plots.cost_pareto(results, out / "cost_pareto.png") is not None:
+        names["pareto"] = "cost_pareto.png"
     crash_point("report")
     if results["vary"]:
         names["regime"] = "regime_map.png"

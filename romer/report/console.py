@@ -31,7 +31,15 @@ def eval_table(record: dict) -> Table:
     return table
 
 
-FULL_TABLE_COLUMNS = 132  # below this terminal width the campaign table keeps the columns that matter
+FULL_TABLE_COLUMNS = 180  # below this terminal width the campaign table keeps the columns that matter
+
+
+def bill_cells(bill: dict | None) -> dict[str, str]:
+    """energy/token and latency/token cells: relative to the uncalibrated chip of the same seeds (report.md has the
+    absolute figures beside)."""
+    if bill is None:
+        return {"energy/token": "—", "latency/token": "—"}
+    return {"energy/token": f"{bill['energy_vs_none_mean']:.3f}×", "latency/token": f"{bill['latency_vs_none_mean']:.3f}×"}
 
 
 def campaign_table(results: dict, width: int | None = None) -> Table:
@@ -44,8 +52,8 @@ def campaign_table(results: dict, width: int | None = None) -> Table:
              f"{results['clean']['ppl']:.3f}")
     table = Table(title=title, caption="every column: report.md" if compact else None)
     columns = (("method", "PPL mean ± std", "recovery", "digital", "p vs noisy") if compact else
-               ("method", "PPL mean ± std", "95 % CI", "reduction", "recovery", "digital", "load CV", "top-k agr.",
-                "p vs noisy", "clean-model cost"))
+               ("method", "PPL mean ± std", "95 % CI", "reduction", "recovery", "digital", "energy/token",
+                "latency/token", "load CV", "top-k agr.", "p vs noisy", "clean-model cost"))
     for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     for method, m in results["methods"].items():
@@ -56,6 +64,7 @@ def campaign_table(results: dict, width: int | None = None) -> Table:
                  "95 % CI": f"[{m['ppl_ci95'][0]:.2f}, {m['ppl_ci95'][1]:.2f}]",
                  "reduction": f"{100 * m['reduction_mean']:+.1f} %", "recovery": f"{100 * m['recovery_mean']:+.1f} %",
                  "digital": f"{100 * m.get('digital_share_mean', 0.0):.1f} %",
+                 **bill_cells(m.get("bill")),
                  "load CV": f"{m['load_cv_mean']:.3f}", "top-k agr.": f"{m['topk_agreement_mean']:.3f}",
                  "p vs noisy": "—" if p is None else f"{p:.3g}",
                  "clean-model cost": "—" if cost is None else f"{100 * cost['change']:+.2f} %"}
@@ -206,4 +215,48 @@ def noise_fields_table() -> Table:
         table.add_column(column)
     for field, info in NoiseConfig.model_fields.items():
         table.add_row(field, str(getattr(defaults, field)), info.description or "")
+    return table
+
+
+def chip_cost_table(cost, names: list[str]) -> Table:
+    """One chip-cost preset's values, each with its source; the caption lists the presets."""
+    table = Table(title=f"chip cost {cost.name}: {cost.technology} (TOPS/W of a full tile: {cost.tops_per_watt():.2f})",
+                  caption=f"presets: {', '.join(names)}")
+    for column in ("field", "value", "source"):
+        table.add_column(column, overflow="fold")
+    for field, value, source in cost.table():
+        table.add_row(field, value, source)
+    return table
+
+
+def _bill_rows(table: Table, bill: dict) -> None:
+    table.add_row("energy per token", f"{bill['energy_nj'] / 1000:.4g} µJ", f"{bill['all_digital_nj'] / 1000:.4g} µJ")
+    table.add_row("  analog MVMs", f"{bill['analog_nj'] / 1000:.4g} µJ", "—")
+    table.add_row("  digital arithmetic", f"{bill['digital_nj'] / 1000:.4g} µJ", "")
+    table.add_row("  digital reads", f"{bill['reads_nj'] / 1000:.4g} µJ", "")
+    table.add_row("  activations moved", f"{bill['moves_nj'] / 1000:.4g} µJ", "")
+    table.add_row("latency per token", f"{bill['latency_us']:.4g} µs", f"{bill['all_digital_latency_us']:.4g} µs")
+    table.add_row("digital share of the on-chip MACs", f"{100 * bill['digital_mac_share']:.2f} %", "100 %")
+
+
+def shape_bill_table(record: dict) -> Table:
+    table = Table(title=f"{record['model']} on {record['chip_cost']}: per token, batch {record['batch']}, context "
+                        f"{record['context']} (every expert equally loaded; {record['on_chip_parameters'] / 1e9:.2f} B "
+                        "on-chip weights)")
+    for column, justify in (("", "left"), ("analog chip", "right"), ("all digital, same node", "right")):
+        table.add_column(column, justify=justify)
+    _bill_rows(table, record["bill"])
+    return table
+
+
+def run_bill_table(record: dict) -> Table:
+    table = Table(title=f"{record['run']} on {record['chip_cost']}: per token, batch {record['batch']}, context "
+                        f"{record['context']} (the routing each chip measured; paired with the uncalibrated chip)")
+    for column in ("method", "chips", "energy/token", "vs none", "latency/token", "vs none", "vs balanced",
+                   "digital MACs/token"):
+        table.add_column(column, justify="right")
+    for method, m in record["methods"].items():
+        table.add_row(method, str(m["chips"]), f"{m['energy_nj'] / 1000:.4g} µJ", f"{m['energy_vs_none']:.3f}×",
+                      f"{m['latency_us']:.4g} µs", f"{m['latency_vs_none']:.3f}×", f"{m['latency_vs_balanced']:.3f}×",
+                      f"{100 * m['digital_mac_share']:.2f} %")
     return table

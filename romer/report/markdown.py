@@ -7,16 +7,25 @@ def _p(value) -> str:
     return "—" if value is None else (f"{value:.3f}" if value >= 0.001 else f"{value:.1e}")
 
 
+def _bill(bill: dict | None) -> str:
+    """The per-token digital share of the on-chip matrices' MACs, energy and latency per token (relative to the
+    uncalibrated chip of the same seeds, the absolute beside)."""
+    if bill is None:
+        return "— | — | —"
+    return (f"{100 * bill['digital_mac_share_mean']:.2f} % | {bill['energy_vs_none_mean']:.3f}× "
+            f"({bill['energy_nj_mean'] / 1000:.3g} µJ) | {bill['latency_vs_none_mean']:.3f}× ({bill['latency_us_mean']:.3g} µs)")
+
+
 def method_table(results: dict, chip: dict | None = None) -> list[str]:
     methods = (chip or results)["methods"]
-    lines = ["| method | PPL mean ± std | 95 % CI | reduction | recovery | digital share | load CV | top-k agr. | p vs noisy (t / Wilcoxon) | p vs romer (t) | calib. s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | PPL mean ± std | 95 % CI | reduction | recovery | digital share | digital MACs/token | energy/token | latency/token | load CV | top-k agr. | p vs noisy (t / Wilcoxon) | p vs romer (t) | calib. s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
         vs = m.get("vs_none", {})
         lines.append(
             f"| {'noisy (none)' if name == 'none' else name} | {m['ppl_mean']:.3f} ± {m['ppl_std']:.3f} | "
             f"[{m['ppl_ci95'][0]:.3f}, {m['ppl_ci95'][1]:.3f}] | {100 * m['reduction_mean']:+.1f} % | "
-            f"{100 * m['recovery_mean']:+.1f} % | {100 * m.get('digital_share_mean', 0.0):.2f} % | {m['load_cv_mean']:.3f} | {m['topk_agreement_mean']:.3f} | "
+            f"{100 * m['recovery_mean']:+.1f} % | {100 * m.get('digital_share_mean', 0.0):.2f} % | {_bill(m.get('bill'))} | {m['load_cv_mean']:.3f} | {m['topk_agreement_mean']:.3f} | "
             f"{_p(vs.get('t_pvalue'))} / {_p(vs.get('wilcoxon_pvalue'))} | {_p(m.get('vs_romer', {}).get('t_pvalue'))} | "
             f"{m['calib_seconds_mean']:.1f} |")
     return lines
@@ -34,6 +43,22 @@ def regime_table(results: dict) -> list[str]:
                      + f" | {chip['noisy_ppl_mean']:.3f} | {chip['noisy_ppl_mean'] / chip['clean_ppl']:.2f} | "
                      + " | ".join(f"{100 * ms[m]['recovery_mean']:+.1f} ± {100 * ms[m]['recovery_std']:.1f} %"
                                   for m in methods) + " |")
+    return lines
+
+
+def _bill_section(results: dict, plots: dict) -> list[str]:
+    """What the bill columns mean, and the recovery-against-cost plot when there is one."""
+    bill = next((m["bill"] for m in results["methods"].values() if "bill" in m), None)
+    if bill is None:
+        return []
+    lines = ["## What each method costs per token", "",
+             f"`digital MACs/token`, `energy/token` and `latency/token` are romer.cost's bill of the routing each chip "
+             f"measured on the evaluation text, at chip cost `{bill['chip_cost']}`, one token at a time (batch "
+             f"{bill['batch']}), each attending {bill['context']} tokens, relative to the uncalibrated chip of the same "
+             f"seed (absolute beside). `romer cost --run DIR --chip-cost PRESET --batch B` prices them otherwise; "
+             "docs/chip-cost.md is the model.", ""]
+    if "pareto" in plots:
+        lines += [f"![recovery against cost]({plots['pareto']})", ""]
     return lines
 
 
@@ -55,6 +80,7 @@ def render(results: dict, plots: dict) -> str:
         "",
         f"![perplexity per method]({plots['perplexity']})",
         "",
+        *_bill_section(results, plots),
         "## Does calibration hurt the clean model?",
         "",
         *clean_cost_table(results["calibrated_clean"]),

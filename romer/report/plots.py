@@ -39,6 +39,32 @@ def perplexity_bars(results: dict, path: Path) -> Path:
     return _save(figure, path)
 
 
+def cost_pareto(results: dict, path: Path) -> Path | None:
+    """Recovery of the gap against what a method costs: the share of stored weights it keeps digital, and the energy
+    per token it costs relative to the uncalibrated chip (romer.cost's bill of the routing each chip measured).
+    None when the run priced fewer than two calibrated methods."""
+    methods = {m: v for m, v in results["methods"].items() if m != "none" and "bill" in v}
+    if len(methods) < 2:
+        return None
+    figure, (stored, energy) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for name, m in methods.items():
+        recovery = 100 * m["recovery_mean"]
+        share = max(100 * m.get("digital_share_mean", 0.0), 1e-3)
+        stored.scatter(share, recovery, color="#4c72b0")
+        stored.annotate(name, (share, recovery), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        relative = m["bill"]["energy_vs_none_mean"]
+        energy.scatter(relative, recovery, color="#dd8452")
+        energy.annotate(name, (relative, recovery), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    stored.set_xscale("log")
+    stored.set_xlabel("stored weights kept digital (%)")
+    stored.set_ylabel("recovery of the noisy gap (%)")
+    bill = next(iter(methods.values()))["bill"]
+    energy.set_xlabel(f"energy per token / uncalibrated chip ({bill['chip_cost']}, batch {bill['batch']})")
+    energy.axvline(1.0, color="#b0b0b0", linestyle="--")
+    figure.suptitle(f"{results['model']} on {results['noise']['name']}: recovery against stored share and energy")
+    return _save(figure, path)
+
+
 def load_heatmaps(results: dict, path: Path) -> Path:
     panels = [("clean", results["clean"]["frequency"])]
     panels += [(f"{'noisy' if m == 'none' else m}", v["frequency"]) for m, v in results["methods"].items() if v["frequency"]]

@@ -23,11 +23,22 @@ def _task_means(records: list[dict]) -> dict:
     return {task: {metric: float(np.mean(v)) for metric, v in metrics.items()} for task, metrics in scores.items()}
 
 
-def chip_summary(records: list[dict], methods: list[str], clean_ppl: float) -> dict:
-    """Statistics of one chip over the seeds every method finished (pairing needs the same seeds)."""
+def _bills(rows: list[dict], context: int) -> list:
+    """Each record's bill per token at the default chip cost (romer.cost), None where it records no usage."""
+    from romer.cost import DEFAULT_CHIP_COST, Usage, get_chip_cost, price
+
+    cost = get_chip_cost(DEFAULT_CHIP_COST)
+    return [price(Usage.from_dict(r["usage"]), cost, batch=1, context=context) if "usage" in r else None for r in rows]
+
+
+def chip_summary(records: list[dict], methods: list[str], clean_ppl: float, context: int = 1024) -> dict:
+    """Statistics of one chip over the seeds every method finished (pairing needs the same seeds); each method's
+    bill per token (energy, latency, per-token digital share) at the default chip cost, for one token at a time
+    attending `context` tokens, and its energy and latency relative to the uncalibrated chip of the same seed."""
     by_method = {m: {r["seed"]: r for r in records if r["method"] == m} for m in methods}
     seeds = sorted(set.intersection(*(set(v) for v in by_method.values()))) if by_method else []
     noisy = [by_method["none"][s]["ppl"] for s in seeds]
+    noisy_bills = _bills([by_method["none"][s] for s in seeds], context) if "none" in by_method else []
     summary = {}
     for method in methods:
         rows = [by_method[method][s] for s in seeds]
@@ -46,6 +57,17 @@ def chip_summary(records: list[dict], methods: list[str], clean_ppl: float) -> d
             "digital_share_mean": float(np.mean([r.get("calibration", {}).get("digital_share", 0.0) for r in rows]))
             if rows else math.nan,
         }
+        bills = _bills(rows, context)
+        if bills and all(b is not None for b in bills + noisy_bills):
+            entry["bill"] = {
+                "chip_cost": bills[0].chip_cost, "batch": bills[0].batch, "context": context,
+                "energy_nj_mean": float(np.mean([b.energy_nj for b in bills])),
+                "latency_us_mean": float(np.mean([b.latency_us for b in bills])),
+                "energy_vs_none_mean": float(np.mean([b.energy_nj / n.energy_nj for b, n in zip(bills, noisy_bills)])),
+                "latency_vs_none_mean": float(np.mean([b.latency_us / n.latency_us for b, n in zip(bills, noisy_bills)])),
+                "latency_vs_balanced_mean": float(np.mean([b.latency_us / b.balanced_latency_us for b in bills])),
+                "digital_mac_share_mean": float(np.mean([b.digital_mac_share for b in bills])),
+                "all_digital_nj": bills[0].all_digital_nj, "per_seed": [b.as_dict() for b in bills]}
         for key in ("reduction", "recovery"):
             entry[f"{key}_mean"] = float(np.mean(entry[key])) if entry[key] else math.nan
             entry[f"{key}_std"] = float(np.std(entry[key], ddof=1)) if len(entry[key]) > 1 else 0.0
@@ -72,7 +94,7 @@ def build_results(spec, records, dataset: dict, calib_dataset: dict, window: int
     for point in spec.chips():
         rows = [r for r in records if r["kind"] == "chip" and r["noise"] == point.noise
                 and r["strength"] == point.strength and r["seed"] in wanted]
-        methods = chip_summary(rows, spec.methods, clean["ppl"])
+        methods = chip_summary(rows, spec.methods, clean["ppl"], context=max(window // 2, 1))
         for label, variant in spec.variants.items():  # what each label resolved to
             if label in methods:
                 methods[label]["variant"] = {"method": variant["method"], "settings": variant.get("settings", {})}

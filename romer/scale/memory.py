@@ -117,6 +117,20 @@ class MemoryEstimate:
         return asdict(self)
 
 
+def moe_dimensions(model: torch.nn.Module, hidden: int) -> tuple[int, int, int]:
+    """(experts, top-k, an expert's hidden width) of the model's MoE layers, read from its structure through its
+    family's adapter (no config names): the most experts of any layer, its top-k, and the input width of an expert's
+    last matrix (its down projection)."""
+    from romer.moe.adapter import adapter_for
+
+    layers = adapter_for(model).layers(model)
+    if not layers:
+        return 0, 1, hidden
+    widest = max(layers, key=lambda layer: layer.num_experts)
+    module, attribute, _ = adapter_for(model).expert_weights(widest, 0)[-1]
+    return widest.num_experts, widest.top_k, int(getattr(module, attribute).shape[-1])
+
+
 def meta_model(folder: Path, trust_remote_code: bool = False):
     """The model built on the meta device: its structure and shapes, no memory."""
     from transformers import AutoModelForCausalLM
@@ -156,11 +170,8 @@ def estimate_memory(spec: str, dtype: str = "float32", window: int | None = None
     hidden = int(text.hidden_size)
     vocab = int(text.vocab_size)
     heads = int(getattr(text, "num_attention_heads", 1))
-    experts = max((getattr(text, k, 0) or 0 for k in ("num_experts", "num_local_experts", "n_routed_experts")),
-                  default=0)
-    top_k = int(getattr(text, "num_experts_per_tok", 1) or 1)
-    intermediate = int(getattr(text, "moe_intermediate_size", None) or getattr(text, "intermediate_size", hidden))
-    layers = int(getattr(text, "num_hidden_layers", 1))
+    experts, top_k, intermediate = moe_dimensions(model, hidden)
+    layers = len(decoder_layers(model))
     per_sequence = (window * vocab * (2 * FLOAT32 + element)           # logits: dtype, float32, log-softmax
                     + window * hidden * element * 8                    # residual, norms, q/k/v/o
                     + window * top_k * intermediate * element * 3      # expert gate/up/act

@@ -68,15 +68,15 @@ def shape_of(model, dtype_bytes: int) -> Shape:
     from romer.noise.config import DEFAULT_ROLES
     from romer.noise.roles import on_chip_tensors
 
-    text = model.config.get_text_config()
+    from romer.cost.usage import token_usage
+
     chip = on_chip_tensors(model, DEFAULT_ROLES)
     layers = decoder_layers(model)
     first = layers[0][0] + "."
-    top_k = int(getattr(text, "num_experts_per_tok", 1) or 1)
-    reads = 0
-    for tensor in chip:
-        if tensor.name.startswith(first):
-            reads += tensor.param[0].numel() * top_k if tensor.param.dim() == 3 else tensor.param.numel()
+    # what one token reads in the first decoder layer: each expert at its expected use (top-k of E, every expert
+    # alike), whether the family fuses its experts or keeps a module per expert
+    reads = int(round(sum(sum(m.uses) * m.out_features * m.in_features
+                          for m in token_usage(model).matrices if m.layer == 0)))
     head = model.get_output_embeddings()
     on_chip = sum(t.param.numel() for t in chip)
     return Shape(layers=len(layers), weights_bytes=sum(p.numel() for p in model.parameters()) * dtype_bytes,
