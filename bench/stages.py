@@ -168,7 +168,8 @@ def merge_run(out: Path, layers: int, run: Path, trace: Path | None, label: str 
 def report(out: Path) -> str:
     import numpy as np
 
-    records = sorted((json.loads(p.read_text()) for p in out.glob("layers-*.json")), key=lambda r: r["layers"])
+    records = sorted((json.loads(p.read_text()) for p in out.glob("layers-*.json") if "partial" not in p.name),
+                     key=lambda r: r["layers"])
     if not records:
         return f"no records in {out}"
     gib = 2**30
@@ -205,7 +206,8 @@ def rates(out: Path, depths: list[int], target: str | None) -> str:
 
     from romer.scale.timing import STAGES as PRICED, Shape, Workload, fit_rates, stage_seconds
 
-    records = sorted((json.loads(p.read_text()) for p in out.glob("layers-*.json")), key=lambda r: r["layers"])
+    records = sorted((json.loads(p.read_text()) for p in out.glob("layers-*.json") if "partial" not in p.name),
+                     key=lambda r: r["layers"])
     parsed = [(Shape(**r["shape"]), Workload(**r["workload"]),
                {s: r["stages"][s]["seconds"] for s in PRICED if s in r["stages"]}) for r in records]
     fitted = fit_rates([p for p, r in zip(parsed, records) if r["layers"] in depths])

@@ -37,6 +37,13 @@ def test_bill_by_hand():
     assert bill.all_digital_latency_us == pytest.approx((16 + 48) / 1000)
 
 
+def test_usage_round_trips_with_and_without_json():
+    usage = hand_usage()  # the experts' digital numbers differ per slot: kept as a list, the others written once
+    for data in (usage.as_dict(), json.loads(json.dumps(usage.as_dict()))):
+        assert Usage.from_dict(data) == usage
+    assert usage.as_dict()["matrices"][0]["digital"] == 0 and list(usage.as_dict()["matrices"][1]["digital"]) == [3, 0]
+
+
 def test_batch_amortises_reads_and_imbalance_costs_latency():
     usage = hand_usage()
     one, many = price(usage, ChipCost(**HAND), batch=1, context=0), price(usage, ChipCost(**HAND), batch=8, context=0)

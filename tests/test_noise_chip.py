@@ -213,3 +213,18 @@ def test_suspended_shows_the_clean_twin_and_returns_to_the_same_chip_bit_for_bit
     assert torch.equal(model(input_ids=ids()).logits, first)
     chip.restore()
     assert all(torch.equal(p, clean[n]) for n, p in snapshot(model).items())
+
+
+def test_a_restored_model_is_freed_once_its_owner_lets_go(tiny_moe_dir):
+    """The registry of chips keys models weakly, but each handle holds its model: restore() must drop the entry, or
+    every model once put on a chip lives on (at 16 OLMoE layers a reload then ran out of memory)."""
+    import gc
+    import weakref
+
+    model, _ = load_model(str(tiny_moe_dir))
+    alive = weakref.ref(model)
+    chip = apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=0)
+    chip.restore()
+    del model, chip
+    gc.collect()
+    assert alive() is None

@@ -48,7 +48,7 @@ class MatrixUse:
     @classmethod
     def from_dict(cls, data: dict) -> "MatrixUse":
         slots = len(data["uses"])
-        spread = {key: tuple(data[key]) if isinstance(data[key], list) else (data[key],) * slots
+        spread = {key: tuple(data[key]) if isinstance(data[key], (list, tuple)) else (data[key],) * slots
                   for key in ("digital", "moved")}
         return cls(**{**data, "arrays": tuple(data["arrays"]) if data["arrays"] is not None else None,
                       "uses": tuple(data["uses"]), **spread})

@@ -571,6 +571,10 @@ class ChipHandle:
             self.model.set_experts_implementation(self.experts_implementation)
         self.backup.close()
         self._restored = True
+        if _CHIPS.get(self.model) is self:
+            # the registry's key is weak but this handle, its value, holds the model: left in place, a model once
+            # put on a chip would never be freed (at 16 OLMoE layers a second model then no longer fits)
+            del _CHIPS[self.model]
 
     def __enter__(self) -> "ChipHandle":
         return self
