@@ -37,11 +37,13 @@ def test_age_reads_one_calibrated_chip_at_every_condition_and_resumes(tiny_moe_d
     for name in ("results.json", "report.md", "aging.png"):
         assert (tmp_path / "age" / name).is_file()
 
-    # `none` aged at a condition is the chip programmed at that condition: the same bits as apply_noise_(at=...)
+    # `none` aged at a condition is the chip programmed at that condition, its read noise anchored at the calibration
+    # (1 h): the same bits as apply_noise_(at=...) with that anchor
     model, tokenizer = romer.load_model(str(tiny_moe_dir))
     ids = tokenize_stream(tokenizer, texts[0].read_text())[:512]
     for condition in ("1h@25C", "1y@80C"):
-        with apply_noise_(model, NoiseConfig.preset("pcm-cim"), seed=0, at=Condition.parse(condition)):
+        with apply_noise_(model, NoiseConfig.preset("pcm-cim", read_anchor_s=3600.0), seed=0,
+                          at=Condition.parse(condition)):
             expected = perplexity(model, ids, 64).ppl
         found = next(r for r in seen if r["kind"] == "aged" and r["method"] == "none" and r["condition"] == condition)
         assert found["ppl"] == expected

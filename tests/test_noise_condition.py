@@ -3,6 +3,9 @@ drift exponents and periphery draws; only what the moment changes moves."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -40,9 +43,11 @@ def test_a_condition_reads_as_time_and_temperature():
 def test_moving_a_chip_is_the_chip_programmed_at_that_moment_bit_for_bit(preset, moment):
     config = NoiseConfig.preset(preset)
     model = build("olmoe")
-    with apply_noise_(model, config, seed=3, at=moment):
+    # the chip programmed at that moment, its read noise anchored where it stood before the move
+    anchored = config if moment.time_s is None else NoiseConfig.preset(preset, read_anchor_s=config.drift_time_s)
+    with apply_noise_(model, anchored, seed=3, at=moment):
         there = logits(model), weights(model)
-    with apply_noise_(model, config, seed=3, at=moment):  # the same seed at the same moment: the same bits
+    with apply_noise_(model, anchored, seed=3, at=moment):  # the same seed at the same moment: the same bits
         assert torch.equal(logits(model), there[0])
     with apply_noise_(model, config, seed=3) as chip:
         before = logits(model)
@@ -97,3 +102,42 @@ def test_a_calibration_stays_installed_as_the_chip_ages_and_restore_is_exact():
         calibration.remove()
         assert not torch.equal(logits(model), aged)
     assert torch.equal(logits(model), clean)
+
+
+def test_read_noise_renews_after_the_anchor_and_is_unchanged_at_it():
+    """Issue 43: a read at t keeps the noise sampled at the anchor a and adds an independent increment of variance
+    σ(t)² − σ(a)² (per device, relative to |g|·Q_s); reads at a are the same bits as without an anchor."""
+    from scipy import stats
+
+    from romer.noise.devices import AccumulatedReadNoise
+
+    n, level = 200_000, 10.0
+    g = torch.full((n,), level, dtype=torch.float64)
+    a, t = 3600.0, 365 * 86400.0
+    plain = AccumulatedReadNoise(25.0, a, 20.0, True)
+    anchored_at_a = AccumulatedReadNoise(25.0, a, 20.0, True, anchor_s=a)
+    later = AccumulatedReadNoise(25.0, t, 20.0, True, anchor_s=a)
+    frozen = AccumulatedReadNoise(25.0, t, 20.0, True)  # the former model: the same ε scaled to t
+    stream = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    at_a = plain.apply(g, stream(1))
+    assert torch.equal(anchored_at_a.apply(g, stream(1)), at_a)
+    renewed = later.apply(g, stream(1), stream(2))
+    q_s = min(0.0088 / (level / 25.0) ** 0.65, 0.2)
+    increment = ((renewed - at_a) / (level * q_s)).numpy()
+    expected = math.sqrt(later.log_term(t) - later.log_term(a))
+    assert abs(increment.std() / expected - 1) < 0.01 and abs(increment.mean()) < 0.01
+    assert stats.kstest(increment / expected, "norm").pvalue > 1e-3
+    # the reads at a and at t correlate as sqrt(σ(a)²/σ(t)²), not 1 as a frozen draw would
+    base, now = (at_a - level).numpy(), (renewed - level).numpy()
+    correlation = np.corrcoef(base, now)[0, 1]
+    assert abs(correlation - math.sqrt(later.log_term(a) / later.log_term(t))) < 0.01
+    assert np.corrcoef(base, (frozen.apply(g, stream(1)) - level).numpy())[0, 1] > 0.999
+    assert torch.equal(later.apply(g, stream(1), stream(2)), renewed)  # the same streams, the same bits
+
+
+def test_a_read_before_the_anchor_is_refused_from_the_library():
+    model = build("olmoe")
+    with apply_noise_(model, NoiseConfig.preset("pcm"), seed=0) as chip:
+        chip.move_to(Condition(time_s=86400))
+        with pytest.raises(RomerError, match="before this chip's read anchor"):
+            chip.move_to(Condition(time_s=60))

@@ -28,7 +28,7 @@ from torch import nn
 from romer.errors import RomerError
 from romer.noise.analog import AnalogWeight, TileProgram
 from romer.noise.backup import DiskBackup, MemoryBackup
-from romer.noise.config import NoiseConfig
+from romer.noise.config import NoiseConfig, validated
 from romer.noise.digital import ColumnCorrection
 from romer.noise.fused_experts import NAME as FUSED_ON_CHIP, fused_path_possible
 from romer.noise.layout import ChipLayout
@@ -535,6 +535,9 @@ class ChipHandle:
         config = condition.applied_to(self.config)
         if config == self.config:
             return
+        if config.read_anchor_s is None and config.drift_time_s != self.config.drift_time_s:
+            # the read noise sampled where the chip stood (its calibration) stays; a later read adds to it
+            config = validated(config.model_dump() | {"read_anchor_s": self.config.drift_time_s})
         self.config, self.physics = config, DevicePhysics.from_config(config)
         per_forward = needs_forward_path(config, self.physics)
         if per_forward != self.per_forward:  # e.g. ADC offsets that appear as the die heats away from its trim

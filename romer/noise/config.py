@@ -73,6 +73,9 @@ class NoiseConfig(OneLineErrors):
     nu_mean: float = Field(0.0, ge=0, le=1, description="mean drift exponent (drift_nu=constant)")
     nu_std: float = Field(0.0, ge=0, le=1, description="device-to-device std of the drift exponent")
     read_1f: bool = Field(False, description="add the accumulated 1/f read noise of PCM at drift_time_s")
+    read_anchor_s: Optional[float] = Field(None, ge=0, description="s since programming at which this chip's "
+                                           "accumulated read noise was sampled (the moment it was calibrated at); a "
+                                           "later read adds an independent increment (None: drift_time_s itself)")
     drift_compensation: bool = Field(
         True, description="rescale each tensor by its measured mean conductance loss (global drift compensation)")
 
@@ -126,6 +129,9 @@ class NoiseConfig(OneLineErrors):
     def _drift_needs_time(self) -> "NoiseConfig":
         if self.drift_nu != "none" and self.drift_time_s == 0:
             raise ValueError("drift_nu is set but drift_time_s is 0; set a time since programming")
+        if self.read_anchor_s is not None and self.read_anchor_s > self.drift_time_s:
+            raise ValueError(f"a read at {self.drift_time_s:g} s is before this chip's read anchor at "
+                             f"{self.read_anchor_s:g} s (the moment it was calibrated); read it at or after that")
         return self
 
     @classmethod

@@ -116,16 +116,23 @@ class PowerLawDrift:
             return (mean + std * noise).abs()
         return (self.nu_mean + self.nu_std * noise).abs()
 
-    def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    def apply(self, g: torch.Tensor, rng: torch.Generator, target: torch.Tensor | None = None) -> torch.Tensor:
+        """`target`: the conductances the devices were programmed towards; ν is drawn from them, as aihwkit draws it
+        from the target conductance (so heat and programming errors do not change a device's exponent)."""
         t = self.time_s + self.t0_s
-        return g * (t / self.t0_s) ** (-self.exponents(g, rng))
+        return g * (t / self.t0_s) ** (-self.exponents(g if target is None else target, rng))
 
 
 @dataclass(frozen=True)
 class AccumulatedReadNoise:
-    """PCM 1/f read noise accumulated up to the read at time t (fixed for one inference time):
+    """PCM 1/f read noise accumulated up to the read at time t:
     g + |g|·Q_s(g)·sqrt(ln((t + t_read)/(2·t_read)))·ε, Q_s = min(0.0088/(g/g_max)^0.65, 0.2),
-    t_read = 250 ns (Nandakumar et al. 2019 via aihwkit)."""
+    t_read = 250 ns (Nandakumar et al. 2019 via aihwkit).
+
+    A chip read again later (`anchor_s`, the moment its noise was sampled: its calibration) keeps that sample and adds
+    an independent increment of variance σ(t)² − σ(a)², drawn from a stream of its own keyed by (a, t): most of the
+    variance added between 1 h and 1 y is new, as in aihwkit, which draws afresh at every read time, while nothing
+    changes at the anchor itself."""
 
     g_max_us: float
     time_s: float
@@ -133,17 +140,33 @@ class AccumulatedReadNoise:
     enabled: bool
     scale: float = 1.0  # NoiseConfig.strength
     t_read_s: float = 250e-9
+    anchor_s: float | None = None
 
     @property
     def active(self) -> bool:
         return self.enabled and self.time_s > 0 and self.scale > 0
 
-    def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        t = self.time_s + self.t0_s
+    @property
+    def renews(self) -> bool:
+        """Whether this read adds an increment to the one sampled at the anchor."""
+        return self.anchor_s is not None and self.time_s > self.anchor_s
+
+    def log_term(self, time_s: float) -> float:
+        t = time_s + self.t0_s
+        return math.log((t + self.t_read_s) / (2 * self.t_read_s))
+
+    def apply(self, g: torch.Tensor, rng: torch.Generator, renewal: torch.Generator | None = None) -> torch.Tensor:
         q_s = (0.0088 / (g / self.g_max_us).pow(0.65).clamp(min=1e-3)).clamp(max=0.2)
-        sigma = q_s * math.sqrt(math.log((t + self.t_read_s) / (2 * self.t_read_s)))
         noise = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
-        return (g + g.abs() * self.scale * sigma * noise).clamp(min=0)
+        if not self.renews:
+            sigma = q_s * math.sqrt(self.log_term(self.time_s))
+            return (g + g.abs() * self.scale * sigma * noise).clamp(min=0)
+        if renewal is None:
+            raise ValueError("a read after the anchor needs the renewal stream")
+        anchored, now = self.log_term(self.anchor_s), self.log_term(self.time_s)
+        increment = torch.randn(g.shape, generator=renewal, device=g.device, dtype=g.dtype)
+        total = math.sqrt(anchored) * noise + math.sqrt(now - anchored) * increment
+        return (g + g.abs() * self.scale * q_s * total).clamp(min=0)
 
 
 BOLTZMANN_EV = 8.617333262e-5  # eV/K

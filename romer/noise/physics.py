@@ -39,7 +39,8 @@ class DevicePhysics:
             temperature=TemperatureShift(c.temperature_c, c.reference_c, c.temp_shift_per_c, k * c.temp_spread_per_c,
                                          c.leak_ref_us, c.leak_doubling_c, k * c.leak_spread),
             drift=PowerLawDrift(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.drift_nu, c.nu_mean, k * c.nu_std),
-            read_1f=AccumulatedReadNoise(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.read_1f, k),
+            read_1f=AccumulatedReadNoise(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.read_1f, k,
+                                         anchor_s=c.read_anchor_s),
             compensation=c.drift_compensation,
             periphery=ColumnPeriphery(
                 offset=AdcOffset(k * c.adc_offset_sigma, k * c.adc_offset_per_c, c.temperature_c - c.reference_c),
@@ -65,13 +66,20 @@ class DevicePhysics:
         if not self.perturbs_weights:
             return weight, scales
         g = torch.stack(self.mapping.to_conductances(weight, scales))  # [2, out, in]: g⁺ and g⁻ devices
+        target = g
         if self.programming.active:
             g = self.programming.apply(g, streams("programming"))
         programmed = (g[0] - g[1]).abs().sum()
-        for name, effect in (("temperature", self.temperature), ("drift", self.drift), ("read_1f", self.read_1f),
-                             ("retention", self.retention)):
-            if effect.active:
-                g = effect.apply(g, streams(name))
+        if self.temperature.active:
+            g = self.temperature.apply(g, streams("temperature"))
+        if self.drift.active:
+            g = self.drift.apply(g, streams("drift"), target=target)
+        if self.read_1f.active:
+            renewal = (streams(f"read_1f renewal {self.read_1f.anchor_s!r}->{self.read_1f.time_s!r}")
+                       if self.read_1f.renews else None)
+            g = self.read_1f.apply(g, streams("read_1f"), renewal)
+        if self.retention.active:
+            g = self.retention.apply(g, streams("retention"))
         now = (g[0] - g[1]).abs().sum()
         if self.compensation and now > 0:
             # One gain per tensor from a reference read of the differential outputs, right after
