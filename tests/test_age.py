@@ -34,6 +34,9 @@ def test_age_reads_one_calibrated_chip_at_every_condition_and_resumes(tiny_moe_d
     kinds = [r["kind"] for r in seen]
     # the clean model; 2 methods × 4 conditions aged; compensate afresh at the 3 other conditions
     assert kinds.count("clean") == 1 and kinds.count("aged") == 8 and kinds.count("recalibrated") == 3
+    # compensate re-reads its probe wherever the chip is read, as aihwkit and a deployed chip do (issue 43)
+    assert all(r.get("reread") for r in seen if r["kind"] == "aged" and r["method"] == "compensate")
+    assert not any(r.get("reread") for r in seen if r["kind"] == "aged" and r["method"] == "none")
     for name in ("results.json", "report.md", "aging.png"):
         assert (tmp_path / "age" / name).is_file()
 

@@ -76,3 +76,42 @@ def test_compensation_saves_and_reloads_bit_for_bit(tiny_moe_dir, tmp_path):
     carried = romer.load_calibration(loaded, tmp_path / "compensated")
     with apply_noise_(loaded, config, seed=3, calibration=carried):
         assert torch.equal(logits(loaded), expected)
+
+
+def test_the_probe_is_read_through_the_chip_periphery_not_the_stored_weights(tiny_moe_dir):
+    """Issue 43: `compensate` reads its one-hot probe as a deployed chip would, through the column periphery: on a
+    chip whose ADCs carry offsets each one-hot read adds its column's offset (the input scale of a one-hot row is 1),
+    which a plain product with the stored weights misses."""
+    import romer
+    from romer.noise import NoiseConfig, apply_noise_
+
+    model, _ = romer.load_model(str(tiny_moe_dir))
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=0) as chip:
+        name = next(n for n in chip.on_chip_names() if chip.role(n) == "attention")
+        module, attribute = chip.module_of(name)
+        stored = getattr(module, attribute).as_subclass(torch.Tensor)
+        probe = torch.eye(stored.shape[1])
+        difference = chip.read_out(name, None, probe) - torch.nn.functional.linear(probe, stored)
+        assert difference.abs().max() > 0
+        assert torch.allclose(difference, difference[0].expand_as(difference), atol=1e-6)  # one offset per column
+
+
+def test_a_re_read_sets_the_gains_where_the_chip_stands_now(tiny_moe_dir):
+    """`compensate`'s on_move: after the chip is read a year later, its gains are what a fresh read-out there gives."""
+    import romer
+    from romer import Condition
+    from romer.calibration import get_method
+
+    model, _ = romer.load_model(str(tiny_moe_dir))
+    config = CalibrationConfig(method="compensate")
+    with apply_noise_(model, NoiseConfig.preset("pcm-cim"), seed=0) as chip:
+        calibration = calibrate_(model, config, ids(), chip=chip)
+        name, correction = calibration.correction_items()[0]
+        before = correction.gain.clone()
+        chip.move_to(Condition.parse("1y@80C"))
+        get_method("compensate").on_move(calibration, chip)
+        after = correction.gain.clone()
+        assert not torch.equal(before, after)
+        calibration.remove()
+        fresh = calibrate_(model, config, ids(), chip=chip)
+        assert torch.equal(dict(fresh.correction_items())[name].gain, after)

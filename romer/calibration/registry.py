@@ -49,6 +49,9 @@ class Method:
     defaults: dict = field(default_factory=dict)  # field values the method brings where the user set none
     options: tuple[str, ...] = ()                # fields the method itself reads (beyond its steps')
     arrange: Callable | None = None              # (steps, config) → the steps in the order this config asks
+    on_move: Callable | None = None              # (calibration, chip) after the chip is read at another moment:
+                                                 # what the method itself does then on a deployed chip (a read-out
+                                                 # re-read); None: the calibration stays as fitted
 
     def step_objects(self) -> list:
         return [get_step(name) for name in self.steps]

@@ -36,7 +36,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from romer.atomic import write_text_atomic
-from romer.calibration import calibrate_, refresh_, refresh_teacher, refreshable
+from romer.calibration import calibrate_, get_method, refresh_, refresh_teacher, refreshable
 from romer.campaign.lock import folder_lock
 from romer.campaign.log import ResultsLog
 from romer.campaign.run import Workbench
@@ -46,6 +46,7 @@ from romer.crashpoints import crash_point
 from romer.diagnosis.monitor import ALARM_FRACTION, FLOOR_WINDOWS, SIGMAS, Snapshot, drift_score, reference, snapshot
 from romer.errors import RomerError
 from romer.noise import Condition, apply_noise_, parse_noise_spec
+from romer.noise.config import validated
 from romer.progress import progress_bar
 from romer.validation import build
 
@@ -278,11 +279,15 @@ def _aged(bench: Workbench, traffic: list, spec: AgeSpec, noise, seed: int, meth
         first, floor, later, clean = traffic
         stored = reference(bench.model, first, bench.window, bench.batch_size, clean=clean, others=floor,
                            replays=spec.monitor_floor_windows)
+        on_move = get_method(spec.run_spec().method_of(method)).on_move if calibration is not None else None
         for condition in wanted:
             chip.move_to(Condition.parse(condition))
+            if on_move is not None:  # what the method itself does where the chip stands now (a read-out re-read)
+                on_move(calibration, chip)
             monitor = drift_score(stored, snapshot(bench.model, later, bench.window, bench.batch_size))
             yield {"kind": "aged", "seed": seed, "method": method, "condition": condition, "calib_seconds": seconds,
-                   "ppl": bench.measure(with_routing=False)["ppl"], "monitor": monitor}
+                   "ppl": bench.measure(with_routing=False)["ppl"], "monitor": monitor,
+                   **({"reread": True} if on_move is not None else {})}
             if refreshing(spec, method, condition):
                 yield _refreshed(bench, spec, calibration, seed, method, condition, seconds, kept)
         if calibration is not None:
@@ -307,7 +312,9 @@ def _refreshed(bench: Workbench, spec: AgeSpec, calibration, seed: int, method: 
 
 
 def _recalibrated(bench: Workbench, spec: AgeSpec, noise, seed: int, method: str, condition: str) -> dict:
-    with apply_noise_(bench.model, noise, seed, at=Condition.parse(condition)) as chip:
+    """The same chip at `condition` (its read noise anchored at the calibration, as the aged chip's), fitted afresh."""
+    anchored = validated(noise.model_dump() | {"read_anchor_s": Condition.parse(spec.calibrate_at).time_s})
+    with apply_noise_(bench.model, anchored, seed, at=Condition.parse(condition)) as chip:
         started = time.perf_counter()
         calibration = calibrate_(bench.model, calibration_for(spec.run_spec(), method),
                                  bench.calib_ids, chip=chip)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from romer.errors import RomerError
-from romer.noise.analog import AnalogWeight, TileProgram
+from romer.noise.analog import AnalogWeight, TileProgram, chip_linear
 from romer.noise.backup import DiskBackup, MemoryBackup
 from romer.noise.config import NoiseConfig, validated
 from romer.noise.digital import ColumnCorrection
@@ -223,6 +223,21 @@ class ChipHandle:
         tensor or expert slot moved to the digital periphery whole holds none apart)."""
         return sum(len(part) for (n, slot), part in self.outliers.items()
                    if (name is None or n == name) and not self._layout.is_digital(n, slot))
+
+    @torch.no_grad()
+    def read_out(self, name: str, slot: int | None, inputs: torch.Tensor) -> torch.Tensor:
+        """What one on-chip matrix (one expert slot of a fused tensor) computes for `inputs` [n, in], read through the
+        chip as it computes (its conductances, column periphery and, in analog mode, the tiles and ADCs), before any
+        digital correction after its ADCs: how a deployed chip measures a probe. A read draws per-forward noise from
+        the chip's streams as any forward pass does."""
+        self._require_live()
+        module, attribute = self.module_of(name)
+        weight = getattr(module, attribute)
+        plain = weight.as_subclass(torch.Tensor) if isinstance(weight, AnalogWeight) else weight
+        matrix = plain if slot is None else plain[slot]
+        if not isinstance(weight, AnalogWeight):  # moved to the digital periphery
+            return torch.nn.functional.linear(inputs, matrix.to(inputs.dtype))
+        return chip_linear(inputs, matrix, weight.program, slot)
 
     def outlier_counts(self, name: str) -> dict[int | None, int]:
         """The outlier weights of one tensor held in digital units now, per expert slot (None: a tensor of its own);

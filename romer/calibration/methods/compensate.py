@@ -28,6 +28,27 @@ def readout(outputs: torch.Tensor, per_column: bool) -> torch.Tensor:
     return values.clamp(min=READOUT_FLOOR)
 
 
+def column_gain(chip, name: str, slot: int | None, probe: torch.Tensor, per_column: bool) -> torch.Tensor:
+    """reference / readout − 1 for one matrix: the gain a ColumnCorrection holds (1 + g multiplies the outputs)."""
+    measured = readout(chip.read_out(name, slot, probe).float(), per_column)
+    exact = readout(chip.clean_value(name, slot).to(probe.device).float().t(), per_column)
+    return exact / measured - 1
+
+
+@torch.no_grad()
+def reread(calibration, chip) -> None:
+    """aihwkit re-reads its reference at every read time, as a deployed chip does: each compensated matrix is read
+    out again with the probe where the chip stands now, and its gains set anew (no calibration text)."""
+    for name, correction in calibration.correction_items():
+        shape = chip.shape(name)
+        slots, in_dim = (shape[0] if len(shape) == 3 else None), shape[-1]
+        per_column = not correction.per_matrix
+        probe = torch.eye(in_dim, device=correction.gain.device)
+        for slot in range(slots) if slots is not None else (None,):
+            gain = column_gain(chip, name, slot, probe, per_column).expand(correction.out_dim)
+            (correction.gain if slot is None else correction.gain[slot]).copy_(gain)
+
+
 class DriftCompensation(Step):
     """Per-column (or global) digital gains from a one-hot read-out of every on-chip matrix against its exact weights."""
 
@@ -51,10 +72,7 @@ class DriftCompensation(Step):
             correction = ColumnCorrection(out_dim, in_dim, slots, columns=True, rank=0, device=weight.device,
                                           per_matrix=not self.per_column, offsets=False)  # gains only
             for slot in range(slots) if slots is not None else (None,):
-                on_chip = weight if slot is None else weight[slot]
-                measured = readout(torch.nn.functional.linear(probe, on_chip).float(), self.per_column)
-                exact = readout(chip.clean_value(name, slot).to(weight.device).float().t(), self.per_column)
-                gain = (exact / measured - 1).expand(out_dim)
+                gain = column_gain(chip, name, slot, probe, self.per_column).expand(out_dim)
                 (correction.gain if slot is None else correction.gain[slot]).copy_(gain)
             correction.requires_grad_(False)
             context.calibration.attach_correction(name, correction)
@@ -68,7 +86,7 @@ register_step(DriftCompensation("compensate-column", per_column=True))
 register_step(DriftCompensation("compensate-global", per_column=False))
 register_method(Method("compensate", "the field's data-free remedy (IBM aihwkit's PerColumnDriftCompensation): one "
                                      "digital gain per output column from a one-hot read-out of each programmed matrix "
-                                     "against its exact weights", steps=("compensate-column",)))
+                                     "against its exact weights", steps=("compensate-column",), on_move=reread))
 register_method(Method("compensate-global", "IBM aihwkit's GlobalDriftCompensation with an exact reference: one "
                                             "digital gain per on-chip tensor from the same read-out",
-                       steps=("compensate-global",)))
+                       steps=("compensate-global",), on_move=reread))
