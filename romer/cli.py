@@ -247,6 +247,9 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
                                                                     "of the unchanged chip at calibration (probe "
                                                                     "replays, or live windows): its floor and spread; "
                                                                     "default 6."),
+                alarm_tolerance: Optional[float] = typer.Option(None, "--alarm-tolerance", help="An alarm is "
+                                                                "false where recalibrating would lower perplexity by "
+                                                                "less than this share; default 0.01."),
                 out_dir: str = typer.Option("runs/age", "--out"), force: bool = ForceOpt,
                 device: Optional[str] = typer.Option(None, "--device"),
                 threads: Optional[int] = ThreadsOpt, as_json: bool = JsonOpt) -> None:
@@ -266,7 +269,7 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
                     refresh_steps=refresh_steps, refresh_lr=refresh_lr,
                     refresh_batch_size=refresh_batch_size, max_tokens=max_tokens,
                     monitor=monitor, monitor_tokens=monitor_tokens, monitor_floor_windows=monitor_floor_windows,
-                    device=device,
+                    alarm_tolerance=alarm_tolerance, device=device,
                     calibration=calibration_config("none", options).model_dump(exclude={"method"}, exclude_unset=True)
                     if options else None)
     _backend(threads=threads)
@@ -280,8 +283,9 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
         rho = "–" if record["spearman_rho"] is None else f"{record['spearman_rho']:.3f}"
         out.print(f"monitor, {method}: Spearman ρ {rho} over {record['readings']} readings, "
                   f"{record['false_alarms']} false alarms of {record['unchanged_readings']}, "
-                  f"{record['alarms']} alarms of {record['readings'] - record['unchanged_readings']} later readings",
-                  highlight=False)
+                  f"{record['alarms']} alarms of {record['readings'] - record['unchanged_readings']} later readings; "
+                  f"by outcome: {record['false_alarms_by_outcome']} false alarms, {record['misses_by_outcome']} misses "
+                  f"of {record['judged_readings']} judged", highlight=False)
 
 
 @app.command("sweep")

@@ -214,3 +214,29 @@ def test_age_refreshes_each_fitted_calibration_at_every_later_condition_and_resu
     again = []
     run_age(spec, tmp_path / "age", progress=False, on_record=again.append)
     assert again == []
+
+
+def test_the_monitor_is_judged_by_outcome_and_against_a_clock_and_a_thermometer(tiny_moe_dir, texts):
+    """Issue 43: a false alarm is an alarm where recalibrating would gain less than the tolerance; ρ is reported
+    within each temperature beside log t alone and within each time beside the temperature alone."""
+    from romer.campaign.age import _monitor_outcomes
+
+    spec = spec_for(tiny_moe_dir, texts, times=["1h", "1d", "1y"], temperatures=[25, 80], seeds=[0, 1])
+    found = {}
+    for seed in (0, 1):
+        found[("aged", seed, "m", "1h@25C")] = {"ppl": 10.0, "monitor": {"score": 0.0}}
+        for condition, loss, score, alarm, recal in (("1d@25C", 1.0, 0.3, True, 10.95), ("1y@25C", 2.0, 0.2, False, 11.0),
+                                                     ("1h@80C", 3.0, 0.5, True, 11.0), ("1d@80C", 4.0, 0.6, True, 12.0),
+                                                     ("1y@80C", 5.0, 0.7, False, 12.0)):
+            found[("aged", seed, "m", condition)] = {"ppl": 10.0 + loss, "monitor": {"score": score + seed / 100,
+                                                                                     "recalibrate": alarm}}
+            found[("recalibrated", seed, "m", condition)] = {"ppl": recal}
+    record = _monitor_outcomes(spec, found, "m")
+    # 1d@25C: recalibrating gains (11 − 10.95)/11 < 1 %: an alarm there is false; 1y@25C and 1y@80C gain more: misses
+    assert record["judged_readings"] == 10
+    assert record["false_alarms_by_outcome"] == 2 and record["misses_by_outcome"] == 4
+    at_25 = record["rho_within_temperature"]["25C"]
+    # at 25 °C the loss grows with time, and this score falls: the clock orders the readings, the monitor does not
+    assert at_25["n"] == 4 and at_25["log_time"] == pytest.approx(1.0) and at_25["monitor"] < 0
+    assert record["rho_within_time"]["1d"]["temperature"] == pytest.approx(1.0)
+    assert record["rho_within_time"]["1d"]["monitor"] > 0.8

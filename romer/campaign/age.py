@@ -83,6 +83,9 @@ class AgeSpec(BaseModel):
     monitor_floor_windows: int = Field(FLOOR_WINDOWS, ge=2, le=64, description="reads of the unchanged chip at "
                                                                               "calibration (probe replays, or live "
                                                                               "windows): the floor's mean and spread")
+    alarm_tolerance: float = Field(0.01, ge=0, le=1, description="an alarm is false where recalibrating there would "
+                                                              "lower perplexity by less than this share (needs the "
+                                                              "recalibrated reference)")
     window: int | None = Field(None, ge=2)
     batch_size: int = Field(8, ge=1)
     device: str = "cpu"
@@ -224,19 +227,24 @@ def run_age(spec: AgeSpec, out: str | Path, force: bool = False, progress: bool 
 
 def _scored_bench(spec: AgeSpec) -> tuple[Workbench, tuple]:
     """The work bench with the first `max_tokens` of the evaluation split scored, and what the monitor reads:
-    (reference, floor windows or None for probe replays, the later check's tokens). A probe is the first
-    `monitor_tokens` of the calibration text, read at every check; live traffic is the evaluation split after the
+    (reference, floor windows or None for probe replays, the later check's tokens). A probe is the last `monitor_tokens` of
+    the calibration text, cut from what every calibration of the run reads (held out from every fit), read at every
+    check; live traffic is the evaluation split after the
     scored tokens (never scored): a reference window, `monitor_floor_windows` windows, and one later window, the same
     at every condition."""
     bench = Workbench.load(spec.run_spec())
     scored = spec.max_tokens or bench.ids.numel()
     if spec.monitor == "probe":
-        size = min(spec.monitor_tokens, bench.calib_ids.numel()) // bench.window * bench.window
+        # held out: the calibration text's last tokens, which no calibration of the run reads (they are cut from what
+        # the methods see), so that a fitted method is never judged on its own fit text
+        size = min(spec.monitor_tokens, bench.calib_ids.numel() - bench.window) // bench.window * bench.window
         if size < bench.window:
-            raise RomerError(f"the calibration text has {bench.calib_ids.numel()} tokens: too few for a monitor probe "
-                             f"of one {bench.window}-token window; give more calibration text")
-        probe = bench.calib_ids[:size]
-        return replace(bench, ids=bench.ids[:scored]), (probe, None, probe, _clean(bench, probe))
+            raise RomerError(f"the calibration text has {bench.calib_ids.numel()} tokens: too few for a held-out "
+                             f"monitor probe of one {bench.window}-token window beside one window to calibrate on; "
+                             "give more calibration text, or use --monitor live")
+        probe = bench.calib_ids[-size:]
+        bench = replace(bench, ids=bench.ids[:scored], calib_ids=bench.calib_ids[:-size])
+        return bench, (probe, None, probe, _clean(bench, probe))
     window = min(spec.monitor_tokens, bench.ids.numel()) // bench.window * bench.window
     count = spec.monitor_floor_windows + 2
     traffic = bench.ids[scored:scored + count * window]
@@ -378,12 +386,51 @@ def summarize_age(spec: AgeSpec, records: list[dict]) -> dict:
                     fired += bool(unit["monitor"].get("recalibrate"))
         monitor[method] = {"spearman_rho": _spearman(scores, losses), "readings": len(scores),
                            "false_alarms": alarms, "unchanged_readings": unchanged, "alarms": fired,
+                           **_monitor_outcomes(spec, found, method),
                            "alarm_conditions": sorted({c for s in spec.seeds for c in spec.conditions()
                                                        if (u := found.get(("aged", s, method, c))) and
                                                        u.get("monitor", {}).get("recalibrate")
                                                        and c != spec.calibrate_at}, key=spec.conditions().index)}
     return {"spec": spec.model_dump(mode="json"), "clean_ppl": clean, "rows": rows, "monitor": monitor,
             "conditions": spec.conditions()}
+
+
+def _monitor_outcomes(spec: AgeSpec, found: dict, method: str) -> dict:
+    """The monitor judged by outcome and against a clock and a thermometer, on the readings after calibration only:
+    - by outcome (with the recalibrated reference): an alarm is *false* where recalibrating there would lower
+      perplexity by less than `alarm_tolerance`, a *miss* is no alarm where it would lower it by more;
+    - ρ (score against the loss since calibration) within each temperature, over times and seeds, beside the ρ of
+      log t alone; and within each time, over temperatures and seeds, beside the ρ of the temperature alone: a
+      monitor worth having orders readings better than a clock and a thermometer do."""
+    later = [c for c in spec.conditions() if c != spec.calibrate_at]
+    points = []  # (condition, seed, score, loss, alarm, gain from recalibrating or None)
+    for seed in spec.seeds:
+        base = found.get(("aged", seed, method, spec.calibrate_at))
+        for condition in later:
+            unit = found.get(("aged", seed, method, condition))
+            if base is None or unit is None or "monitor" not in unit:
+                continue
+            again = found.get(("recalibrated", seed, method, condition))
+            gain = (unit["ppl"] - again["ppl"]) / unit["ppl"] if again and again.get("ppl") else None
+            points.append((Condition.parse(condition), seed, unit["monitor"]["score"], unit["ppl"] - base["ppl"],
+                           bool(unit["monitor"].get("recalibrate")), gain))
+    judged = [p for p in points if p[5] is not None]
+    outcome = {"alarm_tolerance": spec.alarm_tolerance, "judged_readings": len(judged),
+               "false_alarms_by_outcome": sum(1 for p in judged if p[4] and p[5] < spec.alarm_tolerance),
+               "misses_by_outcome": sum(1 for p in judged if not p[4] and p[5] >= spec.alarm_tolerance)}
+    within_temperature, within_time = {}, {}
+    for temperature in spec.temperatures:
+        group = [p for p in points if p[0].temperature_c == temperature]
+        within_temperature[f"{_degrees(temperature)}C"] = {
+            "monitor": _spearman([p[2] for p in group], [p[3] for p in group]),
+            "log_time": _spearman([math.log(p[0].time_s) for p in group], [p[3] for p in group]), "n": len(group)}
+    for time_text in spec.times:
+        moment = Condition.parse(time_text).time_s
+        group = [p for p in points if p[0].time_s == moment]
+        within_time[time_text] = {
+            "monitor": _spearman([p[2] for p in group], [p[3] for p in group]),
+            "temperature": _spearman([p[0].temperature_c for p in group], [p[3] for p in group]), "n": len(group)}
+    return outcome | {"rho_within_temperature": within_temperature, "rho_within_time": within_time}
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -445,7 +492,7 @@ def age_markdown(spec: AgeSpec, summary: dict) -> str:
               "perplexity loss since calibration; alarms at the calibration condition are false alarms, alarms at "
               f"a later one recommend a recalibration (score above {ALARM_FRACTION:g} × the chip's distance from "
               f"the clean model at calibration, and above the unchanged chip's floor by {SIGMAS:g} spreads). The "
-              f"monitor reads {'a stored probe of calibration text' if spec.monitor == 'probe' else 'live traffic'}"
+              f"monitor reads {'a stored probe of held-out calibration text' if spec.monitor == 'probe' else 'live traffic'}"
               f" of {spec.monitor_tokens} tokens per check.", "",
               "| method | ρ | readings | false alarms | alarms at later readings | conditions that raised one |",
               "|---|---|---|---|---|---|"]
@@ -455,6 +502,23 @@ def age_markdown(spec: AgeSpec, summary: dict) -> str:
                      f"{record['unchanged_readings']} | {record['alarms']} of "
                      f"{record['readings'] - record['unchanged_readings']} | "
                      f"{', '.join(record['alarm_conditions']) or '–'} |")
+    def rho(value) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    lines += ["", f"By outcome (the recalibrated reference): an alarm is false where recalibrating would lower perplexity "
+              f"by less than {100 * spec.alarm_tolerance:g} %, a miss is no alarm where it would lower it by more. "
+              "ρ within one temperature (over times and seeds) beside log t alone, and within one time (over "
+              "temperatures and seeds) beside the temperature alone, on the readings after calibration: the monitor "
+              "has to beat a clock and a thermometer.", "",
+              "| method | false alarms / misses (judged) | ρ within each temperature: monitor / log t | ρ within each "
+              "time: monitor / temperature |", "|---|---|---|---|"]
+    for method, record in summary["monitor"].items():
+        temperatures = ", ".join(f"{k} {rho(v['monitor'])} / {rho(v['log_time'])}"
+                                 for k, v in record.get("rho_within_temperature", {}).items())
+        times = ", ".join(f"{k} {rho(v['monitor'])} / {rho(v['temperature'])}"
+                          for k, v in record.get("rho_within_time", {}).items())
+        lines.append(f"| {method} | {record.get('false_alarms_by_outcome', '–')} / {record.get('misses_by_outcome', '–')}"
+                     f" ({record.get('judged_readings', 0)}) | {temperatures or '–'} | {times or '–'} |")
     return "\n".join(lines) + "\n"
 
 
