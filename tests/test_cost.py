@@ -146,3 +146,18 @@ def test_3d_cim_reproduces_the_simulators_mvm_energy():
     ours = anchor.romer_mvm_energy_nj()
     assert ours["token_passes"] == 66
     assert abs(ours["mvm_energy_nj"] / 24640 - 1) < 0.10
+
+
+def test_usage_of_a_model_whose_decoder_layers_romer_cannot_name(tmp_path):
+    """Code shipped with a checkpoint (DeepSeek-MoE's form) has decoder layers of its own class: each MoE block's
+    parent stands for its layer, and `romer run` still prices the chip."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.families import deepseek_moe_folder
+
+    folder = deepseek_moe_folder(tmp_path / "deepseek-moe")
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    usage = token_usage(model)
+    experts = [m for m in usage.matrices if m.role == "experts"]
+    assert {m.layer for m in experts} == set(range(usage.moe_layers)) and usage.moe_layers >= 1
+    assert price(usage, get_chip_cost("pcm-64core")).energy_nj > 0

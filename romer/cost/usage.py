@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from romer.errors import RomerError
 from romer.noise.config import DEFAULT_ROLES
 
 DEPTH = {"attention": 2, "experts": 2, "shared_experts": 2, "dense_mlp": 2, "router": 1, "lm_head": 1}
@@ -96,9 +97,12 @@ def token_usage(model: nn.Module, chip=None, calibration=None, frequency: list[l
     from romer.moe.adapter import adapter_for
     from romer.noise.roles import on_chip_tensors
 
-    decoder = [name for name, _ in decoder_layers(model)]
     adapter = adapter_for(model)
     moe = adapter.layers(model)
+    try:
+        decoder = [name for name, _ in decoder_layers(model)]
+    except RomerError:  # decoder layers of a class romer cannot name (code shipped with a checkpoint): each MoE
+        decoder = [layer.name.rsplit(".", 1)[0] for layer in moe]  # block's parent stands for its layer
     tensors = on_chip_tensors(model, roles) if chip is None else [chip.tensor(n) for n in chip.names()]
     name_of = {(id(t.module), t.attribute): t.name for t in tensors}
     # each expert matrix's (MoE layer, slot): a fused tensor's slots are its experts; a module per expert is one slot
