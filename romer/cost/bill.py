@@ -80,6 +80,7 @@ def price(usage: Usage, cost: ChipCost, batch: int = 1, context: int = 1024) -> 
     group_uses: dict[tuple[int, str], list[float]] = defaultdict(list)
     for m in usage.matrices:
         group_uses[(m.layer, m.role)].extend(m.uses)
+    mean_use = {key: sum(uses) / len(uses) for key, uses in group_uses.items()}
     balanced_ns: dict[tuple[int, str], float] = defaultdict(float)  # the same, each slot at its group's mean use
     for m in usage.matrices:
         mvm_nj = cost.mvm_energy_nj(*m.arrays) if m.arrays is not None else 0.0
@@ -93,8 +94,7 @@ def price(usage: Usage, cost: ChipCost, batch: int = 1, context: int = 1024) -> 
             reads_pj += numbers * number_bytes * read_pj * min(1.0, batch * use) / batch
             moves_pj += use * (m.in_features + m.out_features) * cost.activation_bytes * cost.move_pj_per_byte
             step_ns[key] = max(step_ns[key], _slot_ns(cost, batch * use, numbers, moved))
-            mean_use = sum(group_uses[key]) / len(group_uses[key])
-            balanced_ns[key] = max(balanced_ns[key], _slot_ns(cost, batch * mean_use, numbers, moved))
+            balanced_ns[key] = max(balanced_ns[key], _slot_ns(cost, batch * mean_use[key], numbers, moved))
     scores_macs = 2 * context * usage.hidden * usage.layers
     extra_ops = usage.norm_ops + usage.router_ops + usage.transform_ops
     fixed_pj = (usage.head_macs + scores_macs) * mac_pj + extra_ops * op_pj
