@@ -107,7 +107,7 @@ def price(usage: Usage, cost: ChipCost, batch: int = 1, context: int = 1024) -> 
     # the same model all digital: every on-chip matrix's weights as digital numbers, read from the store they fill
     dense_store = (usage.head_macs + sum(len(m.uses) * m.out_features * m.in_features for m in usage.matrices)) * number_bytes
     dense_read = _read_pj_per_byte(cost, dense_store)
-    dense_pj = dense_ns = 0.0
+    dense_pj = 0.0
     dense_steps: dict[tuple[int, str], float] = defaultdict(float)
     for m in usage.matrices:
         weights = m.out_features * m.in_features

@@ -129,9 +129,7 @@ def token_usage(model: nn.Module, chip=None, calibration=None, frequency: list[l
         else:
             uses = [1.0] * slots  # a fused tensor outside the experts (none known) is used whole
         slot_keys = [None] if slots == 1 and len(shape) == 2 else list(range(slots))
-        moved = [chip is not None and chip.is_digital(tensor.name, key) for key in slot_keys]
-        if chip is not None and chip.is_digital(tensor.name):
-            moved = [True] * len(slot_keys)
+        moved = [chip is not None and chip.is_digital(tensor.name, key) for key in slot_keys]  # a tensor moved whole
         outliers = chip.outlier_counts(tensor.name) if chip is not None else {}
         correction = corrections.get(tensor.name)
         per_slot_correction = correction.stored_parameters // (correction.slots or 1) if correction is not None else 0
