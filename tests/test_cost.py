@@ -72,8 +72,20 @@ def test_pcm_64core_reproduces_the_chip_tops_per_watt():
     assert cost.tile_tops() * 64 == pytest.approx(63.1, rel=1e-6)  # the latency is the chip's published throughput
 
 
+def test_sram_cim_preset_holds_its_chip_figures_and_prices_narrow_tiles_by_hand():
+    """IMAGINE (Kneip et al. 2025): 40 TOPS/W at 8b on a 1152×256 macro whose 8-bit weights span 8 bit columns
+    each, 2.6 TOPS/mm² at 187 kB/mm². An [64, 1152] matrix needs two 32-column macros, every row driven."""
+    cost = get_chip_cost("sram-cim-22nm")
+    assert (cost.tile_rows, cost.tile_cols) == (1152, 32)
+    assert cost.tops_per_watt() == pytest.approx(40.0)
+    assert cost.tile_tops() == pytest.approx(2.6 * 1152 * 256 / 8 / 187e3)
+    assert cost.mvm_energy_nj(64, 1152) == pytest.approx(2 * cost.tile_mvm_energy_nj)
+    assert cost.mvm_energy_nj(16, 576) == pytest.approx(cost.tile_mvm_energy_nj * (0.5 + 0.5) / 2)
+    assert cost.digital_mac_energy_pj < get_chip_cost("pcm-64core").digital_mac_energy_pj  # 0.217 < 0.246
+
+
 def test_every_preset_value_has_a_source():
-    for name in ("pcm-64core", "3d-cim"):
+    for name in ("pcm-64core", "3d-cim", "sram-cim-22nm"):
         cost = get_chip_cost(name)
         assert all(source for _, _, source in cost.table()), name
 

@@ -5,7 +5,8 @@ Digital energies come from Horowitz, "Computing's energy problem (and what we ca
 (45 nm, 0.9 V): fp16 add 0.4 pJ, fp16 multiply 1.1 pJ, a 64-bit read of a 32 KB SRAM 20 pJ, of DRAM 1.3-2.6 nJ. They
 are scaled to 14 nm by first-order CV² scaling, (14/45) × (0.8 V/0.9 V)² = 0.246 (capacitance with the feature
 size, the supply from 0.9 V to 0.8 V); DRAM is not scaled (its energy is the DRAM die's and the interface's, not the
-logic node's), the midpoint 1.95 nJ per 64 bits is used. Values marked "assumed" have no published source at hand:
+logic node's), the midpoint 1.95 nJ per 64 bits is used. The `sram-cim-22nm` preset scales the same table to 22 nm
+at its chip's 0.6 V digital supply: (22/45) × (0.6/0.9)² = 0.217. Values marked "assumed" have no published source at hand:
 they are stated, not measured, and `romer cost` prints them so that a user replaces them with their own.
 """
 
@@ -20,7 +21,7 @@ from romer.errors import RomerError
 from romer.registry import Registry, caller_module
 
 NODE_SCALE_45_TO_14 = (14 / 45) * (0.8 / 0.9) ** 2
-HOROWITZ = "Horowitz ISSCC 2014 (45 nm) × 0.246 (CV² scaling to 14 nm, 0.8 V)"
+NODE_SCALE_45_TO_22 = (22 / 45) * (0.6 / 0.9) ** 2
 HOROWITZ_DRAM = "Horowitz ISSCC 2014: DRAM 1.3-2.6 nJ per 64-bit access, midpoint, not node-scaled"
 ASSUMED = "assumed (no published figure at hand): replace with your chip's"
 
@@ -66,18 +67,24 @@ def load_chip_cost(path: str | Path) -> ChipCost:
     return ChipCost(**data)
 
 
-def _digital_14nm() -> tuple[dict, dict]:
+def _digital(scale: float, node: str) -> tuple[dict, dict]:
+    """Horowitz's 45 nm table scaled by `scale` (the rule named in `node`); DRAM is not scaled."""
+    horowitz = f"Horowitz ISSCC 2014 (45 nm) × {scale:.3f} ({node})"
     values = {"digital_precision": "fp16",
-              "digital_mac_energy_pj": (1.1 + 0.4) * NODE_SCALE_45_TO_14,
-              "digital_op_energy_pj": 0.4 * NODE_SCALE_45_TO_14,
-              "sram_read_pj_per_byte": 20 / 8 * NODE_SCALE_45_TO_14,
+              "digital_mac_energy_pj": (1.1 + 0.4) * scale,
+              "digital_op_energy_pj": 0.4 * scale,
+              "sram_read_pj_per_byte": 20 / 8 * scale,
               "dram_read_pj_per_byte": 1950 / 8}
     sources = {"digital_precision": "the precision of the digital corrections and outliers (romer fits them in float)",
-               "digital_mac_energy_pj": f"fp16 multiply 1.1 pJ + add 0.4 pJ, {HOROWITZ}",
-               "digital_op_energy_pj": f"fp16 add 0.4 pJ, {HOROWITZ}",
-               "sram_read_pj_per_byte": f"32 KB SRAM, 20 pJ per 64-bit read, {HOROWITZ}",
+               "digital_mac_energy_pj": f"fp16 multiply 1.1 pJ + add 0.4 pJ, {horowitz}",
+               "digital_op_energy_pj": f"fp16 add 0.4 pJ, {horowitz}",
+               "sram_read_pj_per_byte": f"32 KB SRAM, 20 pJ per 64-bit read, {horowitz}",
                "dram_read_pj_per_byte": HOROWITZ_DRAM}
     return values, sources
+
+
+def _digital_14nm() -> tuple[dict, dict]:
+    return _digital(NODE_SCALE_45_TO_14, "CV² scaling to 14 nm, 0.8 V")
 
 
 def _pcm_64core() -> ChipCost:
@@ -129,8 +136,45 @@ def _threedsim() -> ChipCost:
             **{k: v + " (the simulator prices no digital arithmetic)" for k, v in digital_sources.items()}})
 
 
+IMAGINE = ("Kneip, Lefebvre, Maistriaux, Bol, 'IMAGINE: an 8-to-1b 22nm FD-SOI compute-in-memory CNN accelerator', "
+           "IEEE TCAS-AI 2025 (arXiv 2412.19750), abstract")
+IMAGINE_WEIGHTS_PER_ROW = 256 // 8  # weight-parallel: an 8-bit weight spans 8 of the macro's 256 bit columns
+IMAGINE_MACRO_BYTES = 1152 * 256 / 8
+IMAGINE_MACRO_TOPS = 2.6 * IMAGINE_MACRO_BYTES / 187e3  # 2.6 TOPS/mm² at 8b over the macro's area at 187 kB/mm²
+
+
+def _sram_cim_22nm() -> ChipCost:
+    """A charge-domain SRAM CIM macro, a technology unlike PCM's: weights held in SRAM cells, bit-serial inputs."""
+    digital, digital_sources = _digital(NODE_SCALE_45_TO_22, "CV² scaling to 22 nm at IMAGINE's 0.6 V digital supply")
+    ops = 2 * 1152 * IMAGINE_WEIGHTS_PER_ROW
+    return ChipCost(
+        name="sram-cim-22nm",
+        technology="a charge-domain SRAM CIM macro, 22 nm FD-SOI (IMAGINE), 8-bit inputs and weights",
+        tile_rows=1152, tile_cols=IMAGINE_WEIGHTS_PER_ROW, input_bits=8, output_bits=8,
+        tile_mvm_energy_nj=ops / 40e12 * 1e9,
+        tile_mvm_latency_ns=ops / (IMAGINE_MACRO_TOPS * 1e12) * 1e9,
+        digital_macs_per_ns=1024, sram_bytes=32 * 2**20, move_pj_per_byte=0.08, activation_bytes=1,
+        **digital,
+        sources={
+            "tile_rows": f"{IMAGINE}: a 1152×256 macro, 1152 inputs",
+            "tile_cols": f"{IMAGINE}: 256 bit columns, weight-parallel, so 32 outputs of 8-bit weights",
+            "input_bits": f"{IMAGINE}: 8b end to end (1-to-8b; the preset takes 8b)",
+            "output_bits": IMAGINE,
+            "tile_mvm_energy_nj": f"{IMAGINE}: 8b system-level 40 TOPS/W at 0.3/0.6 V; 2·1152·32 ops / 40 TOPS/W = "
+                                  "1.84 nJ. The system figure, not the macro's 0.15 POPS/W peak: romer prices moves "
+                                  "and norms on top, so part of them is counted twice (against the analog side)",
+            "tile_mvm_latency_ns": f"{IMAGINE}: 2.6 TOPS/mm² at 8b and 187 kB/mm², so the 36 kB macro gives "
+                                   f"{IMAGINE_MACRO_TOPS:.3f} TOPS: 2·1152·32 ops in {ops / IMAGINE_MACRO_TOPS / 1e3:.1f} ns",
+            "digital_macs_per_ns": ASSUMED + " (1,024 fp16 MACs at 1 GHz)",
+            "sram_bytes": ASSUMED + " (32 MiB of digital store beside the macros)",
+            "move_pj_per_byte": "IBM 3D-CiM simulator (Büchel et al., Nat. Comput. Sci. 2025) default communication "
+                                "energy: 1e-5 nJ per bit",
+            "activation_bytes": "8-bit activations between macros (the macro's 8-bit I/O)",
+            **digital_sources})
+
+
 def register_builtin_chip_costs() -> None:
-    for cost in (_pcm_64core(), _threedsim()):
+    for cost in (_pcm_64core(), _threedsim(), _sram_cim_22nm()):
         if CHIP_COSTS.get(cost.name) is None:
             register_chip_cost(cost)
 
