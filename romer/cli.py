@@ -256,7 +256,8 @@ def age_command(model: Optional[str] = typer.Option(None, "--model", "-m"),
     """A chip in the field: each method calibrated once, then read unchanged from hours to a year after
     programming at several temperatures, beside a recalibration at each; the monitor's drift score against the
     true loss. Resumable; results.json, report.md and aging.png in --out."""
-    from romer.campaign.age import age_spec, run_age
+    from romer.campaign.age import run_age
+    from romer.campaign.age_spec import age_spec
 
     try:
         temperature_list = [float(t) for t in _split_list(temperatures)] if temperatures else None

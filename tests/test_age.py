@@ -12,7 +12,8 @@ import torch
 import romer
 from romer import Condition, NoiseConfig, apply_noise_
 from romer.calibration import refresh_teacher, refreshable
-from romer.campaign.age import age_spec, run_age
+from romer.campaign.age import run_age
+from romer.campaign.age_spec import age_spec
 from romer.diagnosis.monitor import ALARM_FRACTION, SIGMAS, Snapshot, drift_score, reference, snapshot
 from romer.errors import RomerError
 from romer.evaluation import perplexity, tokenize_stream
@@ -219,7 +220,7 @@ def test_age_refreshes_each_fitted_calibration_at_every_later_condition_and_resu
 def test_the_monitor_is_judged_by_outcome_and_against_a_clock_and_a_thermometer(tiny_moe_dir, texts):
     """Issue 43: a false alarm is an alarm where recalibrating would gain less than the tolerance; ρ is reported
     within each temperature beside log t alone and within each time beside the temperature alone."""
-    from romer.campaign.age import _monitor_outcomes
+    from romer.report.age_summary import _monitor_outcomes
 
     spec = spec_for(tiny_moe_dir, texts, times=["1h", "1d", "1y"], temperatures=[25, 80], seeds=[0, 1])
     found = {}
