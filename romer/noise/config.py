@@ -90,6 +90,10 @@ class NoiseConfig(OneLineErrors):
     retention_ea_ev: float = Field(1.1, ge=0, le=3, description="eV, Arrhenius activation energy that speeds "
                                                                 "retention loss and relaxation above reference_c")
 
+    # device effects that plugins register (romer/noise/effects.py); the built-in effects read the fields above
+    effects: dict[str, dict] = Field(default_factory=dict, description="options of device effects registered by "
+                                     "plugins: effect name → the mapping of options its build reads")
+
     # per-forward effects
     read_sigma: float = Field(0.0, ge=0, description="read noise std per forward, relative to g_max (0: off)")
     dac_bits: int = Field(8, ge=1, le=32, description="analog mode: input DAC resolution, bits")
@@ -117,6 +121,13 @@ class NoiseConfig(OneLineErrors):
         if unknown:
             raise ValueError(f"unknown role {unknown[0]!r}; roles are {', '.join(ROLES)}")
         return tuple(roles)
+
+    @field_validator("effects")
+    @classmethod
+    def _registered_effects(cls, effects: dict[str, dict]) -> dict[str, dict]:
+        from romer.noise.effects import checked_options
+
+        return {name: checked_options(name, options) for name, options in effects.items()}
 
     @field_validator("prog_coeffs_us")
     @classmethod

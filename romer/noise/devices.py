@@ -1,15 +1,22 @@
 """Device physics acting on conductances (µS). Each class is one effect, with units and source.
 
 Every method takes the random generator to draw from, so a chip instance is a pure function
-of (seed, tensor name, expert slot).
+of (seed, tensor name, expert slot). Each class registers itself as a device effect (romer/noise/effects.py):
+`from_config` builds it from a NoiseConfig, `act` applies it in the chain with its own named stream.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+from romer.noise.effects import EffectInputs, register_device_effect
+
+if TYPE_CHECKING:
+    from romer.noise.config import NoiseConfig
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,14 @@ class ProgrammingNoise:
     def apply(self, g: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         noise = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
         return (g + self.sigma_us(g) * noise).clamp(min=0)
+
+    @classmethod
+    def from_config(cls, c: "NoiseConfig") -> "ProgrammingNoise":
+        coeffs = tuple(c.strength * x for x in c.prog_coeffs_us) if c.prog_coeffs_us is not None else None
+        return cls(c.g_max_us, c.strength * c.sigma_dev, coeffs)
+
+    def act(self, g: torch.Tensor, inputs: EffectInputs) -> torch.Tensor:
+        return self.apply(g, inputs.stream("programming"))
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,15 @@ class TemperatureShift:
             shifted = shifted + extra * torch.exp(spread * cells - spread**2 / 2)
         return shifted.clamp(min=0)
 
+    @classmethod
+    def from_config(cls, c: "NoiseConfig") -> "TemperatureShift":
+        k = c.strength
+        return cls(c.temperature_c, c.reference_c, c.temp_shift_per_c, k * c.temp_spread_per_c, c.leak_ref_us,
+                   c.leak_doubling_c, k * c.leak_spread)
+
+    def act(self, g: torch.Tensor, inputs: EffectInputs) -> torch.Tensor:
+        return self.apply(g, inputs.stream("temperature"))
+
 
 @dataclass(frozen=True)
 class PowerLawDrift:
@@ -121,6 +145,13 @@ class PowerLawDrift:
         from the target conductance (so heat and programming errors do not change a device's exponent)."""
         t = self.time_s + self.t0_s
         return g * (t / self.t0_s) ** (-self.exponents(g if target is None else target, rng))
+
+    @classmethod
+    def from_config(cls, c: "NoiseConfig") -> "PowerLawDrift":
+        return cls(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.drift_nu, c.nu_mean, c.strength * c.nu_std)
+
+    def act(self, g: torch.Tensor, inputs: EffectInputs) -> torch.Tensor:
+        return self.apply(g, inputs.stream("drift"), target=inputs.target)
 
 
 @dataclass(frozen=True)
@@ -168,6 +199,14 @@ class AccumulatedReadNoise:
         total = math.sqrt(anchored) * noise + math.sqrt(now - anchored) * increment
         return (g + g.abs() * self.scale * q_s * total).clamp(min=0)
 
+    @classmethod
+    def from_config(cls, c: "NoiseConfig") -> "AccumulatedReadNoise":
+        return cls(c.g_max_us, c.drift_time_s, c.drift_t0_s, c.read_1f, c.strength, anchor_s=c.read_anchor_s)
+
+    def act(self, g: torch.Tensor, inputs: EffectInputs) -> torch.Tensor:
+        renewal = inputs.stream(f"read_1f renewal {self.anchor_s!r}->{self.time_s!r}") if self.renews else None
+        return self.apply(g, inputs.stream("read_1f"), renewal)
+
 
 BOLTZMANN_EV = 8.617333262e-5  # eV/K
 
@@ -210,3 +249,19 @@ class Retention:
         walk = torch.randn(g.shape, generator=rng, device=g.device, dtype=g.dtype)
         g = g * (1 - self.per_decade * decades * (1 + self.spread * loss))
         return (g + self.relax_us * math.sqrt(decades) * walk).clamp(min=0)
+
+    @classmethod
+    def from_config(cls, c: "NoiseConfig") -> "Retention":
+        k = c.strength
+        return cls(c.drift_time_s, c.retention_t0_s, k * c.retention_per_decade, c.retention_spread,
+                   k * c.relax_us_per_decade, c.temperature_c, c.reference_c, c.retention_ea_ev)
+
+    def act(self, g: torch.Tensor, inputs: EffectInputs) -> torch.Tensor:
+        return self.apply(g, inputs.stream("retention"))
+
+
+register_device_effect("programming", ProgrammingNoise.from_config, order=100, stage="programming")
+register_device_effect("temperature", TemperatureShift.from_config, order=200)
+register_device_effect("drift", PowerLawDrift.from_config, order=300)
+register_device_effect("read_1f", AccumulatedReadNoise.from_config, order=400)
+register_device_effect("retention", Retention.from_config, order=500)
