@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import subprocess
 import sys
@@ -132,6 +133,49 @@ print(json.dumps({"names": method_names(), "origin": origin("router-temperature"
     assert printed["names"][-1] == "router-temperature" and printed["origin"] == "router_temperature"
     assert len(printed["t"]) == 3 and all(t > 0 and t != 1.0 for t in printed["t"])
     assert "router-temperature" not in method_names()  # this process never installed it
+
+
+def test_a_plugin_step_brings_options_of_its_own(plugin_path):
+    """router-temperature's step declares `bisection_steps` and `log_t_bound` in a model of its own: set like any
+    option, read by the step, checked in one line by that model, and refused for a method that does not read it."""
+    code = """
+import json, torch
+from romer import CalibrationConfig, NoiseConfig, apply_noise_, calibrate_
+from romer.calibration.config import calibration_config
+from romer.calibration.pipeline import resolve
+from romer.errors import RomerError
+from tests.families import build
+model = build("olmoe")
+ids = torch.randint(1, 128, (64 * 8,), generator=torch.Generator().manual_seed(0))
+out = {}
+with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=0):
+    for steps in (4, 40):
+        config = calibration_config(method="router-temperature", bisection_steps=steps)
+        calibration = calibrate_(model, config, ids)
+        out[steps] = calibration.report["router_temperature"]
+        out["options"] = calibration.config.step_options
+        calibration.remove()
+errors = []
+for fields in ({"method": "router-temperature", "bisection_steps": 2}, {"method": "romer", "bisection_steps": 8}):
+    try:
+        resolve(calibration_config(**fields))
+    except RomerError as error:
+        errors.append(str(error))
+print(json.dumps({"t4": out[4], "t40": out[40], "options": out["options"], "errors": errors,
+                  "default": calibration_config(method="router-temperature").option("log_t_bound")}))
+"""
+    result = run_python(code, plugin_path)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["options"] == {"bisection_steps": 40} and printed["default"] == 3.0
+    # 4 halvings of [-3, 3] leave log T on a grid of 6/16 centred between its points; 40 do not
+    assert all(abs(((math.log(t) + 3) / (6 / 16)) % 1 - 0.5) < 1e-6 for t in printed["t4"])
+    assert printed["t4"] != printed["t40"]
+    bad, unread = printed["errors"]
+    assert bad.startswith("step 'router-temperature' option 'bisection_steps': ")
+    assert "greater than or equal to 4" in bad and "\n" not in bad
+    assert unread == ("calibration option 'bisection_steps' is not used by method 'romer'; it is read by "
+                      "router-temperature: drop it, or choose a method (or settings) that reads it")
 
 
 def test_a_new_method_inside_the_package_is_one_file(tmp_path):

@@ -7,13 +7,16 @@ in it; outside, your package names it under the `romer.methods` entry-point grou
     [project.entry-points."romer.methods"]
     router-temperature = "router_temperature"
 
-and `romer methods`, `romer calibrate --method router-temperature` and every Ray worker find it.
-`tests/test_registry.py` installs this file both ways and runs it.
+and `romer methods`, `romer calibrate --method router-temperature` and every Ray worker find it. Its step brings
+options of its own (`RouterTemperatureOptions`), set like any other (`--set bisection_steps=20`, YAML, or a labelled
+variant `rt20=router-temperature@bisection_steps=20`) and checked in one line by its model, without touching
+`CalibrationConfig`. `tests/test_registry.py` installs this file both ways and runs it.
 """
 
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from romer.calibration.registry import Method, register_method, register_step
 from romer.calibration.step import Step
@@ -23,12 +26,20 @@ def mean_top1(logits: torch.Tensor, temperature: float) -> float:
     return torch.softmax(logits.float() / temperature, dim=-1).max(dim=-1).values.mean().item()
 
 
+class RouterTemperatureOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    log_t_bound: float = Field(3.0, gt=0, le=10, description="the search runs over log T in [-bound, bound]")
+    bisection_steps: int = Field(40, ge=4, le=200, description="halvings of that interval")
+
+
 class RouterTemperature(Step):
     """Per layer, the temperature (bisection on log T) at which the noisy logits' mean top-1 probability equals
     the clean twin's; the logits are then scaled by 1/T through the layer's routing transform."""
 
     name = "router-temperature"
     options = ()
+    option_model = RouterTemperatureOptions
 
     def clean_needs(self, config, chip) -> frozenset[str]:
         return frozenset({"routing"})
@@ -36,13 +47,14 @@ class RouterTemperature(Step):
     def run(self, context) -> None:
         from romer.calibration.statistics import routing_stats
 
+        options = self.own_options(context.config)
         noisy = routing_stats(context.model, context.tokens.fit, context.batch_size, logits=True)
         clean = context.clean_routing()
         temperatures = []
         for layer, logits in enumerate(noisy.logits):
             target = mean_top1(clean.logits[layer], 1.0)
-            low, high = -3.0, 3.0  # log T
-            for _ in range(40):
+            low, high = -options.log_t_bound, options.log_t_bound  # log T
+            for _ in range(options.bisection_steps):
                 middle = (low + high) / 2
                 low, high = (middle, high) if mean_top1(logits, float(torch.tensor(middle).exp())) > target \
                     else (low, middle)

@@ -11,13 +11,13 @@ that none of its steps reads.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from romer.errors import RomerError
 from romer.moe.metrics import STARVED_FRACTION_OF_UNIFORM
-from romer.validation import OneLineErrors, build
+from romer.validation import OneLineErrors, build, one_line
 
 
 class CalibrationConfig(OneLineErrors):
@@ -187,6 +187,10 @@ class CalibrationConfig(OneLineErrors):
                                                           "context, at most 2048")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
 
+    # options that steps declare in models of their own (Step.option_model): a plugin brings its options there
+    step_options: dict[str, Any] = Field(default_factory=dict, description="options declared by steps' own models, "
+                                         "option → value; an option that is not a field above is put here for you")
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
@@ -197,6 +201,49 @@ class CalibrationConfig(OneLineErrors):
         except RomerError as error:
             raise ValueError(str(error)) from None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_step_options(cls, data):
+        """An option that is not a field of this config but is declared by a step's own model goes to step_options
+        (so `--set`, YAML and `label=method@key=value` name it like any other), validated by that model: a bad value
+        is one line naming the step and the option."""
+        if not isinstance(data, dict):
+            return data
+        from romer.calibration.registry import step_option_models
+
+        declared = step_option_models()
+        loose = [key for key in data if key not in cls.model_fields and key in declared]
+        if not loose and not data.get("step_options"):
+            return data
+        data = dict(data)
+        options = dict(data.get("step_options") or {}) | {key: data.pop(key) for key in loose}
+        for key in options:
+            if key not in declared:
+                raise ValueError(f"unknown calibration option '{key}'; no calibration step declares it")
+        checked = {}
+        for step, model in {declared[key] for key in options}:
+            mine = {key: value for key, value in options.items() if declared[key][0] == step}
+            try:
+                values = model(**mine).model_dump()
+            except ValidationError as error:
+                raise ValueError(one_line(error, f"step '{step}' option", f"see step '{step}'")) from None
+            checked |= {key: values[key] for key in mine}
+        data["step_options"] = checked
+        return data
+
+    def option(self, name: str):
+        """The value of `name`: a field of this config, or an option of a step's own model (its default if unset)."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        if name in self.step_options:
+            return self.step_options[name]
+        from romer.calibration.registry import step_option_models
+
+        declared = step_option_models().get(name)
+        if declared is None:
+            raise RomerError(f"unknown calibration option '{name}'; no field or step declares it")
+        return declared[1].model_fields[name].get_default(call_default_factory=True)
+
     @model_validator(mode="after")
     def _percentiles_ordered(self) -> "CalibrationConfig":
         if self.q_low >= self.q_high:
@@ -204,8 +251,9 @@ class CalibrationConfig(OneLineErrors):
         return self
 
     def explicit(self) -> dict:
-        """The fields the user set (method excluded), with their values."""
-        return {name: getattr(self, name) for name in self.model_fields_set if name != "method"}
+        """The fields the user set (method excluded), with their values; a step's own options count as fields."""
+        return {name: getattr(self, name) for name in self.model_fields_set
+                if name not in ("method", "step_options")} | dict(self.step_options)
 
 
 RomerConfig = CalibrationConfig  # the former name

@@ -78,7 +78,7 @@ def resolve(config: CalibrationConfig) -> tuple[CalibrationConfig, dict]:
     that none of the method's steps reads under the resolved settings is refused in one line; `romer run` checks
     every method of a campaign this way before any model loads."""
     method = get_method(config.method)
-    brought = {k: v for k, v in method.defaults.items() if k not in config.model_fields_set}
+    brought = {k: v for k, v in method.defaults.items() if k not in config.explicit() and k != "method"}
     resolved = calibration_config(**(config.model_dump() | brought))
     refuse_unused(config.explicit(), resolved)
     return resolved, brought

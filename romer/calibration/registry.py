@@ -66,11 +66,12 @@ class Method:
         the steps read under it (`Step.reads`)."""
         names = set(COMMON_OPTIONS) | set(self.options) | set(self.defaults)
         for step in self.step_objects():
-            names |= set(step.options if config is None else step.reads(config))
+            names |= set(step.options if config is None else step.reads(config)) | set(own_option_names(step))
         return names
 
 
 _STEPS: Registry = Registry("calibration step")
+_OPTION_OWNERS: dict[str, str] = {}  # an option of a step's own model → that step
 _METHODS: Registry[Method] = Registry("calibration method")
 _plugins_loaded = False
 _plugin_error: str | None = None
@@ -86,10 +87,32 @@ def _origin() -> str:
 
 
 def register_step(step):
-    """Add a step; a second step of the same name is refused."""
+    """Add a step; a second step of the same name is refused, and so is an option of its own `option_model` that
+    another step's model already declares (one name, one meaning)."""
     if not getattr(step, "name", ""):
         raise RomerError("a calibration step needs a name; set `name = ...` on its class")
-    return _STEPS.add(step.name, step, _origin())
+    for option in own_option_names(step):
+        holder = _OPTION_OWNERS.get(option)
+        if holder is not None and holder != step.name:
+            raise RomerError(f"calibration option '{option}' of step '{step.name}' is already declared by step "
+                             f"'{holder}'; rename it in {type(step).__name__}'s option_model")
+    _STEPS.add(step.name, step, _origin())
+    for option in own_option_names(step):
+        _OPTION_OWNERS[option] = step.name
+    return step
+
+
+def own_option_names(step) -> tuple[str, ...]:
+    """The options a step declares in a model of its own (`Step.option_model`), beyond CalibrationConfig's fields."""
+    model = getattr(step, "option_model", None)
+    return tuple(model.model_fields) if model is not None else ()
+
+
+def step_option_models() -> dict[str, tuple[str, type]]:
+    """Every option declared in a step's own model: option → (step name, model)."""
+    load_plugins()
+    return {option: (owner, _STEPS.get(owner).option_model) for option, owner in _OPTION_OWNERS.items()
+            if owner in _STEPS}
 
 
 def register_method(method: Method) -> Method:
@@ -107,6 +130,8 @@ def unregister_method(name: str) -> None:
 
 def unregister_step(name: str) -> None:
     _STEPS.remove(name)
+    for option in [o for o, owner in _OPTION_OWNERS.items() if owner == name]:
+        del _OPTION_OWNERS[option]
 
 
 def load_plugins() -> None:
