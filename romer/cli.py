@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 import sys
 from typing import Optional
@@ -21,8 +22,17 @@ from romer.report.methods import method_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MoE LLMs on noisy analog compute-in-memory hardware: simulate, diagnose, calibrate.")
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    # A table piped to a file or a log is read later, not in an 80-column terminal: keep its columns whole.
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=160 if piped else None)
+
+
+out = _console()
+err = _console(stderr=True)
 
 ModelOpt = typer.Option("romer-tiny", "--model", "-m", help="romer-tiny, a local Hugging Face folder, or a hub id.")
 DataOpt = typer.Option("stdlib", "--data", "-d", help="stdlib, wikitext2, wikitext103, or a local .txt/.jsonl file.")

@@ -259,6 +259,19 @@ def test_a_folder_made_under_the_former_name_best_resumes_as_tuned(tiny_moe_dir,
         assert resumed["methods"]["tuned"]["ppl"] == finished["methods"]["tuned"]["ppl"]
 
 
+def test_no_plugin_step_options_leaves_the_fingerprint_as_before_they_existed(tiny_moe_dir, texts):
+    """A folder calibrated before CalibrationConfig had `step_options` resumes: asking for none hashes the settings
+    without the field."""
+    import hashlib
+
+    from romer.campaign.trials import calibration_for, requested
+
+    spec = spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none", "romer"])
+    before = calibration_for(spec, "romer").model_dump(mode="json") | {"method": "romer"}
+    del before["step_options"]
+    assert requested(spec, "romer") == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def test_a_campaign_option_no_method_reads_is_refused(tiny_moe_dir, texts, tmp_path):
     spec = spec_for(tiny_moe_dir, texts, seeds=[0], methods=["none", "rc"], calibration={"retune_rank": 4})
     with pytest.raises(RomerError, match="'retune_rank' is not used by any method of this run .* read by tuned, retune"):

@@ -63,6 +63,8 @@ def requested(spec: RunSpec, method: str, name: str | None = None) -> str:
     """Fingerprint of the calibration settings a unit asks for, defaults included (a changed default changes it);
     `name`: the method's name as written in the settings (a former name, for units recorded under it)."""
     settings = calibration_for(spec, method).model_dump(mode="json") | {"method": name or method}
+    if not settings["step_options"]:  # no plugin step's options asked for: the settings as before they existed
+        del settings["step_options"]
     if method in spec.variants:  # a labelled variant: its label is part of what was asked for
         settings |= {"method": spec.method_of(method), "label": method}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

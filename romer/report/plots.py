@@ -47,15 +47,14 @@ def cost_pareto(results: dict, path: Path) -> Path | None:
     if len(methods) < 2:
         return None
     figure, (stored, energy) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for name, m in methods.items():
-        recovery = 100 * m["recovery_mean"]
-        share = max(100 * m.get("digital_share_mean", 0.0), 1e-3)
-        stored.scatter(share, recovery, color="#4c72b0")
-        stored.annotate(name, (share, recovery), fontsize=8, xytext=(3, 3), textcoords="offset points")
-        relative = m["bill"]["energy_vs_none_mean"]
-        energy.scatter(relative, recovery, color="#dd8452")
-        energy.annotate(name, (relative, recovery), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    recovery = {name: 100 * m["recovery_mean"] for name, m in methods.items()}
+    share = {name: max(100 * m.get("digital_share_mean", 0.0), 1e-3) for name, m in methods.items()}
+    relative = {name: m["bill"]["energy_vs_none_mean"] for name, m in methods.items()}
+    stored.scatter(list(share.values()), list(recovery.values()), color="#4c72b0")
+    energy.scatter(list(relative.values()), list(recovery.values()), color="#dd8452")
     stored.set_xscale("log")
+    _label_points(stored, {name: (share[name], recovery[name]) for name in methods})
+    _label_points(energy, {name: (relative[name], recovery[name]) for name in methods})
     stored.set_xlabel("stored weights kept digital (%)")
     stored.set_ylabel("recovery of the noisy gap (%)")
     bill = next(iter(methods.values()))["bill"]
@@ -63,6 +62,34 @@ def cost_pareto(results: dict, path: Path) -> Path | None:
     energy.axvline(1.0, color="#b0b0b0", linestyle="--")
     figure.suptitle(f"{results['model']} on {results['noise']['name']}: recovery against stored share and energy")
     return _save(figure, path)
+
+
+def _label_points(axis, points: dict[str, tuple[float, float]]) -> None:
+    """Name each point beside it, moving a name up or down when it would cover a name already placed (the names of
+    points that nearly coincide are stacked, not printed over each other)."""
+    figure = axis.get_figure()
+    (x_low, x_high), (y_low, y_high) = axis.get_xlim(), axis.get_ylim()
+    log_x = axis.get_xscale() == "log"
+    width_pt = axis.bbox.width / figure.dpi * 72
+    height_pt = axis.bbox.height / figure.dpi * 72
+    char_pt, line_pt = 5.0, 10.0
+
+    def to_points(x: float, y: float) -> tuple[float, float]:
+        fraction_x = ((np.log10(x) - np.log10(x_low)) / (np.log10(x_high) - np.log10(x_low)) if log_x
+                      else (x - x_low) / (x_high - x_low))
+        return fraction_x * width_pt, (y - y_low) / (y_high - y_low) * height_pt
+
+    boxes: list[tuple[float, float, float, float]] = []
+    for name in sorted(points, key=lambda n: -points[n][1]):
+        px, py = to_points(*points[name])
+        for shift in (3, -9, 15, -21, 27, -33, 39):
+            box = (px + 3, py + shift, px + 3 + char_pt * len(name), py + shift + line_pt)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+                break
+        boxes.append(box)
+        leader = None if shift == 3 else {"arrowstyle": "-", "color": "#999999", "linewidth": 0.6}
+        axis.annotate(name, points[name], fontsize=8, xytext=(3, shift), textcoords="offset points",
+                      arrowprops=leader)
 
 
 def load_heatmaps(results: dict, path: Path) -> Path:
