@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from romer.errors import RomerError
-from romer.moe.detect import require_moe
+from romer.moe.adapter import require_moe
 from romer.resident import keep_heap_small, paging_out_checkpoints, release_checkpoint_pages
 
 ZOO = Path(__file__).parent / "zoo"

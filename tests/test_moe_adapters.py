@@ -110,3 +110,66 @@ def test_unknown_family_names_the_supported_ones(tiny_moe_dir):
                                          intermediate_size=8))
     with pytest.raises(RomerError, match="no MoE adapter for model type 'llama'; supported: deepseek, deepseek_v2"):
         adapter_for(model)
+
+
+def test_a_family_with_names_of_its_own_is_read_by_its_adapter_alone():
+    """Where a block keeps its router and experts, and which layers are attention's, is the adapter's knowledge: a
+    family that calls them `switch`, `ffn_bank` and `mixer` is found and mapped to roles once its adapter names them,
+    and not before (the shared conventions find nothing)."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from romer.moe.adapter import MoeAdapter, register_adapter, unregister_adapter
+    from romer.noise.roles import on_chip_tensors
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.switch = nn.Linear(16, 4, bias=False)
+            self.ffn_bank = nn.ModuleList(nn.Linear(16, 16, bias=False) for _ in range(4))
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mixer = nn.Linear(16, 16, bias=False)
+            self.moe = Block()
+
+    class OddModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(model_type="odd_moe_test")
+            self.layers = nn.ModuleList(Layer() for _ in range(2))
+            self.head = nn.Linear(16, 32, bias=False)
+
+        def get_output_embeddings(self):
+            return self.head
+
+    model = OddModel()
+    every_role = ("router", "experts", "attention", "dense_mlp", "lm_head")
+    before = {t.name: t.role for t in on_chip_tensors(model, every_role)}
+    assert set(before.values()) == {"dense_mlp", "lm_head"}  # no block, no attention under the shared names
+
+    @register_adapter
+    class OddFamily(MoeAdapter):
+        family = "odd"
+        model_types = ("odd_moe_test",)
+        router_attrs = ("switch",)
+        experts_attr = "ffn_bank"
+        attention_markers = ("mixer",)
+
+        def top_k(self, router):
+            return 2
+
+    try:
+        roles = {t.name: t.role for t in on_chip_tensors(model, every_role)}
+        layers = adapter_for(model).layers(model)
+    finally:
+        unregister_adapter("odd_moe_test")
+    assert [(layer.name, layer.num_experts, layer.top_k) for layer in layers] == [("layers.0.moe", 4, 2),
+                                                                                  ("layers.1.moe", 4, 2)]
+    assert roles["layers.0.moe.switch.weight"] == "router"
+    assert roles["layers.1.moe.ffn_bank.3.weight"] == "experts"
+    assert roles["layers.0.mixer.weight"] == "attention"
+    assert roles["head.weight"] == "lm_head"
+    assert sorted(set(roles.values())) == ["attention", "experts", "lm_head", "router"]

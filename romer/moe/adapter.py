@@ -23,7 +23,7 @@ from torch import nn
 
 from romer.errors import RomerError
 from romer.registry import Registry
-from romer.moe.detect import find_moe_blocks
+from romer.moe.detect import EXPERTS_ATTR, ROUTER_ATTRS, MoeBlock, count_experts, find_moe_blocks
 
 
 @dataclass(frozen=True)
@@ -46,18 +46,37 @@ class RouterOutput:
 
 
 class MoeAdapter:
+    """The base adapter holds what the Hugging Face MoE families share; a family overrides what differs. Its names
+    say where a block keeps its router (`router_attrs`, the first one present), its experts (`experts_attr`) and its
+    shared experts (`shared_attrs`), and which linear layers outside MoE blocks are attention's
+    (`attention_markers`, matched against the module's path)."""
+
     family: str = ""
     model_types: tuple[str, ...] = ()
+    router_attrs: tuple[str, ...] = ROUTER_ATTRS
+    experts_attr: str = EXPERTS_ATTR
     shared_attrs: tuple[str, ...] = ()
+    attention_markers: tuple[str, ...] = ("attn", "attention")
 
     # ---- structure -------------------------------------------------------------------------
     def top_k(self, router: nn.Module) -> int:
         return int(router.top_k)
 
+    def count_experts(self, experts: nn.Module) -> int:
+        return count_experts(experts)
+
+    def blocks(self, model: nn.Module) -> list[MoeBlock]:
+        """Every MoE block of `model`, found by this family's names."""
+        return find_moe_blocks(model, self.router_attrs, self.experts_attr)
+
+    def role_of_linear(self, path: str) -> str:
+        """The role of a linear layer outside every MoE block, from its module path: `attention` or `dense_mlp`."""
+        return "attention" if any(marker in path for marker in self.attention_markers) else "dense_mlp"
+
     def layers(self, model: nn.Module) -> list[MoeLayer]:
-        """The MoE layers in model order (the blocks `find_moe_blocks` finds, with this family's details)."""
+        """The MoE layers in model order (the blocks `blocks` finds, with this family's details)."""
         layers = []
-        for index, block in enumerate(find_moe_blocks(model)):
+        for index, block in enumerate(self.blocks(model)):
             shared = tuple(getattr(block.module, a) for a in self.shared_attrs
                            if isinstance(getattr(block.module, a, None), nn.Module))
             layers.append(MoeLayer(index, block.name, block.module, block.router, block.experts, block.num_experts,
@@ -143,6 +162,24 @@ def unregister_adapter(model_type: str) -> None:
 
 def supported_model_types() -> list[str]:
     return sorted(ADAPTERS.names())
+
+
+_SHARED_STRUCTURE = MoeAdapter()
+
+
+def structure_of(model: nn.Module) -> MoeAdapter:
+    """The adapter that knows `model`'s structure: its family's where one is registered, else the base adapter's
+    shared conventions (enough to find blocks and roles; routing needs a family's adapter, `adapter_for`)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return ADAPTERS.get(model_type) or _SHARED_STRUCTURE
+
+
+def require_moe(model: nn.Module, name: str) -> list[MoeBlock]:
+    """`model`'s MoE blocks, found by its family's names; a one-line error when it has none."""
+    blocks = structure_of(model).blocks(model)
+    if not blocks:
+        raise RomerError(f"romer needs a mixture-of-experts model; {name} has no MoE layers")
+    return blocks
 
 
 def adapter_for(model: nn.Module) -> MoeAdapter:

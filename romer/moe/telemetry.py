@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from romer.moe.adapter import MoeLayer, adapter_for
-from romer.moe.detect import require_moe
+from romer.moe.adapter import require_moe
 from romer.moe.metrics import LoadMetrics, load_metrics
 
 MAX_LOGIT_ROWS = 32768  # router-logit rows any capture keeps per layer: the one bound on the sample's memory

@@ -1,4 +1,4 @@
-"""Which weights sit on the chip, by role, found from the model's structure (no name lists).
+"""Which weights sit on the chip, by role, found from the model's structure as its family's adapter names it.
 
 Roles: `router`, `experts` (routed), `shared_experts` (linear layers inside an MoE block
 other than router and routed experts), `attention` and `dense_mlp` (linear layers of the
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from romer.moe.detect import find_moe_blocks
+from romer.moe.adapter import structure_of
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,9 @@ def _matrices(module: nn.Module, prefix: str):
 
 def on_chip_tensors(model: nn.Module, roles: tuple[str, ...]) -> list[ChipTensor]:
     """The on-chip matrices of `model` whose role is in `roles`, in model order."""
+    structure = structure_of(model)
     role_of: dict[int, str] = {}
-    for block in find_moe_blocks(model):
+    for block in structure.blocks(model):
         for module in block.router.modules():
             role_of[id(module)] = "router"
         for module in block.experts.modules():
@@ -44,14 +45,14 @@ def on_chip_tensors(model: nn.Module, roles: tuple[str, ...]) -> list[ChipTensor
         for module in block.module.modules():
             if isinstance(module, nn.Linear):
                 role_of.setdefault(id(module), "shared_experts")
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
         role_of[id(head)] = "lm_head"
     chosen = []
     for prefix, module in model.named_modules():
         role = role_of.get(id(module))
         if role is None and isinstance(module, nn.Linear):
-            role = "attention" if "attn" in prefix or "attention" in prefix else "dense_mlp"
+            role = structure.role_of_linear(prefix)
         if role in roles:
             chosen.extend(ChipTensor(name, role, owner, attr) for name, owner, attr in _matrices(module, prefix))
     return chosen
