@@ -107,7 +107,7 @@ def build(args, config, folder: Path, record: Record):
 
     import romer
     from romer.models import DTYPES
-    from romer.moe.detect import require_moe
+    from romer.moe import require_moe
     from scale import borrow_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,7 +182,7 @@ def run_part(args, model, folder: Path, record: Record) -> None:
             values["noisy_ppl"], values["noisy_s"] = evaluate(args, model, ids)
             values["noisy_peak"] = memory.peak()
             values["on_chip_parameters"] = sum(handle.size(name) for name in handle.names())
-            values["backup"] = type(handle.backup).__name__
+            values["backup"] = handle.backup_kind()
         restores.append(timed(args.device, handle.restore)[1])
     values["program_s"], values["restore_s"] = statistics.median(programs), statistics.median(restores)
     values["held_after_restore"] = memory.now() - before

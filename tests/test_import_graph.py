@@ -96,3 +96,22 @@ def test_a_family_can_be_replaced_after_unregistering_the_built_in():
         unregister_adapter("olmoe")
         ADAPTERS.add("olmoe", built_in, origin)
     assert adapter_for(model) is built_in
+
+
+def test_every_name_the_scripts_import_from_romer_exists():
+    """bench/, scripts/ and docs/examples/ run outside the test suite's imports: a name moved or renamed inside romer
+    must not leave one of them failing at its first line."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    missing = []
+    for path in sorted([*root.glob("bench/*.py"), *root.glob("scripts/*.py"), *root.glob("docs/examples/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "romer":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                        missing.append(f"{path.relative_to(root)}: {node.module}.{alias.name}")
+    assert missing == []

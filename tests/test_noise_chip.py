@@ -126,7 +126,7 @@ def test_analog_adc_outputs_sit_on_the_adc_grid():
     x = torch.randn(5, 8)
     with apply_noise_(host, config, seed=0) as handle, torch.no_grad():
         y = layer(x)
-        scale = handle.programs["proj.weight"].scales[0, 0].item()
+        scale = handle.program_of("proj.weight").scales[0, 0].item()
     lsb = 2.0 / 7  # 4 bits: 7 levels per side on ±U
     steps = y / (x.abs().amax(-1, keepdim=True) * scale * 25.0) / lsb
     assert torch.allclose(steps, steps.round(), atol=1e-4)
@@ -184,8 +184,9 @@ def test_disk_backup_reads_slots_and_programs_the_same_bits_as_memory(tiny_moe_d
         in_memory = snapshot(model)
     with apply_noise_(model, config, seed=3, backup="disk") as handle:
         on_disk = snapshot(model)
-        assert torch.equal(handle.backup.load(fused, 1), clean[fused][1])  # one slot read back, exactly
-        assert torch.equal(handle.backup.load(fused), clean[fused])
+        assert handle.backup_kind() == "disk"
+        assert torch.equal(handle.clean_value(fused, 1), clean[fused][1])  # one slot read back, exactly
+        assert torch.equal(handle.clean_value(fused), clean[fused])
     assert all(torch.equal(in_memory[n], on_disk[n]) for n in clean)
     assert not torch.equal(on_disk[fused], clean[fused])
     assert all(torch.equal(clean[n], p) for n, p in model.named_parameters())
@@ -201,8 +202,8 @@ def test_suspended_shows_the_clean_twin_and_returns_to_the_same_chip_bit_for_bit
     replaced = "model.layers.0.mlp.experts.gate_up_proj"
     chip.reprogram_slot(replaced, 1, chip.clean_value(replaced, 0))  # a replacement is part of the twin too
     chip.make_digital("model.layers.1.mlp.gate.weight")
-    for program in chip.programs.values():
-        program.calls = 0
+    for name in chip.on_chip_names():
+        chip.program_of(name).calls = 0
     programmed, first = snapshot(model), model(input_ids=ids()).logits
     with chip.suspended():
         twin = snapshot(model)

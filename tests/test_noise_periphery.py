@@ -148,7 +148,7 @@ def test_a_router_column_offset_shifts_its_expert_logit_alike_for_every_token(mo
                          adc_full_scale=64.0, **IDEAL)
     with apply_noise_(model, config, seed=5) as chip:
         _, noisy = router_logits(model, tokens())
-        program = chip.programs["model.layers.0.mlp.gate.weight"]
+        program = chip.program_of("model.layers.0.mlp.gate.weight")
     per_unit_scale = (noisy - clean) / input_scale(x)  # [tokens, experts]
     step = lsb(config.adc_bits, config.adc_full_scale)
     expected = (program.errors.offset_lsb * step * program.scales * config.g_max_us).sum(-1)
@@ -168,7 +168,7 @@ def test_weights_and_analog_mode_agree_on_the_output_error(model):
     for mode in ("weights", "analog"):
         with apply_noise_(model, NoiseConfig(mode=mode, **config), seed=2) as chip:
             x, outputs[mode] = router_logits(model, tokens(), layer=1)
-            programs[mode] = chip.programs["model.layers.1.mlp.gate.weight"]
+            programs[mode] = chip.program_of("model.layers.1.mlp.gate.weight")
     _, clean = router_logits(model, tokens(), layer=1)
     assert torch.equal(programs["weights"].errors.offset_lsb, programs["analog"].errors.offset_lsb)
     assert programs["weights"].errors.gain is None  # folded into the stored weights
@@ -224,13 +224,13 @@ def test_each_expert_slot_has_its_own_columns(model):
     config = NoiseConfig(adc_offset_sigma=1.0, adc_gain_sigma=0.05, roles=("experts",), mode="analog", **IDEAL)
     name = "model.layers.0.mlp.experts.down_proj"
     with apply_noise_(model, config, seed=0) as chip:
-        first = chip.programs[name].errors
+        first = chip.program_of(name).errors
     assert first.offset_lsb.shape[0] == model.model.layers[0].mlp.experts.down_proj.shape[0]
     assert not torch.equal(first.offset_lsb[0], first.offset_lsb[1])
     with torch.no_grad():
         model.model.layers[0].mlp.experts.down_proj[0].mul_(3)  # another slot's content changes nothing
     with apply_noise_(model, config, seed=0) as chip:
-        again = chip.programs[name].errors
+        again = chip.program_of(name).errors
     assert torch.equal(first.offset_lsb[1:], again.offset_lsb[1:]) and torch.equal(first.gain, again.gain)
 
 
