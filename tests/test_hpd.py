@@ -109,3 +109,77 @@ def test_the_control_moves_the_same_matrix_whole_at_the_same_share():
         assert control.digital == [name] and not control.decomposed
         assert control.digital_share() == share  # a square matrix: Vᵀ is as large as W
         control.remove()
+
+
+DOWN = "model.layers.2.mlp.experts.down_proj"
+
+
+def test_a_decomposed_expert_slot_is_exact_before_noise_and_counts_its_own_factor():
+    model = build("olmoe")
+    clean = logits(model)
+    with apply_noise_(model, NoiseConfig.preset("ideal"), seed=0) as chip:
+        for slot in range(chip.shape(DOWN)[0]):
+            chip.decompose(DOWN, slot=slot)
+        assert chip.decomposed_slots(DOWN) == list(range(8)) and chip.decomposed_names() == []
+        assert chip.experts_path() == "eager"  # each slot's Vᵀ runs before its arrays, one expert at a time
+        torch.testing.assert_close(logits(model), clean, rtol=1e-4, atol=1e-4)
+        assert chip.factor_weights(DOWN, 3) == 16 * 16  # Vᵀ [r, in], r = min(32, 16)
+        assert chip.on_chip_parameters == chip.total_parameters  # U·Σ [32, 16] fills the slot's arrays
+
+
+def test_a_decomposed_slot_draws_from_streams_of_its_own_and_leaves_every_other_slot_bit_for_bit():
+    """On a noisy chip the decomposed slot's arrays hold a noisy U·Σ, not W; the other slots of the tensor and every
+    other tensor keep their bits; undecomposing and the clean twin's visit give back the same chip."""
+    model = build("olmoe")
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=4) as chip:
+        noisy, programmed = logits(model), chip.module_of(DOWN)[0].down_proj.detach().clone()
+        chip.decompose(DOWN, slot=5)
+        now = chip.module_of(DOWN)[0].down_proj.detach().as_subclass(torch.Tensor)
+        assert torch.equal(now[:5], programmed[:5]) and torch.equal(now[6:], programmed[6:])
+        assert not torch.equal(now[5], programmed[5])
+        relative = (now[5].double() - chip.clean_value(DOWN, 5).double()).norm() / chip.clean_value(DOWN, 5).norm()
+        assert relative > 0.5  # the arrays hold U·Σ, far from W itself
+        first = logits(model)
+        assert not torch.equal(first, noisy)
+        with chip.suspended():
+            pass
+        assert torch.equal(logits(model), first)
+        chip.decompose(DOWN, False, slot=5)
+        assert torch.equal(chip.module_of(DOWN)[0].down_proj.detach().as_subclass(torch.Tensor), programmed)
+
+
+def test_hpd_last_down_decomposes_every_slot_of_the_last_down_projection_and_saves_and_reloads(tiny_moe_dir, tmp_path):
+    model, tokenizer = romer.load_model(str(tiny_moe_dir))
+    config = NoiseConfig.preset("cim-80c")
+    with apply_noise_(model, config, seed=3) as chip:
+        noisy = logits(model)
+        calibration = calibrate_(model, CalibrationConfig(method="hpd", hpd_reading="last-down"), ids())
+        name = calibration.report["hpd"]["matrices"][0]
+        experts, out_dim, in_dim = chip.shape(name)
+        assert name == f"model.layers.{model.config.num_hidden_layers - 1}.mlp.experts.down_proj"
+        assert calibration.decomposed == sorted(f"{name}[{slot}]" for slot in range(experts))
+        assert calibration.digital_weights() == experts * in_dim * in_dim
+        expected = logits(model)
+        save_calibrated(model, tokenizer, calibration, tmp_path / "hpd")
+        calibration.remove()
+        assert chip.decomposed_slots(name) == [] and torch.equal(logits(model), noisy)
+        control = calibrate_(model, CalibrationConfig(method="hpd", hpd_reading="last-down", hpd_whole=True), ids())
+        assert control.digital == [f"{name}[{slot}]" for slot in range(experts)]
+        assert control.digital_weights() == experts * out_dim * in_dim
+        control.remove()
+    loaded, _ = romer.load_model(str(tmp_path / "hpd"))
+    carried = romer.load_calibration(loaded, tmp_path / "hpd")
+    with apply_noise_(loaded, config, seed=3, calibration=carried):
+        assert torch.equal(logits(loaded), expected)
+
+
+def test_a_slot_that_does_not_exist_or_holds_outliers_is_refused_in_one_line():
+    model = build("olmoe")
+    with apply_noise_(model, NoiseConfig.preset("cim-80c"), seed=0) as chip:
+        with pytest.raises(romer.RomerError, match="slot 8 does not exist"):
+            chip.decompose(DOWN, slot=8)
+        with pytest.raises(romer.RomerError, match="not a fused expert tensor"):
+            chip.decompose("model.layers.0.self_attn.o_proj.weight", slot=0)
+        chip.split_outliers(DOWN, 0.01)
+        with pytest.raises(romer.RomerError, match="holds outliers"):
+            chip.decompose(DOWN, slot=0)

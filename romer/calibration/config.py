@@ -67,12 +67,13 @@ class CalibrationConfig(OneLineErrors):
                                                                   "run in digital units (the paper: 0.125 to 0.25)")
     digital_routers: bool = Field(False, description="hetero: the routers run in digital units as well (the paper moves "
                                                      "densely activated modules to digital units; a router is one)")
-    hpd_reading: Literal["last", "every", "ranked"] = Field(
+    hpd_reading: Literal["last", "every", "ranked", "last-down"] = Field(
         "last", description="hpd: which projections are decomposed. last (as published: the paper decomposes \"the "
                             "last output projection layer\"): the last decoder layer's attention output projection; "
                             "every: each layer's attention output projection, from the last layer back, while their "
                             "digital factors fit digital_budget; ranked (ours): any matrix but a router, by measured "
-                            "sensitivity, within digital_budget")
+                            "sensitivity, within digital_budget; last-down: the last MoE layer's expert down "
+                            "projections, each slot decomposed (the block's last write to the residual stream)")
     hpd_whole: bool = Field(False, description="hpd's control: the same matrices moved whole to digital units instead "
                                                "of decomposed")
     outlier_fraction: float = Field(0.0025, ge=0, lt=0.5, description="outliers: share of the weights of each scale "

@@ -57,8 +57,8 @@ class Calibration:
 
     @property
     def decomposed(self) -> list[str]:
-        """The tensors this calibration holds as HPD's factors."""
-        return sorted(self.placed.decomposed)
+        """The matrices (`name`) and expert slots (`name[slot]`) this calibration holds as HPD's factors."""
+        return self.placed.as_dict()["decomposed"]
 
     @property
     def outliers(self) -> dict[str, float]:
@@ -204,13 +204,14 @@ class Calibration:
 
         self._undo.append(undo)
 
-    def decompose(self, name: str) -> None:
-        """One on-chip matrix held as its SVD factors, U·Σ on the chip and Vᵀ in digital units (HPD)."""
-        self.chip.decompose(name)
-        before, self.placed = self.placed, self.placed.with_decomposed(name)
+    def decompose(self, name: str, slot: int | None = None) -> None:
+        """One on-chip matrix (or, with `slot`, one expert slot of a fused tensor) held as its SVD factors, U·Σ on the
+        chip and Vᵀ in digital units (HPD)."""
+        self.chip.decompose(name, slot=slot)
+        before, self.placed = self.placed, self.placed.with_decomposed(name, slot=slot)
 
         def undo() -> None:
-            self.chip.decompose(name, False)
+            self.chip.decompose(name, False, slot=slot)
             self.placed = before
 
         self._undo.append(undo)
@@ -267,6 +268,7 @@ class Calibration:
                 name, slot = parse_digital_key(key)
                 moved += self.chip.size(name) // (self.chip.shape(name)[0] if slot is not None else 1)
             moved += sum(self.chip.factor_weights(name) for name in self.placed.decomposed)
+            moved += sum(self.chip.factor_weights(name, slot) for name, slot in self.placed.decomposed_slots)
             moved += 2 * sum(self.chip.outlier_weights(name) for name, _ in self.placed.outliers)
         return (moved + sum(c.stored_parameters for c in self.corrections.values())
                 + sum(param.numel() for param, _ in self.norms.values())

@@ -139,7 +139,9 @@ def token_usage(model: nn.Module, chip=None, calibration=None, frequency: list[l
             if whole:
                 digital.append(out_features * in_features + per_slot_correction)
             else:
-                digital.append(outliers.get(key, 0) + per_slot_correction + factors)
+                slot_factor = (chip.factor_weights(tensor.name, key)
+                               if chip is not None and key is not None and key in chip.decomposed_slots(tensor.name) else 0)
+                digital.append(outliers.get(key, 0) + per_slot_correction + factors + slot_factor)
         arrays = None if all(moved) else (tuple(chip.arrays_shape(tensor.name)) if chip is not None
                                            else (out_features, in_features))
         matrices.append(MatrixUse(tensor.name, _layer_of(tensor.name, decoder), tensor.role, int(out_features),

@@ -59,6 +59,7 @@ class TileProgram:
     calls: int = field(default=0)
     digital_slots: set[int] = field(default_factory=set)  # expert slots computed digitally: clean weights, no periphery
     input_transform: torch.Tensor | None = None  # a digital factor [r, in] the inputs pass through first (HPD's Vᵀ)
+    slot_transforms: dict = field(default_factory=dict)  # expert slot → its own digital factor Vᵀ (HPD per slot)
     outliers: dict = field(default_factory=dict)  # slot (None: a matrix of its own) → its DigitalOutliers
     _column_offset: torch.Tensor | None = field(default=None, repr=False)
 
@@ -211,8 +212,9 @@ def analog_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def chip_linear(x: torch.Tensor, weight: torch.Tensor, program: TileProgram, slot: int | None) -> torch.Tensor:
     if slot is not None and slot in program.digital_slots:
         return F.linear(x, weight.to(x.dtype))  # a digital expert: its clean weights, no chip effect
-    if program.input_transform is not None:
-        x = F.linear(x, program.input_transform.to(x.dtype))  # HPD: the digital factor, then the arrays' U·Σ
+    transform = program.input_transform if slot is None else program.slot_transforms.get(slot)
+    if transform is not None:
+        x = F.linear(x, transform.to(x.dtype))  # HPD: the digital factor, then the arrays' U·Σ
     c = program.config
     scales = program.scales if slot is None else program.scales[slot]
     errors = None if program.errors is None else program.errors.slot(slot)

@@ -3,7 +3,8 @@
 A chip holds every weight of its tensors in conductances, except what a calibration moved elsewhere:
 
 - whole tensors, or single expert slots of a fused expert tensor, computed in the digital periphery;
-- matrices held as HPD's factors (U·Σ in the arrays, Vᵀ in digital units);
+- matrices, or single expert slots of a fused expert tensor, held as HPD's factors (U·Σ in the arrays, Vᵀ in
+  digital units);
 - the largest weights of each scale segment held in digital units as outliers (a share per tensor).
 
 The layout is immutable: a change makes a new one. A calibration records the layout it placed (saved with it,
@@ -35,6 +36,7 @@ class ChipLayout:
     digital_slots: frozenset[tuple[str, int]] = frozenset()   # expert slots of fused tensors in the periphery
     decomposed: frozenset[str] = frozenset()                  # matrices held as HPD's factors
     outliers: tuple[tuple[str, float], ...] = ()              # (tensor, share of each scale segment), by name
+    decomposed_slots: frozenset[tuple[str, int]] = frozenset()  # expert slots of fused tensors held as factors
 
     # ---- reading ------------------------------------------------------------------------------
     def is_digital(self, name: str, slot: int | None = None) -> bool:
@@ -45,8 +47,12 @@ class ChipLayout:
         """The expert slots of a fused tensor kept in the digital periphery."""
         return {s for n, s in self.digital_slots if n == name}
 
-    def is_decomposed(self, name: str) -> bool:
-        return name in self.decomposed
+    def is_decomposed(self, name: str, slot: int | None = None) -> bool:
+        return name in self.decomposed if slot is None else (name, slot) in self.decomposed_slots
+
+    def decomposed_slots_of(self, name: str) -> set[int]:
+        """The expert slots of a fused tensor held as HPD's factors."""
+        return {s for n, s in self.decomposed_slots if n == name}
 
     def outlier_fraction(self, name: str) -> float:
         return dict(self.outliers).get(name, 0.0)
@@ -57,7 +63,7 @@ class ChipLayout:
 
     @property
     def empty(self) -> bool:
-        return not (self.digital or self.digital_slots or self.decomposed or self.outliers)
+        return not (self.digital or self.digital_slots or self.decomposed or self.outliers or self.decomposed_slots)
 
     # ---- changing (each a new layout) ---------------------------------------------------------
     def with_digital(self, name: str, digital: bool = True, slot: int | None = None) -> "ChipLayout":
@@ -66,8 +72,12 @@ class ChipLayout:
         key = (name, slot)
         return replace(self, digital_slots=self.digital_slots | {key} if digital else self.digital_slots - {key})
 
-    def with_decomposed(self, name: str, decomposed: bool = True) -> "ChipLayout":
-        return replace(self, decomposed=self.decomposed | {name} if decomposed else self.decomposed - {name})
+    def with_decomposed(self, name: str, decomposed: bool = True, slot: int | None = None) -> "ChipLayout":
+        if slot is None:
+            return replace(self, decomposed=self.decomposed | {name} if decomposed else self.decomposed - {name})
+        key = (name, slot)
+        return replace(self, decomposed_slots=self.decomposed_slots | {key} if decomposed
+                       else self.decomposed_slots - {key})
 
     def with_outliers(self, name: str, fraction: float) -> "ChipLayout":
         kept = {n: f for n, f in self.outliers if n != name}
@@ -79,21 +89,28 @@ class ChipLayout:
         """Both layouts' placements; `other`'s outlier share wins for a tensor both name."""
         return ChipLayout(self.digital | other.digital, self.digital_slots | other.digital_slots,
                           self.decomposed | other.decomposed,
-                          tuple(sorted((dict(self.outliers) | dict(other.outliers)).items())))
+                          tuple(sorted((dict(self.outliers) | dict(other.outliers)).items())),
+                          self.decomposed_slots | other.decomposed_slots)
 
     def restricted_to(self, dims: dict[str, int]) -> "ChipLayout":
         """The placements that apply to a chip holding tensors `dims` (name → number of dimensions): a slot only of
-        a fused tensor, a factor only of a matrix, outliers only of a tensor not decomposed."""
+        a fused tensor, a factor only of a matrix or of a fused tensor's slot, outliers only of a tensor none of whose
+        matrices is decomposed."""
         decomposed = frozenset(n for n in self.decomposed if dims.get(n) == 2)
+        decomposed_slots = frozenset((n, s) for n, s in self.decomposed_slots if dims.get(n) == 3)
+        factored = decomposed | {n for n, _ in decomposed_slots}
         return ChipLayout(frozenset(n for n in self.digital if n in dims),
                           frozenset((n, s) for n, s in self.digital_slots if dims.get(n) == 3),
                           decomposed,
-                          tuple((n, f) for n, f in self.outliers if n in dims and n not in decomposed))
+                          tuple((n, f) for n, f in self.outliers if n in dims and n not in factored),
+                          decomposed_slots)
 
     # ---- record -------------------------------------------------------------------------------
     def as_dict(self) -> dict:
-        """The layout in a calibration's record: `digital` (keys), `decomposed` (names), `outliers` (name → share)."""
-        return {"digital": self.digital_keys(), "decomposed": sorted(self.decomposed), "outliers": dict(self.outliers)}
+        """The layout in a calibration's record: `digital` and `decomposed` (keys, as `digital_key` names a tensor or
+        one expert slot of it), `outliers` (name → share)."""
+        decomposed = sorted(self.decomposed) + [digital_key(n, s) for n, s in sorted(self.decomposed_slots)]
+        return {"digital": self.digital_keys(), "decomposed": decomposed, "outliers": dict(self.outliers)}
 
     @classmethod
     def from_dict(cls, record: dict) -> "ChipLayout":
@@ -101,8 +118,9 @@ class ChipLayout:
         for key in record.get("digital", []):
             name, slot = parse_digital_key(key)
             layout = layout.with_digital(name, True, slot)
-        for name in record.get("decomposed", []):
-            layout = layout.with_decomposed(name)
+        for key in record.get("decomposed", []):
+            name, slot = parse_digital_key(key)
+            layout = layout.with_decomposed(name, True, slot)
         for name, fraction in record.get("outliers", {}).items():
             layout = layout.with_outliers(name, fraction)
         return layout

@@ -51,7 +51,8 @@ class OutlierSplit(Step):
     @torch.no_grad()
     def run(self, context) -> None:
         chip, calibration, config = context.chip, context.calibration, context.config
-        names = [name for name in chip.on_chip_names() if name not in chip.decomposed_names()]
+        names = [name for name in chip.on_chip_names()
+                 if name not in chip.decomposed_names() and not chip.decomposed_slots(name)]
         sizes = {name: chip.size(name) for name in names}
         roles = {name: chip.role(name) for name in names}
 

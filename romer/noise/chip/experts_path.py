@@ -1,6 +1,6 @@
 """How a chip computes fused experts: the model's own grouped kernel (no expert needs the chip per forward), the
 grouped kernel with each expert's column offsets added after it (`romer_chip`, fused_experts.py), or transformers'
-eager loop, one `F.linear` per expert, which carries every per-forward effect and digital correction."""
+eager loop, one `F.linear` per expert, which carries every per-forward effect, digital correction and digital factor."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ class ExpertsPath:
         needs more of the chip; a chip with no expert on it keeps the model's own kernels."""
         fused_corrected = [n for n in holdings.corrections if holdings.originals.get(n) is not None
                            and holdings.is_fused(n)]
-        if not (per_forward or fused_corrected) or not any(t.param.dim() == 3 for t in holdings.tensors):
+        factored = {n for n, _ in holdings.slot_factors}  # a slot held as HPD's factors needs its Vᵀ per expert
+        if not (per_forward or fused_corrected or factored) or not any(t.param.dim() == 3 for t in holdings.tensors):
             return
         offsets_only = config.mode == "weights" and config.read_sigma * config.strength == 0 and config.ir_drop == 0
         # per-column gains and offsets after the ADCs stay per expert and column, as the offsets do; an adapter does not
         columns_only = all(holdings.corrections[n].down is None for n in fused_corrected)
-        if offsets_only and columns_only and fused_path_possible(self.model):
+        if offsets_only and columns_only and not factored and fused_path_possible(self.model):
             self.use_fused_on_chip()
         else:
             self.use_eager()

@@ -69,8 +69,10 @@ class ChipHandle:
             holdings.corrections |= {n: c for n, c in calibration.correction_items() if n in holdings.originals}
         holdings.layout = placed.restricted_to({name: param.dim() for name, param in holdings.originals.items()})
         holdings.factors = {name: holdings.svd_factors(name) for name in sorted(holdings.layout.decomposed)}
-        if holdings.corrections:
-            handle._choose_experts_path()  # again, now that the carried corrections are known
+        holdings.slot_factors = {(name, slot): holdings.svd_factors(name, slot)
+                                 for name, slot in sorted(holdings.layout.decomposed_slots)}
+        if holdings.corrections or holdings.slot_factors:
+            handle._choose_experts_path()  # again, now that the carried corrections and factors are known
         handle._programmer.install()
         seat(model, handle)
         if calibration is not None:
@@ -182,11 +184,17 @@ class ChipHandle:
         return self._holdings.on_chip_parameters()
 
     def decomposed_names(self) -> list[str]:
-        """The tensors held as HPD's factors (`decompose`)."""
+        """The matrices held as HPD's factors whole (`decompose`); `decomposed_slots` gives a fused tensor's slots."""
         return list(self._holdings.factors)
 
-    def factor_weights(self, name: str) -> int:
-        """The weights of a decomposed tensor's digital factor Vᵀ."""
+    def decomposed_slots(self, name: str) -> list[int]:
+        """The expert slots of a fused tensor held as HPD's factors (`decompose(name, slot=...)`)."""
+        return sorted(self._holdings.layout.decomposed_slots_of(name))
+
+    def factor_weights(self, name: str, slot: int | None = None) -> int:
+        """The weights of the digital factor Vᵀ of a decomposed matrix, or (with `slot`) of one decomposed slot."""
+        if slot is not None:
+            return self._holdings.slot_factors[(name, slot)][1].numel()
         return self._holdings.factors[name][1].numel()
 
     def outlier_fraction(self, name: str) -> float:
@@ -311,7 +319,7 @@ class ChipHandle:
         self._require_live()
         holdings = self._holdings
         tensor = self.tensor(name)
-        if name in holdings.factors:
+        if name in holdings.factors or holdings.layout.decomposed_slots_of(name):
             raise RomerError(f"'{name}' is held as HPD's factors; split outliers of a plain matrix")
         if not 0 <= fraction < 1:
             raise RomerError(f"the outlier fraction must be in [0, 1), got {fraction}")
@@ -323,12 +331,17 @@ class ChipHandle:
             self._programmer.program_tensor(tensor)
 
     @torch.no_grad()
-    def decompose(self, name: str, decomposed: bool = True) -> None:
+    def decompose(self, name: str, decomposed: bool = True, slot: int | None = None) -> None:
         """HPD (Feng, Zhou et al. 2025): hold a matrix W [out, in] as its SVD factors, U·Σ [out, r] in the arrays and
-        Vᵀ [r, in] in digital units (r = min(out, in), exact before noise); or, with False, as the plain matrix again."""
+        Vᵀ [r, in] in digital units (r = min(out, in), exact before noise); or, with False, as the plain matrix again.
+        With `slot`, one expert slot of a fused tensor, its U·Σ in that slot's arrays from streams of its own; the
+        slot's shape must hold U·Σ (out ≥ in, as a down projection's)."""
         self._require_live()
         holdings, programmer = self._holdings, self._programmer
         tensor = self.tensor(name)
+        if slot is not None:
+            self._decompose_slot(tensor, slot, decomposed)
+            return
         if decomposed:
             if holdings.originals[name].dim() != 2:
                 raise RomerError(f"'{name}' is a fused expert tensor; HPD decomposes matrices of their own")
@@ -337,6 +350,31 @@ class ChipHandle:
             programmer.write_digital(tensor)  # the plain parameter back in the module
         holdings.layout = holdings.layout.with_decomposed(name, decomposed)
         if name not in holdings.layout.digital:
+            programmer.program_tensor(tensor)
+
+    def _decompose_slot(self, tensor: ChipTensor, slot: int, decomposed: bool) -> None:
+        holdings, programmer, name = self._holdings, self._programmer, tensor.name
+        if not holdings.is_fused(name):
+            raise RomerError(f"'{name}' is a matrix of its own, not a fused expert tensor; decompose it whole")
+        experts, out_dim, in_dim = holdings.originals[name].shape
+        if not 0 <= slot < experts:
+            raise RomerError(f"'{name}' has expert slots 0-{experts - 1}; slot {slot} does not exist")
+        if decomposed and out_dim < in_dim:
+            raise RomerError(f"'{name}' is [{out_dim}, {in_dim}] per slot: its U·Σ [{out_dim}, {out_dim}] does not fill "
+                             f"the slot's arrays; decompose slots of a tensor with out ≥ in (a down projection)")
+        if decomposed and holdings.layout.outlier_fraction(name) > 0:
+            raise RomerError(f"'{name}' holds outliers in digital units; decompose slots of a tensor without them")
+        if decomposed:
+            holdings.slot_factors[(name, slot)] = holdings.svd_factors(name, slot)
+        else:
+            holdings.slot_factors.pop((name, slot), None)
+        holdings.layout = holdings.layout.with_decomposed(name, decomposed, slot)
+        self._choose_experts_path()
+        if name in holdings.layout.digital:
+            return
+        if name in programmer.programs:
+            programmer.program_one_slot(tensor, slot)
+        else:
             programmer.program_tensor(tensor)
 
     # ---- lifetime ----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class ChipHoldings:
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # HPD: name → (U·Σ, Vᵀ)
     outliers: dict[tuple[str, int | None], DigitalOutliers] = field(default_factory=dict)  # their digital parts
     layout: ChipLayout = field(default_factory=ChipLayout)
+    slot_factors: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # HPD per slot
 
     @classmethod
     def taken_from(cls, tensors: list[ChipTensor], backup: MemoryBackup | DiskBackup) -> "ChipHoldings":
@@ -62,6 +63,7 @@ class ChipHoldings:
         self.corrections.clear()
         self.factors.clear()
         self.outliers.clear()
+        self.slot_factors.clear()
 
     # ---- lookups -----------------------------------------------------------------------------
     def tensor(self, name: str) -> ChipTensor:
@@ -109,6 +111,9 @@ class ChipHoldings:
         whole = sum(self.originals[t.name].numel() for t in self.tensors if t.name not in digital)
         factored = sum(self.originals[n].numel() - on_chip.numel() for n, (on_chip, _) in self.factors.items()
                        if n not in digital)
+        factored += sum(self.originals[n][s].numel() - on_chip.numel()
+                        for (n, s), (on_chip, _) in self.slot_factors.items()
+                        if n not in digital and not self.layout.is_digital(n, s))
         return whole - factored - sum(self.originals[n][s].numel() for n, s in self.layout.digital_slots
                                       if n not in digital)
 
@@ -120,6 +125,10 @@ class ChipHoldings:
         return {slot: len(part) for (n, slot), part in self.outliers.items()
                 if n == name and not self.layout.is_digital(n, slot)}
 
+    def slot_transforms_of(self, name: str) -> dict[int, torch.Tensor]:
+        """Expert slot → its digital factor Vᵀ, for the slots of a fused tensor held as HPD's factors."""
+        return {s: vt for (n, s), (_, vt) in self.slot_factors.items() if n == name}
+
     def outliers_of(self, name: str) -> dict[int | None, DigitalOutliers]:
         return {slot: part for (n, slot), part in self.outliers.items() if n == name}
 
@@ -128,7 +137,7 @@ class ChipHoldings:
             return tuple(self.factors[name][0].shape[-2:])
         return tuple(self.originals[name].shape[-2:])
 
-    def svd_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """HPD's exact factors of the tensor's clean weights: (U·Σ [out, r], Vᵀ [r, in])."""
-        u, sigma, vt = torch.linalg.svd(self.clean_value(name).double(), full_matrices=False)
+    def svd_factors(self, name: str, slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """HPD's exact factors of the clean weights of a matrix (or one expert slot): (U·Σ [out, r], Vᵀ [r, in])."""
+        u, sigma, vt = torch.linalg.svd(self.clean_value(name, slot).double(), full_matrices=False)
         return (u * sigma).float(), vt.float()

@@ -40,6 +40,11 @@ class ChipProgrammer:
         """(weights as the chip holds them, scales, periphery errors) of one matrix: a tensor of its own
         (slot None) or one expert slot of a fused tensor, each from its own streams."""
         holdings = self.holdings
+        if slot is not None and (name, slot) in holdings.slot_factors:  # the slot's arrays hold U·Σ, from its own streams
+            holdings.outliers.pop((name, slot), None)
+            on_chip = holdings.slot_factors[(name, slot)][0]
+            return program_matrix(self.physics, self.config, on_chip.to(device), self.seed, (name, slot, "factor"),
+                                  device)
         key = (name,) if slot is None else (name, slot)
         target = holdings.clean_value(name, slot).to(device).float()
         noisy, scales, errors, digital = program_with_outliers(self.physics, self.config, target,
@@ -97,7 +102,9 @@ class ChipProgrammer:
         self.programs[tensor.name] = TileProgram(tensor.name, self.config, self.seed, scales, errors,
                                                  holdings.corrections.get(tensor.name),
                                                  digital_slots=holdings.layout.slots_of(tensor.name),
-                                                 outliers=holdings.outliers_of(tensor.name))
+                                                 outliers=holdings.outliers_of(tensor.name),
+                                                 slot_transforms={s: vt.to(param.device) for s, vt
+                                                                  in holdings.slot_transforms_of(tensor.name).items()})
         self.wrap(tensor)
 
     def program_one_slot(self, tensor: ChipTensor, slot: int) -> None:
@@ -109,7 +116,16 @@ class ChipProgrammer:
         param = holdings.originals[tensor.name]
         noisy, scales, errors = self.program_slot(tensor.name, slot, param.device)
         param[slot].copy_(holdings.clean_value(tensor.name, slot) if holdings.is_digital(tensor.name, slot) else noisy)
-        self.programs[tensor.name].set_slot(slot, scales, errors, holdings.outliers.get((tensor.name, slot)))
+        program = self.programs[tensor.name]
+        program.set_slot(slot, scales, errors, holdings.outliers.get((tensor.name, slot)))
+        factors = holdings.slot_factors.get((tensor.name, slot))
+        was_factored = slot in program.slot_transforms
+        if factors is None:
+            program.slot_transforms.pop(slot, None)
+        else:
+            program.slot_transforms[slot] = factors[1].to(param.device)
+        if was_factored != (factors is not None):  # a slot's factor comes or goes: the tensor's forward path may change
+            self.wrap(tensor)
 
     def wrap(self, tensor: ChipTensor) -> None:
         """Route the tensor's products through `analog_linear` when a forward pass must see the chip (analog mode,
@@ -119,7 +135,8 @@ class ChipProgrammer:
             self.programs[tensor.name].correction = holdings.corrections.get(tensor.name)
             return  # a decomposed tensor is always wrapped (its digital factor comes first)
         param = holdings.originals[tensor.name]
-        if self.per_forward or tensor.name in holdings.corrections:  # the wrapper shares the parameter's storage
+        factored = bool(holdings.slot_transforms_of(tensor.name))  # a slot's digital factor comes first
+        if self.per_forward or tensor.name in holdings.corrections or factored:  # the wrapper shares the storage
             tensor.module._parameters[tensor.attribute] = AnalogWeight.wrap(param.detach(), self.programs[tensor.name])
         else:
             tensor.module._parameters[tensor.attribute] = param
