@@ -171,6 +171,12 @@ def test_hpd_last_down_decomposes_every_slot_of_the_last_down_projection_and_sav
     carried = romer.load_calibration(loaded, tmp_path / "hpd")
     with apply_noise_(loaded, config, seed=3, calibration=carried):
         assert torch.equal(logits(loaded), expected)
+    from romer.calibration.persist import apply_record, read_record
+
+    with apply_noise_(model, config, seed=3) as chip:  # the record installed on a chip already programmed
+        installed = apply_record(model, read_record(tmp_path / "hpd"), chip=chip, with_replacements=False)
+        assert installed.decomposed == sorted(f"{name}[{slot}]" for slot in range(experts))
+        assert torch.equal(logits(model), expected)
 
 
 def test_a_slot_that_does_not_exist_or_holds_outliers_is_refused_in_one_line():

@@ -150,8 +150,9 @@ def apply_record(model: nn.Module, record: dict, chip: ChipHandle | None = None,
     if chip is not None:
         for key in record["digital"]:
             calibration.make_digital(*parse_digital_key(key))
-        for name in record.get("decomposed", []):
-            calibration.decompose(name)
+        for key in record.get("decomposed", []):
+            name, slot = parse_digital_key(key)
+            calibration.decompose(name, slot=slot)
         for name, fraction in record.get("outliers", {}).items():
             calibration.split_outliers(name, fraction)
     else:
