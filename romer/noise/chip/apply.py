@@ -21,9 +21,8 @@ from typing import Literal
 from torch import nn
 
 from romer.errors import RomerError
-from romer.noise.backup import DiskBackup, MemoryBackup
 from romer.noise.chip.handle import ChipHandle
-from romer.noise.chip.holdings import choose_backup
+from romer.noise.chip.holdings import backup_store
 from romer.noise.chip.seats import chip_of
 from romer.noise.config import NoiseConfig
 from romer.noise.layout import ChipLayout
@@ -48,7 +47,5 @@ def apply_noise_(model: nn.Module, config: NoiseConfig, seed: int,
     if at is not None:
         config = at.applied_to(config)
     tensors = on_chip_tensors(model, config.roles)
-    if backup == "auto":
-        backup = choose_backup(tensors)
-    store = MemoryBackup() if backup == "memory" else DiskBackup()
-    return ChipHandle.program(model, config, seed, tensors, store, layout=layout, calibration=calibration)
+    return ChipHandle.program(model, config, seed, tensors, backup_store(tensors, backup), layout=layout,
+                              calibration=calibration)

@@ -20,7 +20,7 @@ from romer.errors import RomerError
 from romer.noise.analog import AnalogWeight, TileProgram, chip_linear
 from romer.noise.backup import DiskBackup, MemoryBackup
 from romer.noise.chip.experts_path import ExpertsPath
-from romer.noise.chip.holdings import ChipHoldings, choose_backup
+from romer.noise.chip.holdings import ChipHoldings, backup_store
 from romer.noise.chip.programmer import ChipProgrammer, needs_forward_path
 from romer.noise.chip.seats import seat, unseat
 from romer.noise.config import NoiseConfig, validated
@@ -409,8 +409,7 @@ class ChipHandle:
             unseat(self.model, self)
             try:
                 tensors = on_chip_tensors(self.model, config.roles)
-                backup = MemoryBackup() if choose_backup(tensors) == "memory" else DiskBackup()
-                with ChipHandle.program(self.model, config, seed, tensors, backup,
+                with ChipHandle.program(self.model, config, seed, tensors, backup_store(tensors),
                                         layout=self._holdings.layout) as other:
                     yield other
             finally:

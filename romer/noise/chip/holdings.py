@@ -35,6 +35,12 @@ def choose_backup(tensors: list[ChipTensor]) -> str:
     return "disk"
 
 
+def backup_store(tensors: list[ChipTensor], kind: str = "auto") -> MemoryBackup | DiskBackup:
+    """An empty store of the clean weights: `memory`, `disk`, or `auto` (`choose_backup`)."""
+    kind = choose_backup(tensors) if kind == "auto" else kind
+    return MemoryBackup() if kind == "memory" else DiskBackup()
+
+
 @dataclass
 class ChipHoldings:
     tensors: list[ChipTensor]
