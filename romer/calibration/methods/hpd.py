@@ -69,7 +69,8 @@ class HybridProjectionDecomposition(Step):
 
     @staticmethod
     def factor_cost(chip, name: str) -> int:
-        out_dim, in_dim = chip.shape(name)
+        """Vᵀ's weights for one matrix (one expert slot of a fused tensor)."""
+        out_dim, in_dim = chip.shape(name)[-2:]
         return min(out_dim, in_dim) * in_dim
 
     def candidates(self, context) -> list[str]:
@@ -114,7 +115,7 @@ class HybridProjectionDecomposition(Step):
         calibration.report["hpd"] = {"reading": "last-down", "whole": config.hpd_whole, "matrices": [name],
                                      "slots": experts, "decomposed": calibration.decomposed_names(),
                                      "digital_weights": experts * (out_dim * in_dim if config.hpd_whole
-                                                                   else min(out_dim, in_dim) * in_dim)}
+                                                                   else self.factor_cost(chip, name))}
 
 
 register_step(HybridProjectionDecomposition())
